@@ -1,0 +1,393 @@
+"""The `histoseek` command line: thin Click commands over the library.
+
+Heavy imports (torch, onnxruntime, annoy) happen inside the commands so that `--help` is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from histoseek import __version__
+from histoseek.errors import HistoseekError
+from histoseek.train_config import TrainConfig
+
+_TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in TrainConfig
+
+
+class _Group(click.Group):
+    """A group that turns HistoseekError from any command into one clear line and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HistoseekError as error:
+            raise click.ClickException(str(error)) from None
+
+
+# Shared options, so every command spells them the same way.
+def overwrite_option(func):
+    """`--overwrite`: replace existing output instead of refusing."""
+    return click.option(
+        "--overwrite", is_flag=True, help="Replace existing output instead of refusing."
+    )(func)
+
+
+def device_option(func):
+    """`--device auto|cpu|cuda`."""
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where to run the model; auto picks CUDA when available.",
+    )(func)
+
+
+def batch_size_option(default: int):
+    """`--batch-size N` with a command-specific default."""
+    return click.option(
+        "--batch-size", type=click.IntRange(min=1), default=default, show_default=True
+    )
+
+
+def workers_option(func):
+    """`--workers N`: image-decoding processes."""
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Image-decoding worker processes (default: one per CPU core, at most 8; 0 = none).",
+    )(func)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="histoseek")
+def cli() -> None:
+    """Content-based retrieval of histopathology image patches (CGD embeddings + Annoy)."""
+
+
+@cli.command()
+@click.argument("layout", type=click.Choice(["bach", "bracs", "crc", "folder"]))
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder to create."
+)
+@click.option("--patch-size", type=click.IntRange(min=1), default=224, show_default=True)
+@click.option(
+    "--stride", type=click.IntRange(min=1), default=None, help="[default: the patch size]"
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Resample each image by this factor before tiling (0.5 halves 40x to 20x).",
+)
+@click.option(
+    "--min-tissue",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Smallest fraction of tissue pixels a patch needs to be kept.",
+)
+@click.option(
+    "--split",
+    default=None,
+    help="train,val,test fractions [default: 0.7,0.15,0.15; BRACS keeps its official split].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option(
+    "--group-regex",
+    default=None,
+    help="Group images by this regex on their path below SRC (e.g. a slide id).",
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(["macenko", "reinhard"]),
+    default=None,
+    help="Stain-normalise every image to --reference before tiling.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Image whose staining --normalize matches.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest image (width x height) to decode [default: Pillow's limit, 89,478,485].",
+)
+@overwrite_option
+@workers_option
+def prepare(
+    layout: str,
+    src: Path,
+    output: Path,
+    patch_size: int,
+    stride: int | None,
+    scale: float,
+    min_tissue: float,
+    split: str | None,
+    seed: int,
+    group_regex: str | None,
+    normalize: str | None,
+    reference: Path | None,
+    max_pixels: int | None,
+    overwrite: bool,
+    workers: int | None,
+) -> None:
+    """Cut BACH, BRACS, extended-CRC or any class-folder images into labelled patches.
+
+    Writes OUTPUT/<split>/<class>/<source>_<x>_<y>.png, manifest.csv, skipped.txt and
+    prepare.json; OUTPUT/train, OUTPUT/val and OUTPUT/test feed train, evaluate and index.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from histoseek.prepare.pipeline import DEFAULT_MAX_PIXELS, PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(
+        layout=layout,
+        patch_size=patch_size,
+        stride=stride,
+        scale=scale,
+        min_tissue=min_tissue,
+        split=split,
+        seed=seed,
+        normalize=normalize,
+        reference=reference,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        group_regex=group_regex,
+    )
+    console = Console()
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("tiling source images", total=None)
+        summary = prepare_dataset(
+            src,
+            output,
+            options,
+            workers=workers,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    table = Table(title=f"patches in {summary.output}")
+    table.add_column("class")
+    for name in summary.splits:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    for name in summary.classes:
+        counts = [summary.counts[s][name] for s in summary.splits]
+        table.add_row(name, *map(str, counts), str(sum(counts)))
+    totals = [sum(summary.counts[s].values()) for s in summary.splits]
+    table.add_row("total", *map(str, totals), str(summary.patches), style="bold")
+    console.print(table)
+    console.print(
+        f"{summary.sources} source image(s) → {summary.patches} patch(es); "
+        f"{summary.sources_without_patches} image(s) gave no patch with enough tissue.",
+        highlight=False,
+    )
+    if summary.skipped:
+        console.print(
+            f"[yellow]skipped {len(summary.skipped)} unreadable image(s)[/yellow], listed in "
+            f"{summary.output / 'skipped.txt'}",
+            highlight=False,
+        )
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--per-class", type=int, default=20, show_default=True, help="Images per class.")
+@click.option(
+    "--size",
+    type=int,
+    default=224,
+    show_default=True,
+    help="Image width in pixels (and height, unless --height is given).",
+)
+@click.option("--height", type=int, default=None, help="Image height in pixels [default: --size].")
+@click.option(
+    "--classes",
+    default=None,
+    help="Comma-separated classes [default: adipose,background,lymphocytes,mucosa,stroma].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; same seed, same files.")
+@overwrite_option
+def synth(
+    out: Path,
+    per_class: int,
+    size: int,
+    height: int | None,
+    classes: str | None,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Generate synthetic H&E-like patches (not real tissue) as OUT/<class>/synthetic_*.png.
+
+    The folder feeds train, evaluate and index directly; OUT/SYNTHETIC.md records the options.
+    """
+    from histoseek.data.folder import display_path
+    from histoseek.data.synth import write_synthetic_set
+
+    names = None if classes is None else [name.strip() for name in classes.split(",")]
+    written = write_synthetic_set(
+        out, per_class, size, seed=seed, classes=names, height=height, overwrite=overwrite
+    )
+    class_count = len(written) // per_class
+    click.echo(
+        f"Wrote {len(written)} synthetic images ({class_count} classes x {per_class}, "
+        f"{size}x{height or size} px, seed {seed}) to {display_path(out)}"
+    )
+
+
+@cli.command()
+@click.argument("data_dir", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "run_dir", type=click.Path(path_type=Path), help="Run folder.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
+@click.option(
+    "--backbone",
+    type=click.Choice(["efficientnet_lite0", "resnet50", "resnext50"]),
+    default=_TRAIN.backbone,
+    show_default=True,
+)
+@click.option(
+    "--weights",
+    default=_TRAIN.weights,
+    show_default=True,
+    help="imagenet, none, or a PATH to a backbone state dict.",
+)
+@click.option(
+    "--gd-config",
+    default=_TRAIN.gd_config,
+    show_default=True,
+    help="Global descriptors in order: S=SPoC, M=MAC, G=GeM (first feeds the classifier).",
+)
+@click.option("--dim", type=click.IntRange(min=1), default=_TRAIN.dim, show_default=True)
+@click.option(
+    "--image-size", type=click.IntRange(min=32), default=_TRAIN.image_size, show_default=True
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True)
+@batch_size_option(_TRAIN.batch_size)
+@click.option(
+    "--m-per-class",
+    type=click.IntRange(min=2),
+    default=_TRAIN.m_per_class,
+    show_default=True,
+    help="Images per class in each batch.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_TRAIN.lr,
+    show_default=True,
+    help="Learning rate of the CGD layers.",
+)
+@click.option(
+    "--backbone-lr-scale",
+    type=click.FloatRange(min=0),
+    default=_TRAIN.backbone_lr_scale,
+    show_default=True,
+    help="Backbone learning rate as a fraction of --lr.",
+)
+@click.option(
+    "--weight-decay", type=click.FloatRange(min=0), default=_TRAIN.weight_decay, show_default=True
+)
+@click.option(
+    "--warmup-epochs", type=click.FloatRange(min=0), default=_TRAIN.warmup_epochs, show_default=True
+)
+@click.option(
+    "--freeze-stages",
+    type=click.IntRange(min=0),
+    default=_TRAIN.freeze_stages,
+    show_default=True,
+    help="Freeze this many backbone stages from the input side.",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_TRAIN.label_smoothing,
+    show_default=True,
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_TRAIN.temperature,
+    show_default=True,
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0),
+    default=_TRAIN.margin,
+    show_default=True,
+    help="Triplet margin.",
+)
+@click.option(
+    "--crop-scale",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=_TRAIN.crop_scale,
+    show_default=True,
+    help="Smallest area share of a random resized crop.",
+)
+@click.option(
+    "--stain-jitter",
+    type=click.FloatRange(min=0),
+    default=_TRAIN.stain_jitter,
+    show_default=True,
+    help="Strength of haematoxylin/eosin jitter (0 = off).",
+)
+@click.option("--val-dir", type=click.Path(path_type=Path), help="Validation folder.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_TRAIN.val_fraction,
+    show_default=True,
+    help="Held-out share of DATA_DIR when there is no --val-dir.",
+)
+@click.option(
+    "--group-regex",
+    help="Regex whose match (or first group) in a file name is its "
+    "group, e.g. a slide id; groups never straddle train and validation.",
+)
+@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
+@device_option
+@click.option(
+    "--amp/--no-amp", default=False, show_default=True, help="Mixed precision (CUDA only)."
+)
+@workers_option
+@overwrite_option
+def train(data_dir, run_dir, resume, overwrite, **options):
+    """Train a CGD model on DATA_DIR (one sub-folder per class) into RUN_DIR."""
+    from histoseek.train import load_train_config
+    from histoseek.train import train as run_training
+
+    if resume is not None:
+        config = load_train_config(resume)
+        if data_dir is not None:
+            config.data_dir = str(data_dir)
+        if run_dir is not None and Path(run_dir) != Path(resume):
+            raise HistoseekError("--resume continues a run in its own folder; drop -o")
+        config.run_dir = str(resume)
+    else:
+        if data_dir is None or run_dir is None:
+            raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
+        options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
+        config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
+    run_training(config, resume=resume is not None, overwrite=overwrite)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
