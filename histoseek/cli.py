@@ -388,6 +388,155 @@ def train(data_dir, run_dir, resume, overwrite, **options):
     run_training(config, resume=resume is not None, overwrite=overwrite)
 
 
+def model_option(func):
+    """`--model CKPT`: a trained checkpoint (default: the built-in ImageNet model)."""
+    return click.option(
+        "--model",
+        "model_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Trained checkpoint (model.pt); default: the built-in ImageNet EfficientNet-Lite0.",
+    )(func)
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise HistoseekError(f"--recall-k takes whole numbers such as 1,2,4,8: {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise HistoseekError(f"--recall-k values must be 1 or more: {text!r}")
+    return ks
+
+
+@cli.command()
+@model_option
+@click.option("--gallery", type=click.Path(path_type=Path), required=True, help="Gallery folder.")
+@click.option(
+    "--query",
+    type=click.Path(path_type=Path),
+    help="Query folder (default: leave-one-out within the gallery).",
+)
+@click.option("--recall-k", default="1,2,4,8", show_default=True, help="Ks for Recall@K.")
+@click.option("--map-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--vote-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Neighbours in the majority vote (mMV@K).",
+)
+@click.option("--precision-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--group-regex",
+    help="Exclude neighbours whose file name shares this regex's "
+    "match with the query's (e.g. the same slide or source image).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnx", "tensorrt"]),
+    default="auto",
+    show_default=True,
+)
+@device_option
+@batch_size_option(32)
+@workers_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def evaluate(
+    model_path,
+    gallery,
+    query,
+    recall_k,
+    map_k,
+    vote_k,
+    precision_k,
+    group_regex,
+    backend,
+    device,
+    batch_size,
+    workers,
+    as_json,
+):
+    """Measure retrieval quality: Recall@K, mAP@k, mMV@k and precision@k by exact search."""
+    import json
+
+    from histoseek.data.dataset import default_workers
+    from histoseek.evaluate import evaluate as run_evaluation
+    from histoseek.inference.select import create_embedder
+    from histoseek.model.checkpoint import load_model
+    from histoseek.report.tables import evaluation_table
+
+    model, _, reference = load_model(model_path)
+    embedder = create_embedder(
+        model, backend=backend, device=device, checkpoint=Path(model_path) if model_path else None
+    )
+    result = run_evaluation(
+        embedder,
+        model.config,
+        gallery,
+        query,
+        _parse_ks(recall_k),
+        map_k,
+        vote_k,
+        precision_k,
+        group_regex,
+        batch_size,
+        default_workers() if workers is None else workers,
+        progress=not as_json,
+    )
+    document = {"model": reference, "backend": embedder.name, **result.to_dict()}
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(evaluation_table(document))
+
+
+@cli.command()
+@model_option
+@click.option(
+    "--backbone",
+    type=click.Choice(["efficientnet_lite0", "resnet50", "resnext50"]),
+    default=_TRAIN.backbone,
+    show_default=True,
+)
+@click.option("--gd-config", default=_TRAIN.gd_config, show_default=True)
+@click.option("--dim", type=click.IntRange(min=1), default=_TRAIN.dim, show_default=True)
+@click.option(
+    "--classes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Classes of the auxiliary classifier (0: none).",
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=32),
+    default=224,
+    show_default=True,
+    help="Input size for the FLOP count.",
+)
+def info(model_path, backbone, gd_config, dim, classes, input_size):
+    """Show a model's architecture, parameters and FLOPs (a checkpoint, or one described)."""
+    from rich.console import Console
+
+    from histoseek.model.cgd import ModelConfig, build_model
+    from histoseek.model.checkpoint import load_model, model_fingerprint
+    from histoseek.model.summary import summarize
+    from histoseek.report.tables import model_table
+
+    if model_path is not None:
+        model, class_names, reference = load_model(model_path)
+    else:
+        config = ModelConfig(backbone=backbone, gd_config=gd_config, dim=dim, num_classes=classes)
+        model, class_names, reference = build_model(config), [], "(described, untrained)"
+    summary = summarize(model, input_size)
+    Console().print(
+        model_table(model.config, summary, reference, class_names, model_fingerprint(model))
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

@@ -1,0 +1,1 @@
+"""Folder walking, image loading, transforms, sampling and dataset preparation."""

@@ -1,0 +1,89 @@
+"""A dataset over image paths that skips unreadable files instead of dying, and its loaders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.transforms import seed_worker_transform
+
+
+class ImageDataset(Dataset):
+    """Items are (array CHW, label, index), or (None, label, index) for an unreadable file."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: Callable):
+        self.paths = list(paths)
+        self.labels = list(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, int]:
+        try:
+            image = load_rgb(self.paths[index])
+        except UnreadableImageError:
+            return None, self.labels[index], index
+        return self.transform(image), self.labels[index], index
+
+
+@dataclass
+class Batch:
+    """A collated batch: images of the readable items, and the indices that failed to load."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    failed: list[int]
+
+
+def collate_skipping_unreadable(items: list[tuple[np.ndarray | None, int, int]]) -> Batch:
+    """Stack the readable items; report the unreadable ones by index."""
+    good = [item for item in items if item[0] is not None]
+    failed = [item[2] for item in items if item[0] is None]
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
+    return Batch(
+        images=torch.from_numpy(np.stack([item[0] for item in good])),
+        labels=torch.tensor([item[1] for item in good], dtype=torch.long),
+        indices=torch.tensor([item[2] for item in good], dtype=torch.long),
+        failed=failed,
+    )
+
+
+def default_workers() -> int:
+    """One decoding process per CPU core, at most 8."""
+    return min(os.cpu_count() or 1, 8)
+
+
+def _init_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    seed_worker_transform(info.dataset.transform, info.seed % 2**32)
+    # Decoding workers must not compete with the model's own threads for the cores.
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: ImageDataset,
+    workers: int,
+    batch_size: int | None = None,
+    batch_sampler: Sampler | None = None,
+) -> DataLoader:
+    """A DataLoader with the skipping collate; ordered batches unless a batch sampler is given."""
+    batching = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": batch_size}
+    return DataLoader(
+        dataset,
+        **batching,
+        num_workers=workers,
+        collate_fn=collate_skipping_unreadable,
+        worker_init_fn=_init_worker if workers > 0 else None,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )

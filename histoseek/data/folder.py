@@ -1,0 +1,77 @@
+"""Walking a folder of image patches: recursive, sorted, safe against link loops and odd names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from histoseek.data.images import is_image_name
+from histoseek.errors import HistoseekError
+
+
+def display_path(path: Path | str) -> str:
+    """A printable form of a path whose name may not be valid UTF-8."""
+    return os.fsencode(str(path)).decode("utf-8", errors="replace")
+
+
+def list_images(root: Path | str) -> list[Path]:
+    """Every image file below `root`, recursively, sorted by relative path.
+
+    Symbolic links to folders are followed once each: a link that points back up the tree
+    would otherwise make the walk endless.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise HistoseekError(f"not a folder: {display_path(root)}")
+    seen_dirs: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        stat = os.stat(dirpath)
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen_dirs:
+            dirnames.clear()
+            continue
+        seen_dirs.add(key)
+        dirnames.sort()
+        for name in filenames:
+            if not name.startswith(".") and is_image_name(name):
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: os.fsencode(p.relative_to(root)))
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Image paths with their class labels (the name of each image's parent folder)."""
+
+    root: Path
+    paths: list[Path]
+    labels: list[int]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def scan_labelled_folder(
+    root: Path | str, class_names: list[str] | None = None, min_classes: int = 1
+) -> LabelledImages:
+    """List the images below `root` labelled by parent folder name.
+
+    With `class_names` given (a trained model's classes), images of other classes are
+    labelled -1 rather than refused, so a gallery may hold classes the model never saw.
+    """
+    root = Path(root)
+    paths = list_images(root)
+    if not paths:
+        raise HistoseekError(f"no images found in {display_path(root)}")
+    folder_names = [path.parent.name for path in paths]
+    names = class_names if class_names is not None else sorted(set(folder_names))
+    if len(set(folder_names)) < min_classes:
+        raise HistoseekError(
+            f"{display_path(root)} holds {len(set(folder_names))} class folder(s); "
+            f"at least {min_classes} are needed (one sub-folder per class)"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    labels = [index.get(name, -1) for name in folder_names]
+    return LabelledImages(root=root, paths=paths, labels=labels, class_names=list(names))

@@ -1,0 +1,90 @@
+"""Stratified, group-aware splits: no group (slide, source image) ever lands in two splits."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Sequence
+
+from histoseek.errors import HistoseekError
+
+
+def parse_fractions(text: str) -> list[float]:
+    """Parse '0.7,0.15,0.15' into fractions that are positive and sum to 1."""
+    try:
+        fractions = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise HistoseekError(
+            f"split fractions must be numbers such as 0.7,0.15,0.15: {text!r}"
+        ) from None
+    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise HistoseekError(f"split fractions must be non-negative and sum to 1: {text!r}")
+    return fractions
+
+
+def group_ids_from_regex(names: Sequence[str], pattern: str | None) -> list[str]:
+    """A group id per name: the regex's first group (or whole match); the name itself if none."""
+    if pattern is None:
+        return list(names)
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise HistoseekError(f"invalid --group-regex {pattern!r}: {error}") from None
+    groups = []
+    for name in names:
+        match = regex.search(name)
+        if match is None:
+            groups.append(name)
+        else:
+            groups.append(match.group(1) if regex.groups else match.group(0))
+    return groups
+
+
+def stratified_group_split(
+    labels: Sequence[Hashable],
+    groups: Sequence[Hashable],
+    fractions: Sequence[float],
+    seed: int,
+) -> list[int]:
+    """Assign each item to a split index so that class shares follow `fractions` per split.
+
+    Whole groups are assigned together, largest first, each to the split whose per-class
+    targets it helps most; ties are broken by a seeded shuffle, so the result is reproducible.
+    """
+    if len(labels) != len(groups):
+        raise ValueError("labels and groups must have the same length")
+    class_totals = Counter(labels)
+    group_items: dict[Hashable, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        group_items[group].append(index)
+
+    order = sorted(group_items, key=str)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: len(group_items[g]), reverse=True)
+
+    counts = [Counter() for _ in fractions]
+    sizes = [0] * len(fractions)
+    assignment = [0] * len(labels)
+    for group in order:
+        members = group_items[group]
+        group_counts = Counter(labels[i] for i in members)
+
+        def need(split: int, group_counts: Counter = group_counts) -> float:
+            # How far below target this split is, on the classes the group carries; an empty
+            # split with a positive share always wins so that no split stays empty.
+            if fractions[split] <= 0:
+                return float("-inf")
+            if sizes[split] == 0:
+                return float("inf")
+            return sum(
+                n * (fractions[split] * class_totals[c] - counts[split][c]) / class_totals[c]
+                for c, n in group_counts.items()
+            )
+
+        best = max(range(len(fractions)), key=need)
+        counts[best].update(group_counts)
+        sizes[best] += len(members)
+        for i in members:
+            assignment[i] = best
+    return assignment

@@ -1,0 +1,115 @@
+"""Training augmentation suited to H&E patches, and the matching test-time preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in optical density.
+_HED_FROM_RGB = np.linalg.inv(
+    np.array(
+        [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]],
+        dtype=np.float64,
+    )
+)
+_RGB_FROM_HED = np.linalg.inv(_HED_FROM_RGB)
+
+
+def pil_to_array(image: Image.Image, size: int) -> np.ndarray:
+    """Resize an RGB image to size×size and return it as float32 CHW in 0..1."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def normalize_array(array: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Per-channel (x - mean) / std on a CHW (or NCHW) float array."""
+    shape = (3, 1, 1)
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(shape)
+    std_a = np.asarray(std, dtype=np.float32).reshape(shape)
+    return (array - mean_a) / std_a
+
+
+class EvalTransform:
+    """Test-time preprocessing: the whole patch resized to the model's size, normalised."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return normalize_array(pil_to_array(image, self.size), self.mean, self.std)
+
+
+def stain_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Perturb haematoxylin and eosin amounts in optical-density space (HWC uint8 in, out).
+
+    Scanners and staining protocols shift H&E colour multiplicatively in optical density,
+    which plain RGB jitter does not model.
+    """
+    od = -np.log((image.astype(np.float64) + 1.0) / 256.0)
+    stains = od.reshape(-1, 3) @ _HED_FROM_RGB
+    scale = 1.0 + rng.uniform(-strength, strength, size=3)
+    shift = rng.uniform(-strength, strength, size=3) * 0.1
+    stains = stains * scale + shift
+    rgb = 256.0 * np.exp(-(stains @ _RGB_FROM_HED)) - 1.0
+    return np.clip(rgb, 0, 255).reshape(image.shape).astype(np.uint8)
+
+
+class TrainTransform:
+    """Random resized crop, flips, 90° rotations, stain and brightness jitter; then normalise.
+
+    Tissue has no canonical orientation, so all eight dihedral transforms are equally valid.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        stain_strength: float = 0.05,
+        brightness: float = 0.1,
+        seed: int | None = None,
+    ):
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.crop_scale = crop_scale
+        self.stain_strength = stain_strength
+        self.brightness = brightness
+        self.rng = np.random.default_rng(seed)
+
+    def _random_crop(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        area = width * height * self.rng.uniform(*self.crop_scale)
+        aspect = np.exp(self.rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        crop_w = int(round(min(width, np.sqrt(area * aspect))))
+        crop_h = int(round(min(height, np.sqrt(area / aspect))))
+        left = int(self.rng.integers(0, width - crop_w + 1))
+        top = int(self.rng.integers(0, height - crop_h + 1))
+        box = (left, top, left + crop_w, top + crop_h)
+        return image.resize((self.size, self.size), Image.BILINEAR, box=box)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        array = np.asarray(self._random_crop(image))
+        if self.rng.random() < 0.5:
+            array = array[:, ::-1]
+        array = np.rot90(array, k=int(self.rng.integers(0, 4)))
+        if self.stain_strength > 0:
+            array = stain_jitter(array, self.stain_strength, self.rng)
+        chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / 255.0
+        if self.brightness > 0:
+            chw = np.clip(chw * (1.0 + self.rng.uniform(-self.brightness, self.brightness)), 0, 1)
+        return normalize_array(chw, self.mean, self.std)
+
+
+def seed_worker_transform(transform: Callable, worker_seed: int) -> None:
+    """Give each DataLoader worker its own random stream (forked copies would repeat)."""
+    if isinstance(transform, TrainTransform):
+        transform.rng = np.random.default_rng(worker_seed)
+
+
+def to_tensor_batch(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Stack CHW float arrays into an NCHW tensor."""
+    return torch.from_numpy(np.stack(arrays))

@@ -1,0 +1,1 @@
+"""Embedding backends (torch, ONNX Runtime, TensorRT) behind one interface."""

@@ -1,0 +1,110 @@
+"""Retrieval metrics by exact cosine search, with memory bounded by chunking the queries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Queries per chunk are chosen so one similarity block holds at most this many floats (64 MB).
+_MAX_BLOCK_ELEMENTS = 16_000_000
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The top-k gallery indices (and cosine similarities) for every query, best first."""
+
+    indices: np.ndarray
+    similarities: np.ndarray
+
+
+def exact_neighbours(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    exclude_self: bool = False,
+    query_groups: Sequence | None = None,
+    gallery_groups: Sequence | None = None,
+) -> Neighbours:
+    """Top-k gallery items by cosine similarity for each query (embeddings L2-normalised).
+
+    `exclude_self` drops gallery item i for query i (leave-one-out); with groups given, gallery
+    items of the query's own group are dropped too (e.g. tiles of the same source image).
+    """
+    k = min(k, len(gallery) - (1 if exclude_self else 0))
+    if k <= 0:
+        raise ValueError("the gallery is too small for this k")
+    gallery_t = np.ascontiguousarray(gallery, dtype=np.float32).T
+    chunk = max(1, _MAX_BLOCK_ELEMENTS // max(1, len(gallery)))
+    if query_groups is not None:
+        codes = {g: i for i, g in enumerate(dict.fromkeys([*gallery_groups, *query_groups]))}
+        gallery_codes = np.array([codes[g] for g in gallery_groups])
+        query_codes = np.array([codes[g] for g in query_groups])
+    out_idx = np.empty((len(queries), k), dtype=np.int64)
+    out_sim = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), chunk):
+        stop = min(start + chunk, len(queries))
+        sims = np.asarray(queries[start:stop], dtype=np.float32) @ gallery_t
+        if exclude_self:
+            rows = np.arange(stop - start)
+            sims[rows, rows + start] = -np.inf
+        if query_groups is not None:
+            sims[query_codes[start:stop, None] == gallery_codes[None, :]] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        out_idx[start:stop] = np.take_along_axis(top, order, axis=1)
+        out_sim[start:stop] = np.take_along_axis(top_sims, order, axis=1)
+    return Neighbours(out_idx, out_sim)
+
+
+def majority_label(labels: Sequence) -> tuple:
+    """The most common label and its count; ties go to the label ranked highest first."""
+    counts = Counter(labels)
+    best = max(counts.values())
+    winner = next(label for label in labels if counts[label] == best)
+    return winner, best
+
+
+def retrieval_metrics(
+    neighbours: Neighbours,
+    query_labels: Sequence[int],
+    gallery_labels: Sequence[int],
+    recall_ks: Sequence[int] = (1, 2, 4, 8),
+    map_k: int = 5,
+    vote_k: int = 5,
+    precision_k: int = 10,
+    relevant_counts: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """Recall@K, mAP@k, majority-vote accuracy mMV@k and precision@k from ranked neighbours.
+
+    AP@k = Σ_{i≤k} P@i·rel_i / min(k, R), with R the number of relevant gallery items for the
+    query (given by `relevant_counts`, after exclusions); queries with R = 0 are left out.
+    """
+    gallery_labels = np.asarray(gallery_labels)
+    query_labels = np.asarray(query_labels)
+    relevant = gallery_labels[neighbours.indices] == query_labels[:, None]
+    available = neighbours.indices.shape[1]
+    if relevant_counts is None:
+        relevant_counts = np.array([(gallery_labels == q).sum() for q in query_labels])
+    relevant_counts = np.asarray(relevant_counts)
+    has_relevant = relevant_counts > 0
+    results: dict[str, float] = {}
+    for k in recall_ks:
+        results[f"recall@{k}"] = float(relevant[:, : min(k, available)].any(axis=1).mean())
+
+    hits = relevant[:, :map_k].astype(np.float64)
+    precision_at_i = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
+    denominators = np.minimum(map_k, np.maximum(relevant_counts, 1))
+    average_precision = (precision_at_i * hits).sum(axis=1) / denominators
+    results[f"map@{map_k}"] = float(average_precision[has_relevant].mean())
+
+    votes = [
+        majority_label(list(gallery_labels[row[:vote_k]]))[0] == label
+        for row, label in zip(neighbours.indices, query_labels, strict=True)
+    ]
+    results[f"mmv@{vote_k}"] = float(np.mean(votes))
+    results[f"precision@{precision_k}"] = float(relevant[:, :precision_k].mean())
+    return results

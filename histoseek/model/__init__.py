@@ -1,0 +1,1 @@
+"""Backbones, global descriptors and the CGD embedding model."""

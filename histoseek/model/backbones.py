@@ -1,0 +1,151 @@
+"""Backbones as data: each entry says how to build the trunk and how to normalise its input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from histoseek.errors import HistoseekError
+from histoseek.model.efficientnet_lite import LITE0_STAGES, EfficientNetLite0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone trunk and what input it expects."""
+
+    name: str
+    out_channels: int
+    # Input normalisation on 0..1 pixels: (x - mean) / std per channel.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    build: Callable[[bool], nn.Module]
+    # The trunk's stages from input to output, for freezing the first N of them.
+    stages: Callable[[nn.Module], list[nn.Module]]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The Lite0 weights were trained on (x - 127) / 128 with x in 0..255.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+
+def _efficientnet_lite0(imagenet: bool) -> nn.Module:
+    trunk = EfficientNetLite0()
+    if imagenet:
+        trunk.load_imagenet_weights()
+    return trunk
+
+
+# The torchvision ResNet modules a trunk keeps, in order (the Sequential's indices).
+_RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def _lite0_stages(trunk: nn.Module) -> list[nn.Module]:
+    stem = nn.ModuleList([trunk._conv_stem, trunk._bn0])
+    blocks, start = [], 0
+    for *_, repeats in LITE0_STAGES:
+        blocks.append(nn.ModuleList(trunk._blocks[start : start + repeats]))
+        start += repeats
+    return [stem, *blocks, nn.ModuleList([trunk._conv_head, trunk._bn1])]
+
+
+def _resnet_stages(trunk: nn.Module) -> list[nn.Module]:
+    return [nn.ModuleList(trunk[:4]), *trunk[4:]]
+
+
+def _resnet_trunk(arch: str) -> Callable[[bool], nn.Module]:
+    def build(imagenet: bool) -> nn.Module:
+        import torchvision.models as tvm
+
+        factory, weights = {
+            "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
+            "resnext50": (tvm.resnext50_32x4d, tvm.ResNeXt50_32X4D_Weights.IMAGENET1K_V1),
+        }[arch]
+        if imagenet:
+            try:
+                net = factory(weights=weights)
+            except Exception as error:  # no internet, no cache: urllib, ssl or hub errors
+                raise HistoseekError(
+                    f"could not get torchvision's ImageNet weights for {arch} ({error}); "
+                    "use --weights PATH with a local state dict, --weights none, or the offline "
+                    "default backbone --backbone efficientnet_lite0"
+                ) from None
+        else:
+            net = factory(weights=None)
+        # CGD keeps layer3 at stride 8 (28×28 for 224 px), so the last map is 14×14.
+        first = net.layer3[0]
+        first.conv2.stride = (1, 1)
+        first.downsample[0].stride = (1, 1)
+        return nn.Sequential(*(getattr(net, name) for name in _RESNET_PARTS))
+
+    return build
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0", 1280, LITE_MEAN, LITE_STD, _efficientnet_lite0, _lite0_stages
+    ),
+    "resnet50": BackboneSpec(
+        "resnet50", 2048, IMAGENET_MEAN, IMAGENET_STD, _resnet_trunk("resnet50"), _resnet_stages
+    ),
+    "resnext50": BackboneSpec(
+        "resnext50", 2048, IMAGENET_MEAN, IMAGENET_STD, _resnet_trunk("resnext50"), _resnet_stages
+    ),
+}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """Look up a backbone by name, with a clear error listing the known ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise HistoseekError(
+            f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}"
+        ) from None
+
+
+def build_trunk(name: str, weights: str) -> nn.Module:
+    """Build a backbone trunk with weights 'imagenet', 'none' or a state-dict PATH."""
+    spec = get_backbone_spec(name)
+    if weights in ("imagenet", "none"):
+        return spec.build(weights == "imagenet")
+    trunk = spec.build(False)
+    path = Path(weights)
+    if not path.is_file():
+        raise HistoseekError(f"--weights must be imagenet, none or a file; not found: {weights}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise HistoseekError(f"cannot read weights {weights}: {error}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise HistoseekError(f"{weights} holds no state dict")
+    try:
+        trunk.load_state_dict(_match_trunk_keys(trunk, state), strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0]
+        raise HistoseekError(f"{weights} does not fit backbone {name}: {first_line}") from None
+    return trunk
+
+
+def _match_trunk_keys(trunk: nn.Module, state: dict) -> dict:
+    """Accept a full classifier's state dict (torchvision names) for a trunk."""
+    wanted = set(trunk.state_dict())
+    if set(state) >= wanted:
+        return {k: state[k] for k in wanted}
+    if isinstance(trunk, nn.Sequential):
+        # torchvision ResNet keys (conv1, bn1, layer1...) map onto the Sequential's indices.
+        renamed = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head in _RESNET_PARTS:
+                renamed[f"{_RESNET_PARTS.index(head)}.{rest}"] = value
+        if set(renamed) >= wanted:
+            return {k: renamed[k] for k in wanted}
+    return state

@@ -1,0 +1,54 @@
+"""Rich tables for model information and evaluation results."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from histoseek.model.cgd import ModelConfig
+from histoseek.model.summary import ModelSummary
+
+
+def model_table(
+    config: ModelConfig,
+    summary: ModelSummary,
+    reference: str,
+    class_names: list[str],
+    fingerprint: str,
+) -> Table:
+    """A two-column table describing a CGD model and its cost."""
+    table = Table(title="histoseek model", show_header=False)
+    table.add_column("property", style="bold")
+    table.add_column("value")
+    rows = [
+        ("model", reference),
+        ("backbone", config.backbone),
+        ("global descriptors", config.gd_config),
+        ("embedding dim", str(config.dim)),
+        (
+            "classes",
+            f"{config.num_classes}" + (f" ({', '.join(class_names)})" if class_names else ""),
+        ),
+        ("image size", f"{config.image_size} px"),
+        ("parameters", f"{summary.parameters / 1e6:.2f}M"),
+        (f"FLOPs ({summary.input_size}×{summary.input_size})", f"{summary.flops / 1e9:.2f}G"),
+        ("fingerprint", fingerprint[:16]),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def evaluation_table(document: dict) -> Table:
+    """A table of retrieval metrics with what they were measured on in the caption."""
+    table = Table(title="retrieval quality")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for name, value in document["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    table.caption = (
+        f"{document['query_size']} queries, gallery of {document['gallery_size']}; "
+        f"{document['protocol']}; model {document['model']}; backend {document['backend']}"
+    )
+    if document["skipped_unreadable"]:
+        table.caption += f"; {len(document['skipped_unreadable'])} unreadable image(s) skipped"
+    return table

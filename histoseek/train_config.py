@@ -1,0 +1,39 @@
+"""The training configuration: plain data, cheap to import (the CLI reads its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """Every training choice; saved with the run so `--resume` continues it exactly."""
+
+    data_dir: str
+    run_dir: str
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    gd_config: str = "SMG"
+    dim: int = 1536
+    image_size: int = 224
+    epochs: int = 10
+    batch_size: int = 64
+    m_per_class: int = 8
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    freeze_stages: int = 0
+    label_smoothing: float = 0.1
+    temperature: float = 0.5
+    margin: float = 0.1
+    crop_scale: float = 0.5
+    stain_jitter: float = 0.05
+    val_dir: str | None = None
+    val_fraction: float = 0.1
+    group_regex: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    # None: one decoding process per CPU core, at most 8.
+    workers: int | None = None
