@@ -1,0 +1,412 @@
+"""Orchestrating a preparation: scan, split, tile in parallel, write patches and a manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from histoseek import __version__
+from histoseek.data.folder import display_path
+from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.split import parse_fractions, stratified_group_split
+from histoseek.errors import HistoseekError
+from histoseek.fsutil import atomic_dir
+from histoseek.prepare.layouts import Discovery, SourceImage, discover
+from histoseek.prepare.stain import METHODS, StainNormalizer, fit_normalizer
+from histoseek.prepare.tiling import resample, tile_origins, tissue_fractions
+from histoseek.prepare.tissue import tissue_mask
+
+DEFAULT_SPLIT = "0.7,0.15,0.15"
+SPLIT_NAMES = {1: ("train",), 2: ("train", "test"), 3: ("train", "val", "test")}
+# Pillow's own decompression-bomb limit, captured before anything changes it.
+DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS)
+MAX_DEFAULT_WORKERS = 8
+MANIFEST = "manifest.csv"
+SKIPPED = "skipped.txt"
+RECORD = "prepare.json"
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "split",
+    "source",
+    "group",
+    "x",
+    "y",
+    "scale",
+    "tissue_fraction",
+    "stain",
+)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How to cut a dataset into patches; everything here is recorded in prepare.json."""
+
+    layout: str
+    patch_size: int = 224
+    stride: int | None = None
+    scale: float = 1.0
+    min_tissue: float = 0.5
+    split: str | None = None
+    seed: int = 0
+    normalize: str | None = None
+    reference: Path | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    group_regex: str | None = None
+
+    @property
+    def step(self) -> int:
+        """The stride actually used: the patch size unless given."""
+        return self.stride or self.patch_size
+
+    def record(self) -> dict:
+        """The options as JSON, with defaults resolved so that equal runs compare equal."""
+        record = asdict(self)
+        record["stride"] = self.step
+        record["reference"] = str(self.reference.resolve()) if self.reference else None
+        return record
+
+
+@dataclass
+class PrepareSummary:
+    """What a preparation wrote, for the screen."""
+
+    output: Path
+    classes: list[str]
+    splits: list[str]
+    counts: dict[str, Counter]
+    sources: int
+    skipped: list[tuple[str, str]]
+    sources_without_patches: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def patches(self) -> int:
+        """Patches written in all splits."""
+        return sum(sum(counter.values()) for counter in self.counts.values())
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One source image for a worker: where it goes and how to cut it."""
+
+    image: SourceImage
+    split: str
+    source_id: str
+    staging: Path
+    options: PrepareOptions
+    normalizer: StainNormalizer | None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A worker's answer: the manifest rows of its patches, or why the image was skipped."""
+
+    relative: str
+    rows: list[dict]
+    skipped_because: str | None = None
+
+
+@contextlib.contextmanager
+def _pixel_limit(limit: int | None) -> Iterator[None]:
+    """Set Pillow's decompression-bomb limit for the block only (None: no limit)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _tile_source(task: _Task) -> _Outcome:
+    """Cut one source image into patches on disk; runs in a worker process."""
+    options = task.options
+    try:
+        with _pixel_limit(options.max_pixels):
+            image = load_rgb(task.image.path)
+    except UnreadableImageError as error:
+        return _Outcome(task.image.relative, [], str(error.__cause__ or error))
+    rgb = np.asarray(resample(image, options.scale))
+    del image
+    mask = tissue_mask(rgb)
+    if task.normalizer is not None:
+        rgb = task.normalizer.normalize(rgb)
+    size = options.patch_size
+    origins = tile_origins(rgb.shape[1], rgb.shape[0], size, options.step)
+    folder = task.staging / task.split / task.image.label
+    rows = []
+    for (x, y), fraction in zip(origins, tissue_fractions(mask, origins, size), strict=True):
+        if fraction < options.min_tissue:
+            continue
+        name = f"{task.source_id}_{x}_{y}.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb[y : y + size, x : x + size]).save(folder / name)
+        rows.append(
+            {
+                "path": f"{task.split}/{task.image.label}/{name}",
+                "label": task.image.label,
+                "split": task.split,
+                "source": task.image.relative,
+                "group": task.image.group,
+                "x": x,
+                "y": y,
+                "scale": options.scale,
+                "tissue_fraction": round(fraction, 4),
+                "stain": options.normalize or "none",
+            }
+        )
+    return _Outcome(task.image.relative, rows)
+
+
+def _validate(options: PrepareOptions, discovery: Discovery) -> tuple[str, ...]:
+    """Check the options against each other and the layout; return the split names."""
+    if options.patch_size < 1 or options.step < 1:
+        raise HistoseekError("--patch-size and --stride must be at least 1")
+    if not options.scale > 0:
+        raise HistoseekError(f"--scale must be positive, not {options.scale}")
+    if not 0.0 <= options.min_tissue <= 1.0:
+        raise HistoseekError(f"--min-tissue is a fraction from 0 to 1, not {options.min_tissue}")
+    if options.max_pixels < 1:
+        raise HistoseekError("--max-pixels must be at least 1")
+    if options.normalize is not None and options.normalize not in METHODS:
+        raise HistoseekError(f"unknown --normalize {options.normalize!r}; use one of {METHODS}")
+    if (options.normalize is None) != (options.reference is None):
+        raise HistoseekError("--normalize and --reference go together: give both or neither")
+    if discovery.official_split:
+        if options.split is not None:
+            raise HistoseekError(
+                f"the {options.layout} layout has an official split; --split does not apply"
+            )
+        return tuple(sorted({image.split for image in discovery.images}, key=_split_order))
+    fractions = parse_fractions(options.split or DEFAULT_SPLIT)
+    if len(fractions) not in SPLIT_NAMES:
+        raise HistoseekError("--split takes 1 to 3 fractions (train[,val],test)")
+    return SPLIT_NAMES[len(fractions)]
+
+
+def _split_order(name: str) -> int:
+    return SPLIT_NAMES[3].index(name) if name in SPLIT_NAMES[3] else len(SPLIT_NAMES[3])
+
+
+def _assign_splits(options: PrepareOptions, discovery: Discovery, names: tuple[str, ...]):
+    """The split of each source image: official, or stratified by class and grouped."""
+    if discovery.official_split:
+        return [image.split for image in discovery.images]
+    fractions = parse_fractions(options.split or DEFAULT_SPLIT)
+    assignment = stratified_group_split(
+        [image.label for image in discovery.images],
+        [image.group for image in discovery.images],
+        fractions,
+        options.seed,
+    )
+    return [names[index] for index in assignment]
+
+
+def _source_ids(images: list[SourceImage]) -> list[str]:
+    """A file-name-safe id per image: its stem, plus a hash of its path where stems repeat."""
+    stems = [re.sub(r"[^A-Za-z0-9.-]+", "_", Path(image.relative).stem) for image in images]
+    repeats = Counter(stems)
+    return [
+        stem
+        if repeats[stem] == 1
+        else f"{stem}-{hashlib.sha1(os.fsencode(image.path)).hexdigest()[:8]}"
+        for stem, image in zip(stems, images, strict=True)
+    ]
+
+
+def _check_paths(src: Path, out: Path, record: dict, overwrite: bool) -> None:
+    """Refuse an output that overlaps SRC or already holds something, unless --overwrite."""
+    src_real, out_real = src.resolve(), out.resolve()
+    if out_real == src_real or src_real in out_real.parents:
+        raise HistoseekError(f"the output {display_path(out)} must not lie inside SRC")
+    if out_real in src_real.parents:
+        raise HistoseekError(f"SRC lies inside the output {display_path(out)}; choose another -o")
+    if out.exists() and not out.is_dir():
+        raise HistoseekError(f"the output {display_path(out)} exists and is not a folder")
+    if overwrite or not out.exists() or not any(out.iterdir()):
+        return
+    try:
+        previous = json.loads((out / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise HistoseekError(
+            f"{display_path(out)} is not empty and holds no histoseek preparation; "
+            "choose another -o or pass --overwrite"
+        ) from None
+    mine = {key: record[key] for key in ("layout", "source", "options")}
+    theirs = {key: previous.get(key) for key in mine}
+    if theirs == mine:
+        raise HistoseekError(
+            f"{display_path(out)} already holds this preparation; pass --overwrite to redo it"
+        )
+    changed = sorted(
+        key
+        for key in set(mine["options"]) | set(theirs.get("options") or {})
+        if mine["options"].get(key) != (theirs.get("options") or {}).get(key)
+    ) + [key for key in ("layout", "source") if mine[key] != theirs[key]]
+    raise HistoseekError(
+        f"{display_path(out)} holds a different preparation (differs in: {', '.join(changed)}); "
+        "pass --overwrite to replace it"
+    )
+
+
+def _check_sizes(images: list[SourceImage], max_pixels: int) -> None:
+    """Refuse, before any work, images too large to decode under --max-pixels."""
+    too_large = []
+    for image in images:
+        try:
+            with _pixel_limit(None), Image.open(image.path) as opened:
+                width, height = opened.size
+        except (OSError, ValueError, SyntaxError):
+            continue  # the worker lists it as unreadable
+        if width * height > max_pixels:
+            too_large.append((width * height, width, height, image.relative))
+    if too_large:
+        pixels, width, height, name = max(too_large)
+        raise HistoseekError(
+            f"{len(too_large)} image(s) exceed --max-pixels {max_pixels:,} (the largest, {name}, "
+            f"is {width}×{height} = {pixels:,} pixels); pass --max-pixels {pixels} to read them "
+            f"whole (about {pixels * 3 / 2**30:.1f} GiB each in memory)"
+        )
+
+
+def _default_workers() -> int:
+    return min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
+
+
+def _run(
+    tasks: list[_Task], workers: int, progress: Callable[[int, int], None] | None
+) -> list[_Outcome]:
+    """Tile every task, in-process (workers=0) or in a pool of spawned processes."""
+    outcomes = []
+    if workers == 0:
+        for task in tasks:
+            outcomes.append(_tile_source(task))
+            if progress:
+                progress(len(outcomes), len(tasks))
+        return outcomes
+    # Spawned, not forked: a fork of a process that has started threads (torch, BLAS) can hang.
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+    )
+    try:
+        for future in as_completed([pool.submit(_tile_source, task) for task in tasks]):
+            outcomes.append(future.result())
+            if progress:
+                progress(len(outcomes), len(tasks))
+    except BrokenProcessPool:
+        raise HistoseekError(
+            "a worker process died while tiling (out of memory?); try fewer --workers"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    # surrogateescape keeps non-UTF-8 names byte-identical to the files on disk.
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def prepare_dataset(
+    src: Path,
+    out: Path,
+    options: PrepareOptions,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PrepareSummary:
+    """Cut every image of `src` into labelled patches under `out`/<split>/<class>/.
+
+    The output appears only when everything is written (built in a temporary folder beside
+    it); `progress(done, total)` is called after each source image.
+    """
+    src, out = Path(src), Path(out)
+    discovery = discover(options.layout, src, options.group_regex)
+    split_names = _validate(options, discovery)
+    record = {
+        "histoseek_version": __version__,
+        "layout": options.layout,
+        "source": str(src.resolve()),
+        "options": {
+            **options.record(),
+            "split": "official"
+            if discovery.official_split
+            else parse_fractions(options.split or DEFAULT_SPLIT),
+        },
+    }
+    _check_paths(src, out, record, overwrite)
+    _check_sizes(discovery.images, options.max_pixels)
+    normalizer = fit_normalizer(options.normalize, options.reference) if options.normalize else None
+    record["normalization"] = (
+        {
+            "method": normalizer.method,
+            "reference": options.record()["reference"],
+            "parameters": normalizer.parameters(),
+        }
+        if normalizer
+        else None
+    )
+    splits = _assign_splits(options, discovery, split_names)
+    ids = _source_ids(discovery.images)
+    workers = _default_workers() if workers is None else workers
+    with atomic_dir(out) as staging:
+        tasks = [
+            _Task(image, split, source_id, staging, options, normalizer)
+            for image, split, source_id in zip(discovery.images, splits, ids, strict=True)
+        ]
+        outcomes = _run(tasks, workers, progress)
+        class_order = {name: i for i, name in enumerate(discovery.classes)}
+        rows = sorted(
+            (row for outcome in outcomes for row in outcome.rows),
+            key=lambda r: (_split_order(r["split"]), class_order[r["label"]], r["path"]),
+        )
+        skipped = sorted(
+            (o.relative, o.skipped_because) for o in outcomes if o.skipped_because is not None
+        )
+        if not rows:
+            raise HistoseekError(
+                f"no patch of {options.patch_size} px holds at least {options.min_tissue:.0%} "
+                f"tissue ({len(skipped)} image(s) unreadable); lower --min-tissue or --patch-size"
+            )
+        counts = {name: Counter() for name in split_names}
+        for row in rows:
+            counts[row["split"]][row["label"]] += 1
+        _write_table(staging / MANIFEST, rows)
+        (staging / SKIPPED).write_text(
+            "".join(f"{name}\t{reason}\n" for name, reason in skipped),
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
+        record["classes"] = discovery.classes
+        record["patches"] = {split: dict(counter) for split, counter in counts.items()}
+        record["skipped"] = len(skipped)
+        (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return PrepareSummary(
+        output=out,
+        classes=discovery.classes,
+        splits=list(split_names),
+        counts=counts,
+        sources=len(discovery.images),
+        skipped=skipped,
+        sources_without_patches=sum(
+            1 for o in outcomes if not o.rows and o.skipped_because is None
+        ),
+        notes=discovery.notes,
+    )
