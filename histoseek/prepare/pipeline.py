@@ -73,11 +73,14 @@ class PrepareOptions:
         """The stride actually used: the patch size unless given."""
         return self.stride or self.patch_size
 
-    def record(self) -> dict:
+    def record(self, official_split: bool) -> dict:
         """The options as JSON, with defaults resolved so that equal runs compare equal."""
         record = asdict(self)
         record["stride"] = self.step
         record["reference"] = str(self.reference.resolve()) if self.reference else None
+        record["split"] = (
+            "official" if official_split else parse_fractions(self.split or DEFAULT_SPLIT)
+        )
         return record
 
 
@@ -344,12 +347,7 @@ def prepare_dataset(
         "histoseek_version": __version__,
         "layout": options.layout,
         "source": str(src.resolve()),
-        "options": {
-            **options.record(),
-            "split": "official"
-            if discovery.official_split
-            else parse_fractions(options.split or DEFAULT_SPLIT),
-        },
+        "options": options.record(discovery.official_split),
     }
     _check_paths(src, out, record, overwrite)
     _check_sizes(discovery.images, options.max_pixels)
@@ -357,7 +355,7 @@ def prepare_dataset(
     record["normalization"] = (
         {
             "method": normalizer.method,
-            "reference": options.record()["reference"],
+            "reference": record["options"]["reference"],
             "parameters": normalizer.parameters(),
         }
         if normalizer
