@@ -537,6 +537,277 @@ def info(model_path, backbone, gd_config, dim, classes, input_size):
     )
 
 
+def _backend_option(func):
+    return click.option(
+        "--backend",
+        type=click.Choice(["auto", "torch", "onnx", "tensorrt"]),
+        default="auto",
+        show_default=True,
+        help="Inference backend; auto picks the fastest usable one.",
+    )(func)
+
+
+@cli.command("index")
+@click.argument("directory", type=click.Path(path_type=Path))
+@model_option
+@click.option(
+    "-o",
+    "--output",
+    "index_dir",
+    type=click.Path(path_type=Path),
+    default="histoseek-index",
+    show_default=True,
+    help="Index folder (query looks for ./histoseek-index by default).",
+)
+@click.option(
+    "--trees",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Annoy trees: more give better recall, bigger files and slower builds.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Annoy build seed.")
+@click.option(
+    "--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping."
+)
+@_backend_option
+@device_option
+@batch_size_option(32)
+@workers_option
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an index of another folder or model at -o (and re-embed every image).",
+)
+def index(
+    directory,
+    model_path,
+    index_dir,
+    trees,
+    seed,
+    strict,
+    backend,
+    device,
+    batch_size,
+    workers,
+    overwrite,
+):
+    """Embed every image under DIRECTORY and build an Annoy index of them.
+
+    Re-running it on the same folder embeds only new or changed files.
+    """
+    from rich.console import Console
+
+    from histoseek.data.dataset import default_workers
+    from histoseek.data.folder import display_path
+    from histoseek.index.build import build_index
+
+    console = Console(stderr=True, highlight=False)
+    report = build_index(
+        directory,
+        index_dir,
+        model=model_path,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        trees=trees,
+        seed=seed,
+        strict=strict,
+        overwrite=overwrite,
+        progress=True,
+        announce=console.print,
+    )
+    shown = display_path(report.index_dir)
+    console.print(
+        f"indexed {report.items} image(s) into {shown} in {report.seconds:.1f} s: "
+        f"{report.embedded} embedded, {report.reused} reused, {report.dropped} dropped; "
+        f"{trees} trees; backend {report.backend}"
+    )
+    if report.skipped:
+        console.print(
+            f"skipped {len(report.skipped)} unreadable file(s); the list is in {shown}/skipped.txt"
+        )
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--index",
+    "index_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Index folder [default: ./histoseek-index].",
+)
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query image.")
+@click.option(
+    "--search-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Annoy candidates to inspect: more is slower and more exact [default: k × trees].",
+)
+@click.option("--exact", is_flag=True, help="Exact search over the stored embeddings.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a gallery page.")
+@click.option(
+    "--sheet", "sheet_path", type=click.Path(path_type=Path), help="Write a contact sheet PNG."
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The index's model checkpoint, if it has moved [default: the one the index records].",
+)
+@_backend_option
+@device_option
+@batch_size_option(32)
+@workers_option
+def query(
+    images,
+    index_dir,
+    k,
+    search_k,
+    exact,
+    as_json,
+    html_path,
+    sheet_path,
+    model_path,
+    backend,
+    device,
+    batch_size,
+    workers,
+):
+    """Find the K most similar indexed patches to each IMAGE (a folder: every image in it)."""
+    import json
+    import sys
+
+    from rich.console import Console
+
+    from histoseek.data.dataset import default_workers
+    from histoseek.index.search import (
+        collect_query_images,
+        load_index_model,
+        open_index,
+        search_images,
+    )
+    from histoseek.report.results import print_results, results_document
+
+    if k < 1:
+        raise HistoseekError(f"-k must be 1 or more, not {k}")
+    opened = open_index(index_dir)
+    paths = collect_query_images(images)
+    network = load_index_model(opened, model_path)
+    notes = Console(stderr=True, highlight=False)
+    if k > len(opened.items):
+        notes.print(f"note: the index holds only {len(opened.items)} images; showing all of them")
+    results = search_images(
+        opened,
+        network,
+        paths,
+        k,
+        search_k=-1 if search_k is None else search_k,
+        exact=exact,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        progress=sys.stderr.isatty(),
+    )
+    if html_path is not None:
+        from histoseek.report.gallery import write_gallery
+
+        write_gallery(html_path, results)
+    if sheet_path is not None:
+        from histoseek.report.sheet import write_sheet
+
+        write_sheet(sheet_path, results)
+    if as_json:
+        click.echo(json.dumps(results_document(opened, results), indent=2))
+    else:
+        print_results(Console(highlight=False), results)
+    for path, what in ((html_path, "gallery"), (sheet_path, "contact sheet")):
+        if path is not None:
+            notes.print(f"wrote the {what} to {path}")
+
+
+@cli.command()
+@model_option
+@click.option(
+    "--onnx",
+    "onnx_path",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[OUT.onnx]",
+    help="Write an ONNX model (default path: beside the checkpoint, model.onnx). "
+    "This is the default when neither --onnx nor --trt is given.",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(13, 20),
+    default=17,
+    show_default=True,
+    help="ONNX opset version.",
+)
+@click.option("--dynamic-size", is_flag=True, help="Let the ONNX model take any height and width.")
+@click.option(
+    "--trt",
+    "engine_path",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[OUT.engine]",
+    help="Also build a TensorRT engine (default path: the ONNX or checkpoint path with .engine).",
+)
+@click.option(
+    "--fp16/--fp32",
+    default=None,
+    help="TensorRT precision; fp16 keeps pooling and normalisation in fp32 [default: fp16].",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest batch the TensorRT engine accepts [default: 256].",
+)
+@click.option(
+    "--parity-images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of image tiles for the parity check (default: synthetic H&E-like patches).",
+)
+@overwrite_option
+def export(
+    model_path,
+    onnx_path,
+    opset,
+    dynamic_size,
+    engine_path,
+    fp16,
+    max_batch,
+    parity_images,
+    overwrite,
+):
+    """Export a model to ONNX and/or a TensorRT engine, each checked against PyTorch."""
+    if engine_path is None and (fp16 is not None or max_batch is not None):
+        raise HistoseekError("--fp16/--fp32 and --max-batch only apply with --trt")
+    from histoseek_export.pipeline import run_export
+
+    run_export(
+        model_path,
+        onnx=onnx_path,
+        trt=engine_path,
+        opset=opset,
+        dynamic_size=dynamic_size,
+        fp16=fp16 is not False,
+        max_batch=256 if max_batch is None else max_batch,
+        overwrite=overwrite,
+        parity_dir=parity_images,
+        report=click.echo,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

@@ -1,0 +1,1 @@
+"""Annoy indexes of patch embeddings: building, updating, validating and searching them."""

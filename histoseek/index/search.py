@@ -1,0 +1,195 @@
+"""Querying an index: open and check it, load the model it records, embed queries, search."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histoseek.data.folder import display_path, list_images
+from histoseek.errors import HistoseekError
+from histoseek.index.annoy_index import VectorIndex
+from histoseek.index.build import IndexItem, decoding_workers, read_items, why_unreadable
+from histoseek.index.manifest import (
+    ANNOY_NAME,
+    EMBEDDINGS_NAME,
+    Manifest,
+    locate_index,
+    read_manifest,
+)
+
+
+@dataclass
+class OpenIndex:
+    """A validated index on disk: its manifest, item metadata and vectors."""
+
+    path: Path
+    manifest: Manifest
+    items: list[IndexItem]
+    vectors: VectorIndex
+
+    def file_of(self, item: IndexItem) -> Path:
+        """Where an item's image file lives."""
+        return Path(self.manifest.source_dir) / item.path
+
+
+def open_index(index_dir: Path | None) -> OpenIndex:
+    """Open the index at `index_dir` (default ./histoseek-index) and check it is whole."""
+    path = locate_index(index_dir)
+    manifest = read_manifest(path)
+    shown = display_path(path)
+    try:
+        items = read_items(path)
+        embeddings = np.load(path / EMBEDDINGS_NAME, mmap_mode="r")
+        vectors = VectorIndex(path / ANNOY_NAME, embeddings)
+    except (OSError, ValueError, TypeError) as error:
+        raise HistoseekError(f"the index {shown} is damaged: {error}") from None
+    if not (len(items) == manifest.items == embeddings.shape[0] == vectors.annoy.get_n_items()):
+        raise HistoseekError(
+            f"the index {shown} is damaged: its item list, embeddings and trees disagree"
+        )
+    return OpenIndex(path, manifest, items, vectors)
+
+
+def load_index_model(index: OpenIndex, model: str | Path | None = None):
+    """The model the index was built with (or `model`, which must be that same model)."""
+    from histoseek.model.checkpoint import load_model, model_fingerprint
+
+    recorded = index.manifest.model_reference
+    shown = display_path(index.path)
+    if model is None:
+        try:
+            network, _, _ = load_model(recorded)
+        except HistoseekError as error:
+            raise HistoseekError(
+                f"cannot load the model the index {shown} was built with ({error}); "
+                "pass --model CKPT if the checkpoint has moved"
+            ) from None
+    else:
+        network, _, _ = load_model(model)
+    same = (
+        model_fingerprint(network) == index.manifest.model_fingerprint
+        and network.config.to_dict() == index.manifest.model_config
+    )
+    if not same:
+        source = display_path(index.manifest.source_dir)
+        if model is None:
+            raise HistoseekError(
+                f"the model {recorded} has changed since the index {shown} was built; "
+                f"rebuild it with `histoseek index {source} -o {shown} --overwrite`"
+            )
+        raise HistoseekError(
+            f"the index {shown} was built with another model ({recorded}), "
+            f"not {display_path(model)}; query it without --model or rebuild it"
+        )
+    return network
+
+
+def collect_query_images(arguments: Sequence[Path]) -> list[Path]:
+    """The query images: files as given, folders expanded to every image below them."""
+    paths: list[Path] = []
+    for argument in arguments:
+        argument = Path(argument)
+        if argument.is_dir():
+            found = list_images(argument)
+            if not found:
+                raise HistoseekError(f"no images found in {display_path(argument)}")
+            paths.extend(found)
+        elif argument.is_file():
+            paths.append(argument)
+        else:
+            raise HistoseekError(f"query image not found: {display_path(argument)}")
+    return paths
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    rank: int
+    similarity: float
+    label: str
+    path: Path
+
+    @property
+    def shown_path(self) -> str:
+        """The path as shown to people: relative to the working folder when inside it."""
+        return shown_path(self.path)
+
+
+def shown_path(path: Path) -> str:
+    """A printable path, relative to the working folder when it lies inside it."""
+    relative = os.path.relpath(path)
+    return display_path(path if relative.startswith("..") else relative)
+
+
+@dataclass
+class QueryResult:
+    """The hits for one query image."""
+
+    query: Path
+    hits: list[Hit]
+
+    def majority(self) -> tuple[str, int]:
+        """The most common label among the hits and its count (ties: the best-ranked label)."""
+        label, count = Counter(hit.label for hit in self.hits).most_common(1)[0]
+        return label, count
+
+
+def search_images(
+    index: OpenIndex,
+    network,
+    query_paths: Sequence[Path],
+    k: int,
+    search_k: int = -1,
+    exact: bool = False,
+    backend: str = "auto",
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = False,
+) -> list[QueryResult]:
+    """Embed the query images as the index's images were, and find the k nearest of each."""
+    from histoseek.inference.pipeline import embed_files
+    from histoseek.inference.select import create_embedder
+    from histoseek.model.checkpoint import BUILTIN_MODEL
+
+    if k < 1:
+        raise HistoseekError(f"-k must be at least 1, not {k}")
+    reference = index.manifest.model_reference
+    checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
+    embedder = create_embedder(network, backend, device, checkpoint)
+    embedded = embed_files(
+        embedder,
+        network.config,
+        list(query_paths),
+        batch_size=batch_size,
+        workers=decoding_workers(len(query_paths), batch_size, workers),
+        progress=progress,
+        description="embedding queries",
+    )
+    if embedded.failed:
+        bad = query_paths[embedded.failed[0]]
+        raise HistoseekError(f"cannot read query image {display_path(bad)}: {why_unreadable(bad)}")
+    results = []
+    for row, position in enumerate(embedded.indices):
+        query = embedded.embeddings[row]
+        if exact:
+            ids, similarities = index.vectors.search_exact(query, k)
+        else:
+            ids, similarities = index.vectors.search(query, k, search_k)
+        hits = [
+            Hit(
+                rank=rank,
+                similarity=float(similarity),
+                label=index.items[item].label,
+                path=index.file_of(index.items[item]),
+            )
+            for rank, (item, similarity) in enumerate(zip(ids, similarities, strict=True), 1)
+        ]
+        results.append(QueryResult(query_paths[int(position)], hits))
+    return results

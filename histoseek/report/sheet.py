@@ -1,0 +1,69 @@
+"""A contact sheet PNG: one row per query, the query image then its results, with captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from histoseek.fsutil import atomic_file
+from histoseek.index.search import QueryResult
+from histoseek.report.results import shown_label
+from histoseek.report.thumbnails import load_thumbnail
+
+TILE = 128
+GAP = 8
+CAPTION_HEIGHT = 34
+QUERY_FRAME = (31, 111, 235)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """Shorten text from the left with '…' until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("…" + text, font=font) > width:
+        text = text[1:]
+    return "…" + text
+
+
+def contact_sheet(results: list[QueryResult]) -> Image.Image:
+    """The contact sheet image for a list of query results."""
+    columns = 1 + max(len(result.hits) for result in results)
+    cell_height = TILE + CAPTION_HEIGHT
+    sheet = Image.new(
+        "RGB",
+        (GAP + columns * (TILE + GAP), GAP + len(results) * (cell_height + GAP)),
+        (255, 255, 255),
+    )
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=11)
+    for row, result in enumerate(results):
+        top = GAP + row * (cell_height + GAP)
+        cells = [(result.query, ["query", result.query.name])]
+        cells += [
+            (hit.path, [f"#{hit.rank}  sim {hit.similarity:.3f}", shown_label(hit.label)])
+            for hit in result.hits
+        ]
+        for column, (image_path, caption) in enumerate(cells):
+            left = GAP + column * (TILE + GAP)
+            sheet.paste(load_thumbnail(image_path, TILE), (left, top))
+            if column == 0:
+                draw.rectangle(
+                    (left - 2, top - 2, left + TILE + 1, top + TILE + 1),
+                    outline=QUERY_FRAME,
+                    width=2,
+                )
+            for line, text in enumerate(caption):
+                draw.text(
+                    (left, top + TILE + 3 + line * 14),
+                    _fit(draw, text, font, TILE),
+                    fill=(30, 30, 30),
+                    font=font,
+                )
+    return sheet
+
+
+def write_sheet(path: Path, results: list[QueryResult]) -> None:
+    """Write the contact sheet as PNG atomically."""
+    with atomic_file(Path(path)) as tmp:
+        contact_sheet(results).save(tmp, format="PNG")
