@@ -1,0 +1,79 @@
+"""The ONNX Runtime backend: CPU everywhere, CUDA where onnxruntime-gpu is installed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from histoseek.errors import HistoseekError
+from histoseek.inference.exported import (
+    INSTALL_GPU,
+    META_FINGERPRINT,
+    check_fingerprint,
+    config_from_metadata,
+    import_onnxruntime,
+)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def ort_has_cuda() -> bool:
+    """Whether the installed onnxruntime was built with the CUDA execution provider."""
+    return CUDA_PROVIDER in import_onnxruntime().get_available_providers()
+
+
+class OnnxEmbedder:
+    """Runs an exported ONNX model with ONNX Runtime (all graph optimisations, all CPU cores)."""
+
+    def __init__(self, path: Path, device: str = "cpu", fingerprint: str | None = None):
+        ort = import_onnxruntime()
+        path = Path(path)
+        if device == "cuda" and not ort_has_cuda():
+            raise HistoseekError(
+                f"ONNX Runtime on CUDA needs onnxruntime-gpu: {INSTALL_GPU} (or use --device cpu)"
+            )
+        providers = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = cpu_cores()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # ORT raises its own exception types for bad files
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else error
+            raise HistoseekError(f"cannot load ONNX model {path}: {first_line}") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if fingerprint is not None:
+            check_fingerprint(path, props.get(META_FINGERPRINT), fingerprint)
+        self.config = config_from_metadata(path, props)
+        self.path = path
+        self.dim = self.config.dim
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        # Static exports fix H and W as ints; dynamic ones name them with strings.
+        height, width = model_input.shape[2:]
+        self.fixed_size = (height, width) if isinstance(height, int) else None
+        self.provider = self.session.get_providers()[0]
+        self.name = f"onnxruntime ({self.provider})"
+
+    def embed_batch(self, images: np.ndarray) -> np.ndarray:
+        """Embed an NCHW float32 batch → (N, dim) float32."""
+        if self.fixed_size is not None and tuple(images.shape[2:]) != self.fixed_size:
+            height, width = self.fixed_size
+            raise HistoseekError(
+                f"{self.path} takes {height}×{width} images, not "
+                f"{images.shape[2]}×{images.shape[3]}; export it with --dynamic-size"
+            )
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        (embeddings,) = self.session.run(None, {self.input_name: batch})
+        return embeddings.astype(np.float32, copy=False)
