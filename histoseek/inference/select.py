@@ -142,11 +142,12 @@ def _onnx_embedder(finder: _ExportFinder, device: str) -> Embedder:
 
 
 def _tensorrt_embedder(finder: _ExportFinder, device: str) -> Embedder:
-    from histoseek.inference.tensorrt_backend import TensorRTEmbedder
+    from histoseek.inference.tensorrt_backend import TensorRTEmbedder, require_cuda
 
     import_tensorrt()
     if device == "cpu":
         raise HistoseekError("--backend tensorrt runs on CUDA GPUs only; drop --device cpu")
+    require_cuda("the tensorrt backend")
     return TensorRTEmbedder.load(finder.require("tensorrt"), fingerprint=finder.fingerprint)
 
 

@@ -51,9 +51,6 @@ def check_engine_fits(engine: Path, metadata: dict) -> None:
         )
 
 
-_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16}
-
-
 class TensorRTEmbedder:
     """Runs a serialized TensorRT engine; batches above the engine's maximum run in chunks."""
 
@@ -67,6 +64,7 @@ class TensorRTEmbedder:
         if self.engine is None:
             raise HistoseekError(f"TensorRT could not deserialise {label} (see its log above)")
         self.context = self.engine.create_execution_context()
+        self.torch_dtypes = {trt.float32: torch.float32, trt.float16: torch.float16}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -96,7 +94,7 @@ class TensorRTEmbedder:
     def _torch_dtype(self, tensor_name: str) -> torch.dtype:
         dtype = self.engine.get_tensor_dtype(tensor_name)
         try:
-            return _TORCH_DTYPES[dtype.name]
+            return self.torch_dtypes[dtype]
         except KeyError:
             raise HistoseekError(
                 f"unsupported engine tensor type {dtype} for {tensor_name}"

@@ -27,11 +27,9 @@ def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def test_export_is_checked_embedding_only_with_metadata(checkpoint: Path, tmp_path: Path):
-    model, class_names, _ = load_checkpoint(checkpoint)
-    path = tmp_path / "model.onnx"
-    export_onnx(model, path, opset=13, class_names=class_names)
-    assert not any(module.training for module in model.modules())
+def test_export_is_checked_embedding_only_with_metadata(exported):
+    checkpoint, path = exported
+    model, _, _ = load_checkpoint(checkpoint)
 
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -47,10 +45,9 @@ def test_export_is_checked_embedding_only_with_metadata(checkpoint: Path, tmp_pa
     assert metadata[META_VERSION]
 
 
-def test_onnxruntime_matches_torch_on_real_tiles(checkpoint: Path, tmp_path: Path, kather_dir):
+def test_onnxruntime_matches_torch_on_real_tiles(exported, kather_dir):
+    checkpoint, path = exported
     model, _, _ = load_checkpoint(checkpoint)
-    path = tmp_path / "model.onnx"
-    export_onnx(model, path)
     images = parity_images(model.config, kather_dir, count=24)
     with torch.no_grad():
         expected = model.embed(torch.from_numpy(images)).numpy().astype(np.float64)
@@ -67,6 +64,8 @@ def test_dynamic_size_export_runs_at_two_sizes(checkpoint: Path, tmp_path: Path)
     model, _, _ = load_checkpoint(checkpoint)
     path = tmp_path / "dynamic.onnx"
     export_onnx(model, path, dynamic_size=True)
+    # Exporting must leave the batch norms in eval mode, or `model.embed` would change them.
+    assert not any(module.training for module in model.modules())
     embedder = OnnxEmbedder(path)
     rng = np.random.default_rng(0)
     for size in (64, 96):
@@ -77,10 +76,8 @@ def test_dynamic_size_export_runs_at_two_sizes(checkpoint: Path, tmp_path: Path)
         assert np.min(np.sum(expected * got, axis=1)) >= 0.9999
 
 
-def test_static_size_export_refuses_other_sizes(checkpoint: Path, tmp_path: Path):
-    model, _, _ = load_checkpoint(checkpoint)
-    path = tmp_path / "static.onnx"
-    export_onnx(model, path)
+def test_static_size_export_refuses_other_sizes(exported):
+    _, path = exported
     with pytest.raises(HistoseekError, match="takes 64×64 images.*--dynamic-size"):
         OnnxEmbedder(path).embed_batch(np.zeros((1, 3, 96, 96), np.float32))
 

@@ -1,0 +1,93 @@
+"""`histoseek export`: outputs, refusals and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import histoseek_export.pipeline as pipeline
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from histoseek.cli import cli
+
+
+def _export(*args: str):
+    return CliRunner().invoke(cli, ["export", *args])
+
+
+def test_default_export_lands_beside_checkpoint_after_parity(checkpoint: Path, kather_dir):
+    result = _export("--model", str(checkpoint), "--parity-images", str(kather_dir))
+    assert result.exit_code == 0, result.output
+    assert "parity onnxruntime vs torch fp32 on 64 images" in result.output
+    assert "PASS" in result.output
+    onnx.checker.check_model(onnx.load(str(checkpoint.with_suffix(".onnx"))), full_check=True)
+
+
+def test_existing_output_is_refused_without_overwrite(checkpoint: Path, tmp_path: Path):
+    out = tmp_path / "exists.onnx"
+    out.write_bytes(b"keep me")
+    result = _export("--model", str(checkpoint), "--onnx", str(out))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {out} already exists; use --overwrite to replace it"
+    ]
+    assert out.read_bytes() == b"keep me"
+
+    replaced = _export("--model", str(checkpoint), "--onnx", str(out), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_failed_parity_writes_nothing(checkpoint: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(pipeline, "ONNX_MIN_COSINE", 1.5)
+    out = tmp_path / "never.onnx"
+    result = _export("--model", str(checkpoint), "--onnx", str(out))
+    assert result.exit_code == 1
+    assert "FAIL" in result.output
+    assert "Error: onnxruntime parity failed; its output was not written" in result.output
+    # Neither the output nor a temporary file is left; only the checkpoint's folder remains.
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_bad_checkpoint_is_one_line(tmp_path: Path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = _export("--model", str(bad))
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"Error: cannot load checkpoint {bad}")
+    assert not bad.with_suffix(".onnx").exists()
+
+
+def test_builtin_model_needs_an_output_path():
+    result = _export("--model", "builtin")
+    assert result.exit_code == 1
+    assert "give --onnx PATH" in result.output
+
+
+def test_precision_options_need_trt(checkpoint: Path):
+    for option in (["--fp32"], ["--max-batch", "8"]):
+        result = _export("--model", str(checkpoint), *option)
+        assert result.exit_code == 1
+        assert "only apply with --trt" in result.output
+
+
+def test_trt_without_tensorrt_names_the_extra(checkpoint: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = _export("--model", str(checkpoint), "--trt")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: --trt needs TensorRT (not installed): pip install 'histoseek[gpu]'"
+    ]
+    # Checked before any work: not even the ONNX file is written.
+    assert not checkpoint.with_suffix(".onnx").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="onnx import blocking relies on sys.modules")
+def test_export_without_onnx_names_the_extra(checkpoint: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = _export("--model", str(checkpoint))
+    assert result.exit_code == 1
+    assert "pip install 'histoseek[cpu]'" in result.output
