@@ -377,6 +377,9 @@ def train(data_dir, run_dir, resume, overwrite, **options):
         config = load_train_config(resume)
         if data_dir is not None:
             config.data_dir = str(data_dir)
+        source = click.get_current_context().get_parameter_source("epochs")
+        if source is click.core.ParameterSource.COMMANDLINE:
+            config.epochs = options["epochs"]  # resuming may extend a finished run
         if run_dir is not None and Path(run_dir) != Path(resume):
             raise HistoseekError("--resume continues a run in its own folder; drop -o")
         config.run_dir = str(resume)
@@ -602,7 +605,7 @@ def index(
     from histoseek.data.folder import display_path
     from histoseek.index.build import build_index
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     report = build_index(
         directory,
         index_dir,
@@ -698,7 +701,7 @@ def query(
     opened = open_index(index_dir)
     paths = collect_query_images(images)
     network = load_index_model(opened, model_path)
-    notes = Console(stderr=True, highlight=False)
+    notes = Console(stderr=True, highlight=False, soft_wrap=True)
     if k > len(opened.items):
         notes.print(f"note: the index holds only {len(opened.items)} images; showing all of them")
     results = search_images(

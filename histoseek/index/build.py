@@ -244,7 +244,10 @@ def build_index(
             skipped.append(SkippedFile(entry.item_key, why_unreadable(entry.path)))
         if strict and embedded.failed:
             entry = to_embed[embedded.failed[0]]
-            raise HistoseekError(f"--strict: {display_path(entry.path)} cannot be read as an image")
+            raise HistoseekError(
+                f"--strict: {display_path(entry.path)} cannot be read "
+                f"({why_unreadable(entry.path)})"
+            )
         for row, position in enumerate(embedded.indices):
             entry = to_embed[int(position)]
             width, height = _image_size(entry.path)

@@ -1,0 +1,246 @@
+"""`histoseek index`: contents, repeatability, incremental updates, bad files, odd folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from index_helpers import error_line, index_args, kather_tiles, run_cli
+
+from histoseek import __version__
+from histoseek.index.manifest import FORMAT_VERSION, read_manifest
+from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
+
+
+def _items(index_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (index_dir / "items.jsonl").read_text().splitlines()]
+
+
+def test_index_writes_trees_embeddings_metadata_and_manifest(tiles, checkpoint, tmp_path):
+    index_dir = tmp_path / "idx"
+    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--trees", "7", "--seed", "3"))
+    assert result.exit_code == 0, result.output
+    assert "indexed 8 image(s)" in result.stderr
+
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    model, _, _ = load_checkpoint(checkpoint)
+    assert manifest["format"] == "histoseek-index"
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["histoseek_version"] == __version__
+    assert manifest["model_reference"] == str(checkpoint.resolve())
+    assert manifest["model_fingerprint"] == model_fingerprint(model)
+    assert manifest["model_config"] == model.config.to_dict()
+    assert manifest["backend"] == "torch (cpu)"
+    assert (manifest["dim"], manifest["metric"], manifest["trees"], manifest["seed"]) == (
+        96,
+        "angular",
+        7,
+        3,
+    )
+    assert (manifest["items"], manifest["skipped"]) == (8, 0)
+    assert manifest["source_dir"] == str(tiles.resolve())
+    assert manifest["created"].endswith("+00:00")
+
+    embeddings = np.load(index_dir / "embeddings.npy")
+    assert embeddings.shape == (8, 96) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+    items = _items(index_dir)
+    expected = sorted(p.relative_to(tiles).as_posix() for p in tiles.rglob("*.tif"))
+    assert [item["path"] for item in items] == expected
+    for item in items:
+        file = tiles / item["path"]
+        assert item["label"] == file.parent.name
+        assert (item["width"], item["height"]) == (150, 150)
+        assert (item["size"], item["mtime_ns"]) == (file.stat().st_size, file.stat().st_mtime_ns)
+    assert (index_dir / "annoy.ann").stat().st_size > 0
+    assert (index_dir / "skipped.txt").read_text().startswith("# 0 file(s)")
+
+
+def test_same_input_gives_the_same_index(tiles, checkpoint, tmp_path):
+    for name in ("a", "b"):
+        result = run_cli(*index_args(tiles, checkpoint, "-o", tmp_path / name))
+        assert result.exit_code == 0, result.output
+    for file in ("annoy.ann", "embeddings.npy", "items.jsonl"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
+def test_rerun_embeds_only_new_and_changed_files_and_drops_deleted(tiles, checkpoint, tmp_path):
+    index_dir = tmp_path / "idx"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", index_dir)).exit_code == 0
+    before = dict(
+        zip(
+            [item["path"] for item in _items(index_dir)],
+            np.load(index_dir / "embeddings.npy"),
+            strict=True,
+        )
+    )
+
+    unchanged = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
+    assert "8 image(s)" in unchanged.stderr
+    assert "0 embedded, 8 reused, 0 dropped" in unchanged.stderr
+
+    files = sorted(tiles.rglob("*.tif"))
+    deleted, changed = files[0], files[1]
+    deleted.unlink()
+    shutil.copyfile(files[-1], changed)  # new content, new size or mtime
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    added = tiles / "03_COMPLEX" / "new.tif"
+    added.parent.mkdir()
+    shutil.copyfile(files[2], added)
+
+    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
+    assert result.exit_code == 0, result.output
+    assert "indexed 8 image(s)" in result.stderr
+    assert "2 embedded, 6 reused, 1 dropped" in result.stderr
+    after = dict(
+        zip(
+            [item["path"] for item in _items(index_dir)],
+            np.load(index_dir / "embeddings.npy"),
+            strict=True,
+        )
+    )
+    key = lambda path: path.relative_to(tiles).as_posix()  # noqa: E731
+    assert key(deleted) not in after
+    assert "03_COMPLEX/new.tif" in after
+    np.testing.assert_allclose(after["03_COMPLEX/new.tif"], before[key(files[2])], atol=1e-5)
+    np.testing.assert_allclose(after[key(changed)], before[key(files[-1])], atol=1e-5)
+    for path in files[2:]:
+        np.testing.assert_array_equal(after[key(path)], before[key(path)])
+    assert read_manifest(index_dir).items == 8
+
+
+def test_unreadable_truncated_and_fake_images_are_skipped_and_listed(tiles, checkpoint, tmp_path):
+    png = tiles / "01_TUMOR" / "truncated.png"
+    from PIL import Image
+
+    Image.open(next(tiles.rglob("*.tif"))).save(png)
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    (tiles / "02_STROMA" / "notes.jpg").write_text("not an image")
+    (tiles / "02_STROMA" / "empty.tif").write_bytes(b"")
+    (tiles / "README.txt").write_text("ignored: not an image file name")
+
+    index_dir = tmp_path / "idx"
+    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--batch-size", "3"))
+    assert result.exit_code == 0, result.output
+    assert "indexed 8 image(s)" in result.stderr
+    assert "skipped 3 unreadable file(s)" in result.stderr
+    listed = (index_dir / "skipped.txt").read_text().splitlines()
+    assert listed[0].startswith("# 3 file(s)")
+    assert [line.split("\t")[0] for line in listed[1:]] == [
+        "01_TUMOR/truncated.png",
+        "02_STROMA/empty.tif",
+        "02_STROMA/notes.jpg",
+    ]
+    assert all(line.split("\t")[1] for line in listed[1:])
+    assert read_manifest(index_dir).skipped == 3
+
+    strict_dir = tmp_path / "strict"
+    strict = run_cli(*index_args(tiles, checkpoint, "-o", strict_dir, "--strict"))
+    assert "--strict" in error_line(strict)
+    assert not strict_dir.exists()
+
+
+def test_parallel_decoding_gives_the_same_embeddings(tiles, checkpoint, tmp_path):
+    args = ["--batch-size", "2"]
+    assert run_cli(*index_args(tiles, checkpoint, "-o", tmp_path / "a", *args)).exit_code == 0
+    parallel = [*index_args(tiles, checkpoint, "-o", tmp_path / "b", *args)]
+    parallel[parallel.index("--workers") + 1] = "2"
+    assert run_cli(*parallel).exit_code == 0
+    np.testing.assert_allclose(
+        np.load(tmp_path / "a" / "embeddings.npy"), np.load(tmp_path / "b" / "embeddings.npy")
+    )
+
+
+def test_symlink_loops_and_non_utf8_names(tiles, checkpoint, tmp_path):
+    os.symlink("..", tiles / "01_TUMOR" / "loop")
+    os.symlink(".", tiles / "02_STROMA" / "self")
+    odd = os.fsencode(tiles / "05_DEBRIS") + b"/bad\xff name.tif"
+    shutil.copyfile(next((tiles / "07_ADIPOSE").iterdir()), odd)
+
+    index_dir = tmp_path / "idx"
+    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
+    assert result.exit_code == 0, result.output
+    assert "indexed 9 image(s)" in result.stderr
+    paths = [item["path"] for item in _items(index_dir)]
+    assert os.fsdecode(b"05_DEBRIS/bad\xff name.tif") in paths
+    assert not any("loop" in path or "self" in path for path in paths)
+
+    query = run_cli("query", odd.decode("utf-8", "surrogateescape"), "--index", index_dir, "--json")
+    assert query.exit_code == 0, query.output
+    document = json.loads(query.stdout)
+    top = document["queries"][0]["results"][0]
+    assert top["path"].endswith("05_DEBRIS/bad\ufffd name.tif")
+    assert top["similarity"] == pytest.approx(1.0, abs=1e-4)
+    table = run_cli("query", odd.decode("utf-8", "surrogateescape"), "--index", index_dir)
+    assert "bad\ufffd name.tif" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root: None, "folder not found"),
+        (lambda root: root.mkdir(), "no images found"),
+        (lambda root: (root.mkdir(), (root / "a.txt").write_text("x")), "no images found"),
+    ],
+)
+def test_missing_or_empty_folder_is_one_line(make, message, checkpoint, tmp_path):
+    root = tmp_path / "patches"
+    make(root)
+    result = run_cli(*index_args(root, checkpoint, "-o", tmp_path / "idx"))
+    assert message in error_line(result)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_a_folder_of_only_unreadable_files_is_one_line(checkpoint, tmp_path):
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "a.png").write_text("not a png")
+    result = run_cli(*index_args(tmp_path / "patches", checkpoint, "-o", tmp_path / "idx"))
+    assert "none of the 1 image file(s)" in error_line(result)
+
+
+def test_index_of_another_folder_or_model_needs_overwrite(
+    tiles, checkpoint, other_checkpoint, tmp_path
+):
+    index_dir = tmp_path / "idx"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", index_dir)).exit_code == 0
+    other = tmp_path / "other"
+    shutil.copytree(tiles / "01_TUMOR", other / "01_TUMOR")
+
+    refused = run_cli(*index_args(other, checkpoint, "-o", index_dir))
+    assert "holds an index of another folder" in error_line(refused)
+    refused = run_cli(*index_args(tiles, other_checkpoint, "-o", index_dir))
+    assert "was built with another model" in error_line(refused)
+    assert read_manifest(index_dir).items == 8
+
+    replaced = run_cli(*index_args(other, checkpoint, "-o", index_dir, "--overwrite"))
+    assert replaced.exit_code == 0, replaced.output
+    assert "2 embedded, 0 reused" in replaced.stderr
+    assert read_manifest(index_dir).source_dir == str(other.resolve())
+
+    stranger = tmp_path / "not-an-index"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("mine")
+    refused = run_cli(*index_args(tiles, checkpoint, "-o", stranger, "--overwrite"))
+    assert "is not a histoseek index" in error_line(refused)
+    assert (stranger / "keep.txt").read_text() == "mine"
+
+
+def test_builtin_model_is_the_default_and_is_recorded(tmp_path, monkeypatch):
+    root = tmp_path / "patches"
+    for path in kather_tiles(1)[:3]:
+        (root / path.parent.name).mkdir(parents=True)
+        shutil.copy2(path, root / path.parent.name / path.name)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("index", "patches", "--backend", "torch", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(Path("histoseek-index"))
+    assert (manifest.model_reference, manifest.dim) == ("builtin", 1536)
+    query = run_cli("query", next(root.rglob("*.tif")), "-k", "2", "--backend", "torch")
+    assert query.exit_code == 0, query.output
+    assert "1.0000" in query.stdout
+    assert "hint: majority label among the 2 results" in query.stdout
