@@ -35,9 +35,22 @@ def test_existing_output_is_refused_without_overwrite(checkpoint: Path, tmp_path
     ]
     assert out.read_bytes() == b"keep me"
 
-    replaced = _export("--model", str(checkpoint), "--onnx", str(out), "--overwrite")
+    replaced = _export(
+        "--model",
+        str(checkpoint),
+        "--onnx",
+        str(out),
+        "--overwrite",
+        "--dynamic-size",
+        "--opset",
+        "18",
+    )
     assert replaced.exit_code == 0, replaced.output
-    onnx.checker.check_model(onnx.load(str(out)))
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert {entry.domain: entry.version for entry in proto.opset_import}[""] == 18
 
 
 def test_failed_parity_writes_nothing(checkpoint: Path, tmp_path: Path, monkeypatch):

@@ -115,3 +115,19 @@ def test_engine_of_other_weights_or_without_metadata_is_refused(engine_export, t
     shutil.copyfile(engine, bare)
     with pytest.raises(HistoseekError, match="has no metadata file bare.engine.json"):
         create_embedder(load_checkpoint(checkpoint)[0], "tensorrt", exported=bare)
+
+
+def test_fp32_engine_at_a_named_path(checkpoint: Path, tmp_path: Path):
+    engine = tmp_path / "engines" / "fp32.engine"
+    result = CliRunner().invoke(
+        cli,
+        ["export", "--model", str(checkpoint), "--trt", str(engine), "--fp32", "--max-batch", "4"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "parity tensorrt fp32" in result.output
+    metadata = json.loads(Path(f"{engine}.json").read_text())
+    assert metadata["precision"] == "fp32"
+    assert metadata["fp32_layers"] == 0
+    assert metadata["max_batch"] == 4
+    # Only the engine was asked for: the ONNX it was built from is not kept.
+    assert not checkpoint.with_suffix(".onnx").exists()
