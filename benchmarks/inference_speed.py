@@ -99,10 +99,9 @@ def backends(model: CGD, onnx_path: Path, max_batch: int) -> Iterator[tuple[str,
 
 def tensorrt_embedder(model: CGD, onnx_path: Path, max_batch: int) -> Embedder:
     """Build an FP16 engine for the model and load it."""
-    from histoseek_export.tensorrt_build import build_engine
-
     from histoseek.inference.tensorrt_backend import TensorRTEmbedder
     from histoseek.model.checkpoint import model_fingerprint
+    from histoseek_export.tensorrt_build import build_engine
 
     built = build_engine(
         onnx_path,

@@ -8,18 +8,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from histoseek_export.onnx_export import DEFAULT_OPSET, export_onnx, import_onnx
-from histoseek_export.parity import (
-    ENGINE_MIN_COSINE,
-    ENGINE_MIN_OVERLAP,
-    ONNX_MIN_COSINE,
-    ParityResult,
-    compare,
-    embed_all,
-    parity_images,
-)
-from histoseek_export.tensorrt_build import DEFAULT_MAX_BATCH, build_engine
-
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
 from histoseek.inference.exported import (
@@ -33,6 +21,17 @@ from histoseek.inference.onnx_backend import OnnxEmbedder
 from histoseek.inference.tensorrt_backend import TensorRTEmbedder, require_cuda
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
+from histoseek_export.onnx_export import DEFAULT_OPSET, export_onnx, import_onnx
+from histoseek_export.parity import (
+    ENGINE_MIN_COSINE,
+    ENGINE_MIN_OVERLAP,
+    ONNX_MIN_COSINE,
+    ParityResult,
+    compare,
+    embed_all,
+    parity_images,
+)
+from histoseek_export.tensorrt_build import DEFAULT_MAX_BATCH, build_engine
 
 
 def resolve_outputs(

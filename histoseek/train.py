@@ -188,6 +188,8 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def load_train_config(run_dir: Path) -> TrainConfig:
     """The TrainConfig a run was started with (for --resume)."""
+    if not (Path(run_dir) / TRAIN_STATE).is_file():
+        raise HistoseekError(f"nothing to resume: {Path(run_dir) / TRAIN_STATE} does not exist")
     path = Path(run_dir) / "train_config.json"
     try:
         return TrainConfig(**json.loads(path.read_text()))
@@ -206,8 +208,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, co
         device = torch.device("cuda", ddp.local_rank)
         torch.cuda.set_device(device)
     run_dir = Path(config.run_dir)
+    # Every rank checks, so that a refusal stops all of them instead of leaving some waiting.
+    _check_run_dir(run_dir, resume, overwrite)
+    if ddp.world_size > 1:
+        dist.barrier()
     if ddp.is_main:
-        _check_run_dir(run_dir, resume, overwrite)
         if overwrite and not resume:
             for name in (TRAIN_STATE, BEST_MODEL, "metrics.json", "train.log"):
                 (run_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,30 @@
+"""Shared fixtures: small sets of real tiles copied from ../shared/data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+KATHER = SHARED_DATA / "kather2016"
+
+
+def copy_kather_tiles(target: Path, classes: list[str], per_class: int) -> Path:
+    """Copy the first `per_class` tiles of each kather2016 class into target/<class>/."""
+    if not KATHER.is_dir():
+        pytest.skip(f"real tiles not available: {KATHER} is absent")
+    for name in classes:
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for tile in sorted((KATHER / name).glob("*.tif"))[:per_class]:
+            shutil.copy(tile, target / name / tile.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def kather_small(tmp_path_factory) -> Path:
+    """Three kather2016 classes, eight real tiles each (read-only: copy before changing)."""
+    return copy_kather_tiles(
+        tmp_path_factory.mktemp("kather_small"), ["01_TUMOR", "04_LYMPHO", "07_ADIPOSE"], 8
+    )

@@ -103,17 +103,17 @@ class EmbeddingOnly(nn.Module):
     def __init__(self, model: CGD):
         super().__init__()
         self.model = model
+        self.train(model.training)  # a new Module starts in training mode; keep the model's
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.embed(images)
 
 
 def build_model(config: ModelConfig, weights: str = "none", seed: int = 0) -> CGD:
-    """Build a CGD model; the new layers are initialised from `seed`, so builds are repeatable."""
-    trunk = build_trunk(config.backbone, weights)
+    """Build a CGD model; randomly initialised layers come from `seed`, so builds repeat."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CGD(config, trunk)
+        return CGD(config, build_trunk(config.backbone, weights))
 
 
 def builtin_model() -> CGD:

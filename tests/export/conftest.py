@@ -44,9 +44,8 @@ def checkpoint(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, its static-size ONNX export), shared by tests that only read them."""
-    from histoseek_export.onnx_export import export_onnx
-
     from histoseek.model.checkpoint import load_checkpoint
+    from histoseek_export.onnx_export import export_onnx
 
     path = make_checkpoint(tmp_path_factory.mktemp("exported"))
     model, class_names, _ = load_checkpoint(path)

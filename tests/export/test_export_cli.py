@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import histoseek_export.pipeline as pipeline
 import onnx
 import pytest
 from click.testing import CliRunner
 
+import histoseek_export.pipeline as pipeline
 from histoseek.cli import cli
 
 

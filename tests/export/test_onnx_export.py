@@ -9,8 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from histoseek_export.onnx_export import export_onnx, read_onnx_metadata
-from histoseek_export.parity import ONNX_MIN_COSINE, compare, parity_images
 
 from histoseek.errors import HistoseekError
 from histoseek.inference.exported import (
@@ -21,6 +19,8 @@ from histoseek.inference.exported import (
 )
 from histoseek.inference.onnx_backend import OnnxEmbedder
 from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
+from histoseek_export.onnx_export import export_onnx, read_onnx_metadata
+from histoseek_export.parity import ONNX_MIN_COSINE, compare, parity_images
 
 
 def _dims(value_info) -> list:

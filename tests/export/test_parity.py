@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from histoseek_export.parity import compare, neighbour_overlap, parity_images
 
 from histoseek.errors import HistoseekError
 from histoseek.model.cgd import ModelConfig
+from histoseek_export.parity import compare, neighbour_overlap, parity_images
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from histoseek_export.parity import ENGINE_MIN_COSINE, ENGINE_MIN_OVERLAP, compare, parity_images
 
 from histoseek.cli import cli
 from histoseek.errors import HistoseekError
 from histoseek.inference.select import create_embedder
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
+from histoseek_export.parity import ENGINE_MIN_COSINE, ENGINE_MIN_OVERLAP, compare, parity_images
 
 pytestmark = [
     pytest.mark.gpu,

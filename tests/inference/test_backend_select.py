@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from histoseek_export.onnx_export import export_onnx
 
 from histoseek.errors import HistoseekError
 from histoseek.inference.onnx_backend import OnnxEmbedder
@@ -17,6 +16,7 @@ from histoseek.inference.select import create_embedder
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import load_checkpoint, save_checkpoint
+from histoseek_export.onnx_export import export_onnx
 
 needs_cpu_only = pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the CPU choices; a CUDA GPU changes them"

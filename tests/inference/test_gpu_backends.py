@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from histoseek_export.onnx_export import export_onnx
 
 from histoseek.inference.select import create_embedder
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import load_checkpoint, save_checkpoint
+from histoseek_export.onnx_export import export_onnx
 
 pytestmark = [
     pytest.mark.gpu,

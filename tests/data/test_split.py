@@ -1,0 +1,54 @@
+from collections import Counter
+
+import pytest
+
+from histoseek.data.split import group_ids_from_regex, parse_fractions, stratified_group_split
+from histoseek.errors import HistoseekError
+
+
+def test_groups_never_straddle_splits_and_classes_follow_fractions():
+    labels = [i % 3 for i in range(600)]
+    groups = [f"slide{i // 6}" for i in range(600)]
+    assignment = stratified_group_split(labels, groups, [0.7, 0.15, 0.15], seed=0)
+    by_group = {}
+    for group, split in zip(groups, assignment, strict=True):
+        assert by_group.setdefault(group, split) == split
+    counts = Counter(zip(assignment, labels, strict=True))
+    for label in range(3):
+        assert counts[(0, label)] == pytest.approx(140, abs=12)
+        assert counts[(1, label)] == pytest.approx(30, abs=12)
+
+
+def test_split_is_reproducible_and_seed_dependent():
+    labels = [i % 2 for i in range(100)]
+    groups = list(range(100))
+    a = stratified_group_split(labels, groups, [0.8, 0.2], seed=1)
+    assert a == stratified_group_split(labels, groups, [0.8, 0.2], seed=1)
+    assert a != stratified_group_split(labels, groups, [0.8, 0.2], seed=2)
+
+
+def test_every_split_with_a_share_gets_something():
+    assignment = stratified_group_split([0, 1, 0, 1], ["a", "b", "c", "d"], [0.9, 0.05, 0.05], 0)
+    assert set(assignment) == {0, 1, 2}
+
+
+def test_group_ids_from_regex():
+    names = ["1_CRC-Prim-HE-03_x.tif", "2_CRC-Prim-HE-10_y.tif", "plain.png"]
+    assert group_ids_from_regex(names, r"CRC-Prim-HE-\d+") == [
+        "CRC-Prim-HE-03",
+        "CRC-Prim-HE-10",
+        "plain.png",
+    ]
+    assert group_ids_from_regex(["BRACS_12_a.png"], r"^(BRACS_\d+)_") == ["BRACS_12"]
+    with pytest.raises(HistoseekError, match="group-regex"):
+        group_ids_from_regex(names, "(")
+
+
+@pytest.mark.parametrize("text", ["0.7,0.2", "a,b", "-0.5,1.5"])
+def test_parse_fractions_rejects_bad_input(text):
+    with pytest.raises(HistoseekError):
+        parse_fractions(text)
+
+
+def test_parse_fractions():
+    assert parse_fractions("0.7,0.15,0.15") == [0.7, 0.15, 0.15]

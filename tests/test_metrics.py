@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from histoseek.metrics import Neighbours, exact_neighbours, majority_label, retrieval_metrics
+
+
+def _unit(*angles_deg: float) -> np.ndarray:
+    radians = np.deg2rad(angles_deg)
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+
+
+def test_exact_neighbours_rank_by_cosine():
+    gallery = _unit(0, 10, 50, 90)
+    result = exact_neighbours(_unit(12), gallery, k=3)
+    assert result.indices.tolist() == [[1, 0, 2]]
+    assert result.similarities[0, 0] == pytest.approx(np.cos(np.deg2rad(2)), abs=1e-6)
+
+
+def test_leave_one_out_and_group_exclusion():
+    gallery = _unit(0, 1, 2, 90)
+    loo = exact_neighbours(gallery, gallery, k=2, exclude_self=True)
+    assert loo.indices[0].tolist() == [1, 2]
+    groups = ["s1", "s1", "s2", "s3"]
+    grouped = exact_neighbours(
+        gallery, gallery, k=2, exclude_self=True, query_groups=groups, gallery_groups=groups
+    )
+    assert grouped.indices[0].tolist() == [2, 3]
+
+
+def test_chunking_gives_the_same_answer(monkeypatch):
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(50, 8)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    whole = exact_neighbours(gallery, gallery, k=5, exclude_self=True)
+    monkeypatch.setattr("histoseek.metrics._MAX_BLOCK_ELEMENTS", 60)  # one query per chunk
+    chunked = exact_neighbours(gallery, gallery, k=5, exclude_self=True)
+    assert np.array_equal(whole.indices, chunked.indices)
+
+
+def test_metrics_match_hand_computed_values():
+    # Two queries of class 0; the gallery holds three class-0 items (0, 1, 2) and others.
+    gallery_labels = [0, 0, 0, 1, 1, 2]
+    neighbours = Neighbours(
+        indices=np.array([[3, 0, 4, 1, 5], [0, 1, 3, 4, 5]]),
+        similarities=np.zeros((2, 5), np.float32),
+    )
+    metrics = retrieval_metrics(
+        neighbours, [0, 0], gallery_labels, recall_ks=(1, 2), map_k=5, vote_k=5, precision_k=5
+    )
+    # Query 1 ranks: miss, hit, miss, hit, miss; query 2: hit, hit, miss, miss, miss.
+    assert metrics["recall@1"] == 0.5
+    assert metrics["recall@2"] == 1.0
+    ap1 = (1 / 2 + 2 / 4) / 3  # P@2·1 + P@4·1 over min(5, R=3)
+    ap2 = (1 / 1 + 2 / 2) / 3
+    assert metrics["map@5"] == pytest.approx((ap1 + ap2) / 2)
+    # Votes: query 1 sees {1: 2, 0: 2, 2: 1}, a tie that the higher-ranked label (1) wins.
+    assert metrics["mmv@5"] == 0.5
+    assert metrics["precision@5"] == pytest.approx((2 / 5 + 2 / 5) / 2)
+
+
+def test_relevant_counts_change_the_ap_denominator():
+    neighbours = Neighbours(np.array([[0, 1]]), np.zeros((1, 2), np.float32))
+    metrics = retrieval_metrics(
+        neighbours,
+        [0],
+        [0, 1, 0],
+        recall_ks=(1,),
+        map_k=2,
+        vote_k=1,
+        precision_k=2,
+        relevant_counts=[1],
+    )
+    assert metrics["map@2"] == 1.0
+
+
+def test_majority_label_breaks_ties_by_rank():
+    assert majority_label(["b", "a", "a", "b"]) == ("b", 2)
+    assert majority_label(["c", "a", "a"]) == ("a", 2)

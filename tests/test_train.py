@@ -1,0 +1,229 @@
+"""End to end: `histoseek train` then `evaluate` on a few real tiles, tiny and on the CPU."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from histoseek.cli import cli
+from histoseek.model.checkpoint import load_checkpoint
+
+FAST = [
+    "--image-size",
+    "64",
+    "--dim",
+    "48",
+    "--batch-size",
+    "12",
+    "--m-per-class",
+    "4",
+    "--workers",
+    "0",
+    "--val-fraction",
+    "0.25",
+    "--weights",
+    "none",
+]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, fragment):
+    assert result.exit_code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(kather_small, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    result = run("train", kather_small, "-o", run_dir, "--epochs", "2", *FAST)
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def test_train_writes_model_metrics_and_log(trained_run):
+    assert {p.name for p in trained_run.iterdir()} >= {
+        "model.pt",
+        "last.pt",
+        "metrics.json",
+        "train.log",
+        "train_config.json",
+    }
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    for record in metrics["history"]:
+        assert record["loss"] > 0 and record["images_per_s"] > 0
+        assert 0.0 <= record["val_recall@1"] <= 1.0
+    assert metrics["best"]["epoch"] in (1, 2)
+    assert metrics["train_images"] + metrics["val_images"] == 24
+    model, class_names, extra = load_checkpoint(trained_run / "model.pt")
+    assert class_names == ["01_TUMOR", "04_LYMPHO", "07_ADIPOSE"]
+    assert model.config.image_size == 64 and model.config.dim == 48
+    assert extra["epoch"] == metrics["best"]["epoch"]
+    assert "epoch 2/2" in (trained_run / "train.log").read_text()
+
+
+def test_checkpoint_loads_with_safe_torch_load(trained_run):
+    payload = torch.load(trained_run / "model.pt", weights_only=True)
+    assert payload["config"]["backbone"] == "efficientnet_lite0"
+
+
+def test_evaluate_reports_metrics_in_range(trained_run, kather_small):
+    result = run(
+        "evaluate",
+        "--model",
+        trained_run / "model.pt",
+        "--gallery",
+        kather_small,
+        "--workers",
+        "0",
+        "--json",
+        "--backend",
+        "torch",
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document["metrics"]) == {
+        "recall@1",
+        "recall@2",
+        "recall@4",
+        "recall@8",
+        "map@5",
+        "mmv@5",
+        "precision@10",
+    }
+    assert all(0.0 <= v <= 1.0 for v in document["metrics"].values())
+    assert document["metrics"]["recall@1"] <= document["metrics"]["recall@8"]
+    assert document["gallery_size"] == document["query_size"] == 24
+
+
+def test_evaluate_with_query_folder_and_groups(trained_run, kather_small, tmp_path):
+    query = tmp_path / "query"
+    shutil.copytree(kather_small / "01_TUMOR", query / "01_TUMOR")
+    result = run(
+        "evaluate",
+        "--model",
+        trained_run / "model.pt",
+        "--gallery",
+        kather_small,
+        "--query",
+        query,
+        "--workers",
+        "0",
+        "--json",
+        "--recall-k",
+        "1,3",
+        "--group-regex",
+        r"CRC-Prim-HE-\d+",
+        "--backend",
+        "torch",
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["query_size"] == 8
+    assert set(document["metrics"]) >= {"recall@1", "recall@3"}
+    assert "own group excluded" in document["protocol"]
+
+
+def test_resume_extends_a_finished_run(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    result = run("train", "--resume", copy, "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    history = json.loads((copy / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_unreadable_image_is_skipped_and_listed(kather_small, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(kather_small, data)
+    (data / "01_TUMOR" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = run(
+        "train", data, "-o", tmp_path / "run", "--epochs", "1", *FAST, "--val-fraction", "0"
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert any(path.endswith("broken.png") for path in metrics["skipped_unreadable"])
+    assert "val_recall@1" not in metrics["history"][0]
+
+
+def test_existing_run_is_not_overwritten(trained_run):
+    before = (trained_run / "model.pt").read_bytes()
+    result = run("train", trained_run.parent, "-o", trained_run, *FAST)
+    assert_one_line_error(result, "--overwrite")
+    assert (trained_run / "model.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "single-class"])
+def test_bad_data_folders_fail_with_one_line(case, kather_small, tmp_path):
+    data = tmp_path / "data"
+    if case == "empty":
+        data.mkdir()
+    if case == "single-class":
+        shutil.copytree(kather_small / "01_TUMOR", data / "01_TUMOR")
+    result = run("train", data, "-o", tmp_path / "run", *FAST)
+    fragment = {"missing": "not a folder", "empty": "no images", "single-class": "at least 2"}
+    assert_one_line_error(result, fragment[case])
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_resume_without_state_fails(tmp_path):
+    assert_one_line_error(run("train", "--resume", tmp_path), "nothing to resume")
+
+
+def test_corrupt_checkpoint_fails_with_one_line(tmp_path, kather_small):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"definitely not a checkpoint")
+    assert_one_line_error(
+        run("evaluate", "--model", bad, "--gallery", kather_small), "cannot load checkpoint"
+    )
+    assert_one_line_error(run("info", "--model", bad), "cannot load checkpoint")
+
+
+def test_info_reports_a_trained_model(trained_run):
+    result = run("info", "--model", trained_run / "model.pt", "--input-size", "64")
+    assert result.exit_code == 0, result.output
+    assert "efficientnet_lite0" in result.stdout and "01_TUMOR" in result.stdout
+
+
+def test_info_reproduces_reference_figures():
+    result = run(
+        "info", "--backbone", "resnet50", "--gd-config", "SG", "--dim", "1536", "--classes", "98"
+    )
+    assert result.exit_code == 0, result.output
+    assert "26.86M" in result.stdout and "10.68G" in result.stdout
+
+
+def test_training_under_torchrun_with_two_processes(kather_small, tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "histoseek",
+        "train",
+        str(kather_small),
+        "-o",
+        str(run_dir),
+        "--epochs",
+        "1",
+        *FAST,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["history"]) == 1
+    assert "2 process(es)" in (run_dir / "train.log").read_text()
+    load_checkpoint(run_dir / "model.pt")
