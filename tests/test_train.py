@@ -227,3 +227,31 @@ def test_training_under_torchrun_with_two_processes(kather_small, tmp_path):
     assert len(metrics["history"]) == 1
     assert "2 process(es)" in (run_dir / "train.log").read_text()
     load_checkpoint(run_dir / "model.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_with_amp(kather_small, tmp_path):
+    result = run(
+        "train",
+        kather_small,
+        "-o",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        *FAST,
+        "--device",
+        "cuda",
+        "--amp",
+    )
+    assert result.exit_code == 0, result.output
+    assert "device cuda" in (tmp_path / "run" / "train.log").read_text()
+    model, _, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cuda_request_without_gpu_fails_with_one_line(kather_small, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--device", "cuda")
+    assert_one_line_error(result, "no CUDA GPU")

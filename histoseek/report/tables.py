@@ -39,16 +39,18 @@ def model_table(
 
 
 def evaluation_table(document: dict) -> Table:
-    """A table of retrieval metrics with what they were measured on in the caption."""
-    table = Table(title="retrieval quality")
+    """A table of retrieval metrics, with what they were measured on as rows below them."""
+    table = Table(title="retrieval quality", show_header=False)
     table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
+    table.add_column("value")
     for name, value in document["metrics"].items():
         table.add_row(name, f"{value:.4f}")
-    table.caption = (
-        f"{document['query_size']} queries, gallery of {document['gallery_size']}; "
-        f"{document['protocol']}; model {document['model']}; backend {document['backend']}"
-    )
+    table.add_section()
+    table.add_row("queries", str(document["query_size"]))
+    table.add_row("gallery", str(document["gallery_size"]))
+    table.add_row("protocol", document["protocol"])
+    table.add_row("model", document["model"])
+    table.add_row("backend", document["backend"])
     if document["skipped_unreadable"]:
-        table.caption += f"; {len(document['skipped_unreadable'])} unreadable image(s) skipped"
+        table.add_row("skipped", f"{len(document['skipped_unreadable'])} unreadable image(s)")
     return table
