@@ -27,6 +27,7 @@ from histoseek.metrics import exact_neighbours, retrieval_metrics
 from histoseek.model.backbones import get_backbone_spec
 from histoseek.model.cgd import CGD, ModelConfig, build_model
 from histoseek.model.checkpoint import save_checkpoint
+from histoseek.model.safe_load import load_tensors
 from histoseek.report.progress import image_progress
 from histoseek.train_config import TrainConfig
 
@@ -266,7 +267,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, co
 
     start_epoch, history, best = 0, [], {"epoch": None, "val_recall@1": -1.0}
     if resume:
-        state = torch.load(run_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
+        state = load_tensors(run_dir / TRAIN_STATE, "training state")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from histoseek.errors import HistoseekError
 from histoseek.model.efficientnet_lite import LITE0_STAGES, EfficientNetLite0
+from histoseek.model.safe_load import load_tensors
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,9 @@ def build_trunk(name: str, weights: str) -> nn.Module:
     if weights in ("imagenet", "none"):
         return spec.build(weights == "imagenet")
     trunk = spec.build(False)
-    path = Path(weights)
-    if not path.is_file():
+    if not Path(weights).is_file():
         raise HistoseekError(f"--weights must be imagenet, none or a file; not found: {weights}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise HistoseekError(f"cannot read weights {weights}: {error}") from None
+    state = load_tensors(Path(weights), "weights")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -10,6 +10,7 @@ import torch
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
 from histoseek.model.cgd import CGD, ModelConfig, build_model, builtin_model
+from histoseek.model.safe_load import load_tensors
 
 CHECKPOINT_FORMAT = "histoseek-cgd"
 CHECKPOINT_VERSION = 1
@@ -43,16 +44,7 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> dict:
     """Load a checkpoint's raw payload, refusing anything but plain tensors and containers."""
-    path = Path(path)
-    if not path.is_file():
-        raise HistoseekError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            reason = "it contains pickled code or objects, which histoseek never runs"
-        raise HistoseekError(f"cannot load checkpoint {path}: {reason}") from None
+    payload = load_tensors(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise HistoseekError(f"{path} is not a histoseek checkpoint")
     if payload.get("version", 0) > CHECKPOINT_VERSION:

@@ -1,0 +1,50 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from histoseek.errors import HistoseekError
+from histoseek.model.backbones import build_trunk
+from histoseek.model.efficientnet_lite import EfficientNetLite0
+
+
+def test_weights_path_loads_a_trunk_state_dict(tmp_path):
+    source = EfficientNetLite0()
+    torch.nn.init.constant_(source._conv_stem.weight, 0.25)
+    path = tmp_path / "lite0.pt"
+    torch.save(source.state_dict(), path)
+    trunk = build_trunk("efficientnet_lite0", str(path))
+    assert torch.equal(trunk._conv_stem.weight, source._conv_stem.weight)
+
+
+def test_weights_path_accepts_a_full_torchvision_resnet_state_dict(tmp_path):
+    net = torchvision.models.resnet50(weights=None)
+    torch.nn.init.constant_(net.conv1.weight, 0.5)
+    path = tmp_path / "resnet50.pth"
+    torch.save(net.state_dict(), path)  # includes fc.*, which the trunk does not have
+    trunk = build_trunk("resnet50", str(path))
+    assert torch.equal(trunk[0].weight, net.conv1.weight)
+
+
+def test_weights_path_that_does_not_fit_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"foo": torch.zeros(1)}, path)
+    with pytest.raises(HistoseekError, match="does not fit backbone"):
+        build_trunk("efficientnet_lite0", str(path))
+
+
+def test_missing_weights_file_is_refused(tmp_path):
+    with pytest.raises(HistoseekError, match="imagenet, none or a file"):
+        build_trunk("resnet50", str(tmp_path / "missing.pth"))
+
+
+def test_offline_imagenet_resnet_names_the_alternatives(monkeypatch):
+    def offline(**kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models, "resnet50", offline)
+    with pytest.raises(HistoseekError) as error:
+        build_trunk("resnet50", "imagenet")
+    assert "--weights PATH" in str(error.value)
+    assert "efficientnet_lite0" in str(error.value)
