@@ -1,7 +1,9 @@
 """End to end: `histoseek train` then `evaluate` on a few real tiles, tiny and on the CPU."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -221,8 +223,17 @@ def test_training_under_torchrun_with_two_processes(kather_small, tmp_path):
         "1",
         *FAST,
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    # A session of its own, so a hang can be killed with every worker torchrun started.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("torchrun training did not finish within 300 s")
+    assert process.returncode == 0, stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["history"]) == 1
     assert "2 process(es)" in (run_dir / "train.log").read_text()
