@@ -34,7 +34,7 @@ from rich.table import Table
 from histoseek.data.dataset import default_workers
 from histoseek.data.folder import list_images
 from histoseek.errors import HistoseekError
-from histoseek.index.annoy_index import DEFAULT_SEED
+from histoseek.index.defaults import DEFAULT_SEED
 from histoseek.inference.pipeline import embed_files
 from histoseek.inference.select import BACKENDS, create_embedder
 from histoseek.model.cgd import ModelConfig, build_model, builtin_model

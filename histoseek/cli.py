@@ -11,6 +11,7 @@ import click
 
 from histoseek import __version__
 from histoseek.errors import HistoseekError
+from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TREES
 from histoseek.train_config import TrainConfig
 
 _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in TrainConfig
@@ -558,18 +559,18 @@ def _backend_option(func):
     "--output",
     "index_dir",
     type=click.Path(path_type=Path),
-    default="histoseek-index",
+    default=DEFAULT_INDEX_DIR,
     show_default=True,
     help="Index folder (query looks for ./histoseek-index by default).",
 )
 @click.option(
     "--trees",
     type=click.IntRange(min=1),
-    default=50,
+    default=DEFAULT_TREES,
     show_default=True,
     help="Annoy trees: more give better recall, bigger files and slower builds.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Annoy build seed.")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Annoy build seed.")
 @click.option(
     "--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping."
 )
@@ -647,7 +648,8 @@ def index(
     "--search-k",
     type=click.IntRange(min=1),
     default=None,
-    help="Annoy candidates to inspect: more is slower and more exact [default: k × trees].",
+    help="Annoy candidates to inspect per query: more is slower and finds more of the true "
+    "nearest [default: 10000, or k × trees if more].",
 )
 @click.option("--exact", is_flag=True, help="Exact search over the stored embeddings.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
@@ -709,7 +711,7 @@ def query(
         network,
         paths,
         k,
-        search_k=-1 if search_k is None else search_k,
+        search_k=search_k,
         exact=exact,
         backend=backend,
         device=device,

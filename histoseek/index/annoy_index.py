@@ -12,10 +12,6 @@ from annoy import AnnoyIndex
 
 from histoseek.index.manifest import METRIC
 
-#: Trees per index; chosen with benchmarks/index_search.py (see the README's benchmark table).
-DEFAULT_TREES = 50
-DEFAULT_SEED = 0
-
 
 def build_annoy(embeddings: np.ndarray, trees: int, seed: int, path: Path) -> None:
     """Build and save an angular Annoy index over `embeddings` (row i is item i).
@@ -47,13 +43,11 @@ class VectorIndex:
     def __len__(self) -> int:
         return self.embeddings.shape[0]
 
-    def search(
-        self, query: np.ndarray, k: int, search_k: int = -1
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Approximate k nearest items: (item ids, cosine similarities), best first.
 
-        `search_k` is how many candidate items Annoy inspects (-1: k × trees); more is
-        slower and finds the true neighbours more often.
+        `search_k` is how many candidate items Annoy inspects (-1: Annoy's k × trees); more
+        is slower and finds the true neighbours more often.
         """
         ids, distances = self.annoy.get_nns_by_vector(
             query.astype(np.float32), k, search_k=search_k, include_distances=True

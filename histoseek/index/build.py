@@ -17,7 +17,8 @@ from histoseek.data.folder import display_path, list_images
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
-from histoseek.index.annoy_index import DEFAULT_SEED, DEFAULT_TREES, build_annoy
+from histoseek.index.annoy_index import build_annoy
+from histoseek.index.defaults import DEFAULT_SEED, DEFAULT_TREES
 from histoseek.index.manifest import (
     ANNOY_NAME,
     EMBEDDINGS_NAME,

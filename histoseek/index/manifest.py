@@ -11,11 +11,10 @@ from histoseek import __version__
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
+from histoseek.index.defaults import DEFAULT_INDEX_DIR
 
 INDEX_FORMAT = "histoseek-index"
 FORMAT_VERSION = 1
-#: Where `histoseek index` writes and `histoseek query` looks when no folder is given.
-DEFAULT_INDEX_DIR = Path("histoseek-index")
 
 MANIFEST_NAME = "manifest.json"
 ANNOY_NAME = "annoy.ann"

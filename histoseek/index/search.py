@@ -14,6 +14,7 @@ from histoseek.data.folder import display_path, list_images
 from histoseek.errors import HistoseekError
 from histoseek.index.annoy_index import VectorIndex
 from histoseek.index.build import IndexItem, decoding_workers, read_items, why_unreadable
+from histoseek.index.defaults import DEFAULT_SEARCH_K
 from histoseek.index.manifest import (
     ANNOY_NAME,
     EMBEDDINGS_NAME,
@@ -145,7 +146,7 @@ def search_images(
     network,
     query_paths: Sequence[Path],
     k: int,
-    search_k: int = -1,
+    search_k: int | None = None,
     exact: bool = False,
     backend: str = "auto",
     device: str = "auto",
@@ -153,13 +154,19 @@ def search_images(
     workers: int = 0,
     progress: bool = False,
 ) -> list[QueryResult]:
-    """Embed the query images as the index's images were, and find the k nearest of each."""
+    """Embed the query images as the index's images were, and find the k nearest of each.
+
+    `search_k` (default: DEFAULT_SEARCH_K, or k × trees when that is more) is how many
+    candidates Annoy inspects per query; `exact` searches the stored embeddings instead.
+    """
     from histoseek.inference.pipeline import embed_files
     from histoseek.inference.select import create_embedder
     from histoseek.model.checkpoint import BUILTIN_MODEL
 
     if k < 1:
         raise HistoseekError(f"-k must be at least 1, not {k}")
+    if search_k is None:
+        search_k = max(DEFAULT_SEARCH_K, k * index.manifest.trees)
     reference = index.manifest.model_reference
     checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
     embedder = create_embedder(network, backend, device, checkpoint)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from index_helpers import kather_tiles
+from index_helpers import copy_tiles
 
 
 @pytest.fixture
 def tiles(tmp_path: Path) -> Path:
-    """A folder of 8 real 150×150 tiles: 2 in each of 4 class folders."""
-    root = tmp_path / "tiles"
-    for path in kather_tiles():
-        (root / path.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, root / path.parent.name / path.name)
-    return root
+    """A folder of 8 real tiles of 4 classes, this test's own."""
+    return copy_tiles(tmp_path / "tiles")
 
 
 @pytest.fixture(scope="session")

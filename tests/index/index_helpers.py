@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ def kather_tiles(count_per_class: int = PER_CLASS) -> list[Path]:
     return [
         path for name in CLASSES for path in sorted((KATHER / name).iterdir())[:count_per_class]
     ]
+
+
+def copy_tiles(root: Path) -> Path:
+    """Copy 8 real 150×150 tiles into root/<class>/: 2 in each of 4 class folders."""
+    for path in kather_tiles():
+        (root / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, root / path.parent.name / path.name)
+    return root
 
 
 def run_cli(*args: str | Path) -> Result:

@@ -125,7 +125,7 @@ def test_unreadable_truncated_and_fake_images_are_skipped_and_listed(tiles, chec
     (tiles / "README.txt").write_text("ignored: not an image file name")
 
     index_dir = tmp_path / "idx"
-    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--batch-size", "3"))
+    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
     assert result.exit_code == 0, result.output
     assert "indexed 8 image(s)" in result.stderr
     assert "skipped 3 unreadable file(s)" in result.stderr

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from index_helpers import error_line, index_args, run_cli
+from index_helpers import copy_tiles, error_line, index_args, run_cli
 
 from histoseek.index.manifest import read_manifest
 from histoseek.model.cgd import ModelConfig, build_model
@@ -21,13 +21,24 @@ from histoseek.model.checkpoint import save_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def index_dir(tiles, checkpoint, tmp_path) -> Path:
-    """An index of the 8 tiles built with the small checkpoint."""
-    path = tmp_path / "idx"
+def _build(tiles: Path, checkpoint: Path, path: Path) -> Path:
     result = run_cli(*index_args(tiles, checkpoint, "-o", path))
     assert result.exit_code == 0, result.output
     return path
+
+
+@pytest.fixture(scope="module")
+def shared(checkpoint, tmp_path_factory) -> tuple[Path, Path]:
+    """(tiles, index) built once for the tests that only read them."""
+    root = tmp_path_factory.mktemp("shared")
+    tiles = copy_tiles(root / "tiles")
+    return tiles, _build(tiles, checkpoint, root / "idx")
+
+
+@pytest.fixture
+def index_dir(tiles, checkpoint, tmp_path) -> Path:
+    """An index of this test's own tiles, for tests that change or break it."""
+    return _build(tiles, checkpoint, tmp_path / "idx")
 
 
 def _query_json(*args) -> dict:
@@ -36,7 +47,8 @@ def _query_json(*args) -> dict:
     return json.loads(result.stdout)
 
 
-def test_query_prints_a_table_and_a_majority_hint(index_dir, tiles):
+def test_query_prints_a_table_and_a_majority_hint(shared):
+    tiles, index_dir = shared
     image = sorted((tiles / "02_STROMA").iterdir())[0]
     result = run_cli("query", image, "--index", index_dir, "-k", "4")
     assert result.exit_code == 0, result.output
@@ -50,7 +62,8 @@ def test_query_prints_a_table_and_a_majority_hint(index_dir, tiles):
     assert hint[0].endswith("/4)")
 
 
-def test_json_document_has_ranked_results_and_majority(index_dir, tiles):
+def test_json_document_has_ranked_results_and_majority(shared):
+    tiles, index_dir = shared
     image = sorted((tiles / "07_ADIPOSE").iterdir())[0]
     document = _query_json(image, "--index", index_dir, "-k", "3")
     assert document["index"]["items"] == 8
@@ -71,7 +84,8 @@ def test_json_document_has_ranked_results_and_majority(index_dir, tiles):
     )
 
 
-def test_exact_search_agrees_with_annoy_on_a_small_index(index_dir, tiles):
+def test_exact_search_agrees_with_annoy_on_a_small_index(shared):
+    tiles, index_dir = shared
     images = sorted(tiles.rglob("*.tif"))[:3]
     approximate = _query_json(*images, "--index", index_dir, "-k", "5", "--search-k", "1000")
     exact = _query_json(*images, "--index", index_dir, "-k", "5", "--exact")
@@ -81,14 +95,16 @@ def test_exact_search_agrees_with_annoy_on_a_small_index(index_dir, tiles):
             assert ra["similarity"] == pytest.approx(re["similarity"], abs=1e-4)
 
 
-def test_a_folder_argument_queries_every_image_in_it(index_dir, tiles):
+def test_a_folder_argument_queries_every_image_in_it(shared):
+    tiles, index_dir = shared
     document = _query_json(tiles / "01_TUMOR", "--index", index_dir, "-k", "2")
     assert len(document["queries"]) == 2
     for query in document["queries"]:
         assert query["results"][0]["path"].endswith(Path(query["query"]).name)
 
 
-def test_k_larger_than_the_index_returns_everything_with_a_note(index_dir, tiles):
+def test_k_larger_than_the_index_returns_everything_with_a_note(shared):
+    tiles, index_dir = shared
     image = next(tiles.rglob("*.tif"))
     result = run_cli("query", image, "--index", index_dir, "-k", "50", "--json")
     assert result.exit_code == 0, result.output
@@ -117,14 +133,16 @@ def test_no_index_says_what_to_run(tiles, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("k", ["0", "-3"])
-def test_k_below_one_is_refused(index_dir, tiles, k):
+def test_k_below_one_is_refused(shared, k):
+    tiles, index_dir = shared
     image = next(tiles.rglob("*.tif"))
     assert "-k must be 1 or more" in error_line(
         run_cli("query", image, "--index", index_dir, "-k", k)
     )
 
 
-def test_unreadable_or_missing_query_images_are_one_line(index_dir, tmp_path):
+def test_unreadable_or_missing_query_images_are_one_line(shared, tmp_path):
+    tiles, index_dir = shared
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     line = error_line(run_cli("query", broken, "--index", index_dir))
@@ -146,7 +164,8 @@ def test_unknown_format_version_is_refused(index_dir, tiles):
     assert "format version 99" in line and "--overwrite" in line
 
 
-def test_index_of_another_model_is_refused(index_dir, tiles, checkpoint, other_checkpoint):
+def test_index_of_another_model_is_refused(shared, checkpoint, other_checkpoint):
+    tiles, index_dir = shared
     image = next(tiles.rglob("*.tif"))
     line = error_line(run_cli("query", image, "--index", index_dir, "--model", other_checkpoint))
     assert "built with another model" in line
@@ -213,7 +232,8 @@ def test_killed_update_leaves_the_previous_index_usable(index_dir, tiles, checkp
     assert read_manifest(index_dir).items == 8
 
 
-def test_html_gallery_and_contact_sheet_from_the_command_line(index_dir, tiles, tmp_path):
+def test_html_gallery_and_contact_sheet_from_the_command_line(shared, tmp_path):
+    tiles, index_dir = shared
     images = sorted(tiles.rglob("*.tif"))[:2]
     page, sheet = tmp_path / "out" / "g.html", tmp_path / "out" / "s.png"
     result = run_cli(
@@ -230,3 +250,22 @@ def test_html_gallery_and_contact_sheet_from_the_command_line(index_dir, tiles, 
 
     width, height = Image.open(sheet).size
     assert (width, height) == (GAP + 4 * (TILE + GAP), GAP + 2 * (TILE + CAPTION_HEIGHT + GAP))
+
+
+def test_default_search_k_inspects_enough_candidates(shared, monkeypatch):
+    tiles, index_dir = shared
+    from histoseek.index.annoy_index import VectorIndex
+    from histoseek.index.defaults import DEFAULT_SEARCH_K
+
+    asked: list[int] = []
+    original = VectorIndex.search
+
+    def recording(self, query, k, search_k):
+        asked.append(search_k)
+        return original(self, query, k, search_k)
+
+    monkeypatch.setattr(VectorIndex, "search", recording)
+    image = next(tiles.rglob("*.tif"))
+    for extra in ([], ["-k", "300"], ["--search-k", "77"]):
+        assert run_cli("query", image, "--index", index_dir, *extra).exit_code == 0
+    assert asked == [DEFAULT_SEARCH_K, 300 * 50, 77]

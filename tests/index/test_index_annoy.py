@@ -1,0 +1,60 @@
+"""The Annoy layer: seeded builds, cosine from angular distance, search_k, exact search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histoseek.index.annoy_index import VectorIndex, build_annoy, cosine_from_angular
+
+
+def _unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return _unit_vectors(3000, 32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def index(vectors, tmp_path_factory) -> VectorIndex:
+    path = tmp_path_factory.mktemp("annoy") / "a.ann"
+    build_annoy(vectors, trees=4, seed=0, path=path)
+    return VectorIndex(path, vectors)
+
+
+def test_same_seed_same_file_other_seed_other_file(vectors, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        build_annoy(vectors, trees=4, seed=seed, path=tmp_path / name)
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    assert (tmp_path / "a").read_bytes() != (tmp_path / "c").read_bytes()
+
+
+def test_exact_search_is_brute_force_cosine(index, vectors):
+    query = _unit_vectors(1, 32, seed=5)[0]
+    ids, similarities = index.search_exact(query, 10)
+    cosines = vectors @ query
+    assert list(ids) == list(np.argsort(-cosines)[:10])
+    np.testing.assert_allclose(similarities, cosines[ids], rtol=1e-5)
+
+
+def test_annoy_similarities_are_cosines_and_search_k_buys_recall(index, vectors):
+    queries = _unit_vectors(50, 32, seed=6)
+    recalls = []
+    for search_k in (10, 3000):
+        hits = 0
+        for query in queries:
+            ids, similarities = index.search(query, 10, search_k)
+            np.testing.assert_allclose(similarities, vectors[ids] @ query, atol=1e-4)
+            assert list(similarities) == sorted(similarities, reverse=True)
+            hits += len(set(ids) & set(index.search_exact(query, 10)[0]))
+        recalls.append(hits / 500)
+    assert recalls[0] < 0.9 <= recalls[1]
+
+
+def test_cosine_from_angular_distance():
+    np.testing.assert_allclose(
+        cosine_from_angular(np.array([0.0, np.sqrt(2.0), 2.0])), [1.0, 0.0, -1.0], atol=1e-12
+    )
