@@ -702,13 +702,14 @@ def query(
         raise HistoseekError(f"-k must be 1 or more, not {k}")
     opened = open_index(index_dir)
     paths = collect_query_images(images)
-    network = load_index_model(opened, model_path)
+    network, checkpoint = load_index_model(opened, model_path)
     notes = Console(stderr=True, highlight=False, soft_wrap=True)
     if k > len(opened.items):
         notes.print(f"note: the index holds only {len(opened.items)} images; showing all of them")
     results = search_images(
         opened,
         network,
+        checkpoint,
         paths,
         k,
         search_k=search_k,

@@ -56,22 +56,25 @@ def open_index(index_dir: Path | None) -> OpenIndex:
     return OpenIndex(path, manifest, items, vectors)
 
 
-def load_index_model(index: OpenIndex, model: str | Path | None = None):
-    """The model the index was built with (or `model`, which must be that same model)."""
-    from histoseek.model.checkpoint import load_model, model_fingerprint
+def load_index_model(index: OpenIndex, model: str | Path | None = None) -> tuple:
+    """(the model the index was built with, its checkpoint file or None when built in).
+
+    `model` names that same model's checkpoint where it has moved; any other model is refused.
+    """
+    from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
 
     recorded = index.manifest.model_reference
     shown = display_path(index.path)
     if model is None:
         try:
-            network, _, _ = load_model(recorded)
+            network, _, reference = load_model(recorded)
         except HistoseekError as error:
             raise HistoseekError(
                 f"cannot load the model the index {shown} was built with ({error}); "
                 "pass --model CKPT if the checkpoint has moved"
             ) from None
     else:
-        network, _, _ = load_model(model)
+        network, _, reference = load_model(model)
     same = (
         model_fingerprint(network) == index.manifest.model_fingerprint
         and network.config.to_dict() == index.manifest.model_config
@@ -87,7 +90,7 @@ def load_index_model(index: OpenIndex, model: str | Path | None = None):
             f"the index {shown} was built with another model ({recorded}), "
             f"not {display_path(model)}; query it without --model or rebuild it"
         )
-    return network
+    return network, None if reference == BUILTIN_MODEL else Path(reference)
 
 
 def collect_query_images(arguments: Sequence[Path]) -> list[Path]:
@@ -144,6 +147,7 @@ class QueryResult:
 def search_images(
     index: OpenIndex,
     network,
+    checkpoint: Path | None,
     query_paths: Sequence[Path],
     k: int,
     search_k: int | None = None,
@@ -161,14 +165,11 @@ def search_images(
     """
     from histoseek.inference.pipeline import embed_files
     from histoseek.inference.select import create_embedder
-    from histoseek.model.checkpoint import BUILTIN_MODEL
 
     if k < 1:
         raise HistoseekError(f"-k must be at least 1, not {k}")
     if search_k is None:
         search_k = max(DEFAULT_SEARCH_K, k * index.manifest.trees)
-    reference = index.manifest.model_reference
-    checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
     embedder = create_embedder(network, backend, device, checkpoint)
     embedded = embed_files(
         embedder,

@@ -191,6 +191,8 @@ def test_retrained_checkpoint_is_detected(index_dir, tiles, checkpoint, tmp_path
     moved.unlink()
     line = error_line(run_cli("query", image, "--index", index_dir))
     assert "cannot load the model" in line and "--model" in line
+    found = run_cli("query", image, "--index", index_dir, "--model", checkpoint, "-k", "1")
+    assert found.exit_code == 0, found.output
 
 
 def test_damaged_index_is_one_line(index_dir, tiles):
