@@ -35,8 +35,9 @@ from histoseek.data.dataset import default_workers
 from histoseek.data.folder import list_images
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_SEED
+from histoseek.inference import BACKENDS
 from histoseek.inference.pipeline import embed_files
-from histoseek.inference.select import BACKENDS, create_embedder
+from histoseek.inference.select import create_embedder
 from histoseek.model.cgd import ModelConfig, build_model, builtin_model
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "crc-polyps5"

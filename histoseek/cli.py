@@ -12,6 +12,7 @@ import click
 from histoseek import __version__
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TREES
+from histoseek.inference import BACKENDS
 from histoseek.train_config import TrainConfig
 
 _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in TrainConfig
@@ -60,6 +61,28 @@ def workers_option(func):
         type=click.IntRange(min=0),
         default=None,
         help="Image-decoding worker processes (default: one per CPU core, at most 8; 0 = none).",
+    )(func)
+
+
+def backend_option(func):
+    """`--backend auto|torch|onnx|tensorrt`."""
+    return click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="auto",
+        show_default=True,
+        help="Inference backend; auto picks the fastest usable one and says which.",
+    )(func)
+
+
+def exported_option(func):
+    """`--exported PATH`: an ONNX model or TensorRT engine to run instead of the checkpoint."""
+    return click.option(
+        "--exported",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="ONNX model or TensorRT engine exported from the model "
+        "[default: model.onnx / model.engine beside the checkpoint].",
     )(func)
 
 
@@ -436,12 +459,8 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     help="Exclude neighbours whose file name shares this regex's "
     "match with the query's (e.g. the same slide or source image).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "torch", "onnx", "tensorrt"]),
-    default="auto",
-    show_default=True,
-)
+@backend_option
+@exported_option
 @device_option
 @batch_size_option(32)
 @workers_option
@@ -456,6 +475,7 @@ def evaluate(
     precision_k,
     group_regex,
     backend,
+    exported,
     device,
     batch_size,
     workers,
@@ -471,9 +491,8 @@ def evaluate(
     from histoseek.report.tables import evaluation_table
 
     model, _, reference = load_model(model_path)
-    embedder = create_embedder(
-        model, backend=backend, device=device, checkpoint=Path(model_path) if model_path else None
-    )
+    checkpoint = Path(model_path) if model_path else None
+    embedder = create_embedder(model, backend, device, checkpoint, exported=exported)
     result = run_evaluation(
         embedder,
         model.config,
@@ -541,16 +560,6 @@ def info(model_path, backbone, gd_config, dim, classes, input_size):
     )
 
 
-def _backend_option(func):
-    return click.option(
-        "--backend",
-        type=click.Choice(["auto", "torch", "onnx", "tensorrt"]),
-        default="auto",
-        show_default=True,
-        help="Inference backend; auto picks the fastest usable one.",
-    )(func)
-
-
 @cli.command("index")
 @click.argument("directory", type=click.Path(path_type=Path))
 @model_option
@@ -574,7 +583,8 @@ def _backend_option(func):
 @click.option(
     "--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping."
 )
-@_backend_option
+@backend_option
+@exported_option
 @device_option
 @batch_size_option(32)
 @workers_option
@@ -591,6 +601,7 @@ def index(
     seed,
     strict,
     backend,
+    exported,
     device,
     batch_size,
     workers,
@@ -612,6 +623,7 @@ def index(
         index_dir,
         model=model_path,
         backend=backend,
+        exported=exported,
         device=device,
         batch_size=batch_size,
         workers=default_workers() if workers is None else workers,
@@ -664,7 +676,8 @@ def index(
     default=None,
     help="The index's model checkpoint, if it has moved [default: the one the index records].",
 )
-@_backend_option
+@backend_option
+@exported_option
 @device_option
 @batch_size_option(32)
 @workers_option
@@ -679,6 +692,7 @@ def query(
     sheet_path,
     model_path,
     backend,
+    exported,
     device,
     batch_size,
     workers,
@@ -715,6 +729,7 @@ def query(
         search_k=search_k,
         exact=exact,
         backend=backend,
+        exported=exported,
         device=device,
         batch_size=batch_size,
         workers=default_workers() if workers is None else workers,

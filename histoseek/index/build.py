@@ -172,6 +172,7 @@ def build_index(
     index_dir: Path,
     model: str | Path | None = None,
     backend: str = "auto",
+    exported: Path | None = None,
     device: str = "auto",
     batch_size: int = 32,
     workers: int = 0,
@@ -226,7 +227,7 @@ def build_index(
     backend_name = "none (all embeddings reused)"
     if to_embed:
         checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
-        embedder = create_embedder(network, backend, device, checkpoint)
+        embedder = create_embedder(network, backend, device, checkpoint, exported=exported)
         backend_name = embedder.name
         announce(
             f"embedding {len(to_embed)} new or changed image(s), reusing {len(reusable)}, "

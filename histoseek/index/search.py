@@ -153,6 +153,7 @@ def search_images(
     search_k: int | None = None,
     exact: bool = False,
     backend: str = "auto",
+    exported: Path | None = None,
     device: str = "auto",
     batch_size: int = 32,
     workers: int = 0,
@@ -170,7 +171,7 @@ def search_images(
         raise HistoseekError(f"-k must be at least 1, not {k}")
     if search_k is None:
         search_k = max(DEFAULT_SEARCH_K, k * index.manifest.trees)
-    embedder = create_embedder(network, backend, device, checkpoint)
+    embedder = create_embedder(network, backend, device, checkpoint, exported=exported)
     embedded = embed_files(
         embedder,
         network.config,

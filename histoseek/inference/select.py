@@ -17,6 +17,7 @@ from pathlib import Path
 
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
+from histoseek.inference import BACKENDS
 from histoseek.inference.base import Embedder
 from histoseek.inference.exported import (
     cached_onnx_path,
@@ -29,7 +30,6 @@ from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
 from histoseek.model.cgd import CGD
 from histoseek.model.checkpoint import model_fingerprint
 
-BACKENDS = ("auto", "torch", "onnx", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 
 Notify = Callable[[str], None]
