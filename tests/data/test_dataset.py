@@ -1,0 +1,41 @@
+import numpy as np
+from PIL import Image
+
+from histoseek.data.dataset import ImageDataset, make_loader
+from histoseek.data.transforms import EvalTransform
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path):
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(path)
+        paths.append(path)
+    paths[2].write_bytes(b"broken")
+    dataset = ImageDataset(paths, [0, 1, 0, 1, 0], EvalTransform(16, (0, 0, 0), (1, 1, 1)))
+    batches = list(make_loader(dataset, workers=0, batch_size=4))
+    indices = np.concatenate([b.indices.numpy() for b in batches]).tolist()
+    failed = [i for b in batches for i in b.failed]
+    assert indices == [0, 1, 3, 4] and failed == [2]
+    assert batches[0].images.shape == (3, 3, 16, 16)
+    assert batches[0].labels.tolist() == [0, 1, 1]
+
+
+def test_batch_of_only_unreadable_files_is_empty(tmp_path):
+    path = tmp_path / "bad.png"
+    path.write_bytes(b"broken")
+    dataset = ImageDataset([path], [0], EvalTransform(16, (0, 0, 0), (1, 1, 1)))
+    (batch,) = list(make_loader(dataset, workers=0, batch_size=4))
+    assert len(batch.labels) == 0 and batch.failed == [0]
+
+
+def test_worker_processes_give_the_same_batches(tmp_path):
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (20, 20), (0, i * 30, 0)).save(path)
+        paths.append(path)
+    dataset = ImageDataset(paths, list(range(6)), EvalTransform(16, (0, 0, 0), (1, 1, 1)))
+    inline = [b.images for b in make_loader(dataset, workers=0, batch_size=3)]
+    parallel = [b.images for b in make_loader(dataset, workers=2, batch_size=3)]
+    assert all(np.array_equal(a, b) for a, b in zip(inline, parallel, strict=True))

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from histoseek.data.transforms import EvalTransform, TrainTransform, stain_jitter
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (150, 120, 3), dtype=np.uint8))
+
+
+def test_eval_transform_resizes_the_whole_patch_and_normalises(image):
+    array = EvalTransform(64, MEAN, STD)(image)
+    assert array.shape == (3, 64, 64) and array.dtype == np.float32
+    expected = (np.asarray(image.resize((64, 64), Image.BILINEAR)) / 255.0 - 0.5) / 0.25
+    assert np.allclose(array, expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_train_transform_output_shape_and_seeded_randomness(image):
+    first = TrainTransform(48, MEAN, STD, seed=1)
+    second = TrainTransform(48, MEAN, STD, seed=1)
+    a, b = first(image), second(image)
+    assert a.shape == (3, 48, 48) and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert not np.array_equal(first(image), a)  # the stream moves on
+
+
+def test_stain_jitter_keeps_white_and_changes_stained_pixels():
+    rng = np.random.default_rng(3)
+    tissue = np.full((8, 8, 3), (180, 90, 160), dtype=np.uint8)
+    tissue[0, 0] = (255, 255, 255)
+    jittered = stain_jitter(tissue, 0.3, rng)
+    assert jittered.dtype == np.uint8 and jittered.shape == tissue.shape
+    assert not np.array_equal(jittered[1:, 1:], tissue[1:, 1:])
+    # Glass (no stain) stays nearly white: stain scaling cannot colour empty pixels much.
+    assert jittered[0, 0].min() >= 235
+
+
+def test_stain_jitter_of_zero_strength_is_identity():
+    tissue = np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = stain_jitter(tissue, 0.0, np.random.default_rng(0))
+    assert np.abs(out.astype(int) - tissue.astype(int)).max() <= 1
