@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,16 @@ def copy_kather_tiles(target: Path, classes: list[str], per_class: int) -> Path:
         for tile in sorted((KATHER / name).glob("*.tif"))[:per_class]:
             shutil.copy(tile, target / name / tile.name)
     return target
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory) -> Iterator[Path]:
+    """Keep the on-the-fly ONNX exports of the test models out of the user's own cache."""
+    cache = tmp_path_factory.mktemp("histoseek-cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("HISTOSEEK_CACHE", str(cache))
+    yield cache
+    patcher.undo()
 
 
 @pytest.fixture(scope="session")

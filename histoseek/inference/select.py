@@ -4,8 +4,8 @@
 takes the first that is installed, usable on the device (`--device auto` is CUDA when PyTorch
 sees a GPU: a GPU run never falls back to a CPU runtime while PyTorch could use the GPU) and has
 an export made from the same weights. Exports are found beside the checkpoint (`model.onnx`,
-`model.engine` next to `model.pt`) or named with `exported`. A model without a checkpoint
-(the built-in one) is exported to ONNX on the fly into the cache, as ONNX Runtime embeds several
+`model.engine` next to `model.pt`) or named with `exported`. Where `auto` finds no usable
+export, it exports the model to ONNX on the fly into the cache, as ONNX Runtime embeds several
 times faster than PyTorch on CPUs.
 """
 
@@ -181,16 +181,22 @@ def _auto_onnx_embedder(finder: _ExportFinder, on_gpu: bool, notify: Notify) -> 
         if path is not None:
             notify(f"not using {path}: the installed onnxruntime has no CUDA support")
         return None
-    if path is None and finder.checkpoint is None and finder.exported is None:
-        path = _attempt(finder.cached_onnx, "an on-the-fly ONNX export", notify)
-    if path is None:
-        return None
     ort_device = "cuda" if on_gpu else "cpu"
-    return _attempt(
-        lambda: OnnxEmbedder(path, device=ort_device, fingerprint=finder.fingerprint),
-        path,
-        notify,
-    )
+
+    def embedder_for(onnx_path: Path) -> Embedder | None:
+        return _attempt(
+            lambda: OnnxEmbedder(onnx_path, device=ort_device, fingerprint=finder.fingerprint),
+            onnx_path,
+            notify,
+        )
+
+    embedder = embedder_for(path) if path is not None else None
+    if embedder is not None or finder.exported is not None:
+        return embedder
+    # No usable export of these weights: ONNX Runtime is still several times faster than
+    # torch on CPUs, so export once into the cache (keyed by the weights' fingerprint).
+    cached = _attempt(finder.cached_onnx, "an on-the-fly ONNX export", notify)
+    return embedder_for(cached) if cached is not None else None
 
 
 def _attempt(factory: Callable, subject: Path | str, notify: Notify):

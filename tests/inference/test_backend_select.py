@@ -59,11 +59,15 @@ def test_explicit_torch_is_torch(exported_checkpoint):
     assert embedder.name == "torch (cpu)"
 
 
-def test_auto_without_export_uses_torch(tmp_path: Path):
+@needs_cpu_only
+def test_auto_without_export_exports_into_the_cache(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "model.pt"
     save_checkpoint(path, _small_model(), [])
     embedder = create_embedder(_load(path), "auto", device="cpu", checkpoint=path)
-    assert isinstance(embedder, TorchEmbedder)
+    assert isinstance(embedder, OnnxEmbedder)
+    assert embedder.path.parent == tmp_path / "cache" / "onnx"
+    assert not path.with_suffix(".onnx").exists()  # nothing written beside the checkpoint
 
 
 def test_explicit_onnx_without_export_says_how_to_make_one(tmp_path: Path):
@@ -73,6 +77,7 @@ def test_explicit_onnx_without_export_says_how_to_make_one(tmp_path: Path):
         create_embedder(_load(path), "onnx", checkpoint=path)
 
 
+@needs_cpu_only
 def test_stale_export_is_refused_explicitly_and_skipped_by_auto(tmp_path: Path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, _small_model(seed=0), [])
@@ -84,7 +89,8 @@ def test_stale_export_is_refused_explicitly_and_skipped_by_auto(tmp_path: Path):
         create_embedder(retrained, "onnx", checkpoint=path)
     notes: list[str] = []
     embedder = create_embedder(retrained, "auto", "cpu", checkpoint=path, notify=notes.append)
-    assert isinstance(embedder, TorchEmbedder)
+    assert isinstance(embedder, OnnxEmbedder)
+    assert embedder.path != path.with_suffix(".onnx")  # a fresh export of the new weights
     assert len(notes) == 1
     assert notes[0].startswith(f"not using {path.with_suffix('.onnx')}: ")
     assert "exported from other weights" in notes[0]
