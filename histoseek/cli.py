@@ -5,6 +5,7 @@ Heavy imports (torch, onnxruntime, annoy) happen inside the commands so that `--
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -19,13 +20,31 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 
 
 class _Group(click.Group):
-    """A group that turns HistoseekError from any command into one clear line and exit 1."""
+    """A group whose every error is one clear line on stderr and a non-zero exit.
+
+    HistoseekError from a command and Click's own usage errors alike: Click would otherwise
+    print the usage text and a hint around a usage error.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except HistoseekError as error:
             raise click.ClickException(str(error)) from None
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.format_message())  # a bare `histoseek` shows its help
+            sys.exit(0)
+        except click.ClickException as error:
+            click.echo(f"Error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
 
 
 # Shared options, so every command spells them the same way.
@@ -171,9 +190,9 @@ def prepare(
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-    from rich.table import Table
 
     from histoseek.prepare.pipeline import DEFAULT_MAX_PIXELS, PrepareOptions, prepare_dataset
+    from histoseek.report.tables import prepare_table
 
     options = PrepareOptions(
         layout=layout,
@@ -208,17 +227,7 @@ def prepare(
         )
     for note in summary.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
-    table = Table(title=f"patches in {summary.output}")
-    table.add_column("class")
-    for name in summary.splits:
-        table.add_column(name, justify="right")
-    table.add_column("total", justify="right")
-    for name in summary.classes:
-        counts = [summary.counts[s][name] for s in summary.splits]
-        table.add_row(name, *map(str, counts), str(sum(counts)))
-    totals = [sum(summary.counts[s].values()) for s in summary.splits]
-    table.add_row("total", *map(str, totals), str(summary.patches), style="bold")
-    console.print(table)
+    console.print(prepare_table(summary))
     console.print(
         f"{summary.sources} source image(s) → {summary.patches} patch(es); "
         f"{summary.sources_without_patches} image(s) gave no patch with enough tissue.",

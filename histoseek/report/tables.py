@@ -6,6 +6,7 @@ from rich.table import Table
 
 from histoseek.model.cgd import ModelConfig
 from histoseek.model.summary import ModelSummary
+from histoseek.prepare.pipeline import PrepareSummary
 
 
 def model_table(
@@ -53,4 +54,19 @@ def evaluation_table(document: dict) -> Table:
     table.add_row("backend", document["backend"])
     if document["skipped_unreadable"]:
         table.add_row("skipped", f"{len(document['skipped_unreadable'])} unreadable image(s)")
+    return table
+
+
+def prepare_table(summary: PrepareSummary) -> Table:
+    """Patches written per class (rows) and split (columns), with totals."""
+    table = Table(title=f"patches in {summary.output}")
+    table.add_column("class")
+    for name in summary.splits:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    for name in summary.classes:
+        counts = [summary.counts[s][name] for s in summary.splits]
+        table.add_row(name, *map(str, counts), str(sum(counts)))
+    totals = [sum(summary.counts[s].values()) for s in summary.splits]
+    table.add_row("total", *map(str, totals), str(summary.patches), style="bold")
     return table
