@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 # Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in optical density.
@@ -108,8 +107,3 @@ def seed_worker_transform(transform: Callable, worker_seed: int) -> None:
     """Give each DataLoader worker its own random stream (forked copies would repeat)."""
     if isinstance(transform, TrainTransform):
         transform.rng = np.random.default_rng(worker_seed)
-
-
-def to_tensor_batch(arrays: list[np.ndarray]) -> torch.Tensor:
-    """Stack CHW float arrays into an NCHW tensor."""
-    return torch.from_numpy(np.stack(arrays))

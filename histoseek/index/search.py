@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from histoseek.index.manifest import (
     locate_index,
     read_manifest,
 )
+from histoseek.metrics import majority_label
 
 
 @dataclass
@@ -140,8 +140,7 @@ class QueryResult:
 
     def majority(self) -> tuple[str, int]:
         """The most common label among the hits and its count (ties: the best-ranked label)."""
-        label, count = Counter(hit.label for hit in self.hits).most_common(1)[0]
-        return label, count
+        return majority_label([hit.label for hit in self.hits])
 
 
 def search_images(
