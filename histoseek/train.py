@@ -93,9 +93,14 @@ def prepare_splits(config: TrainConfig) -> _Splits:
     return _Splits(train, val)
 
 
-def freeze_stages(model: CGD, count: int) -> list[nn.Module]:
-    """Freeze the first `count` backbone stages; returns them (kept in eval mode when training)."""
-    stages = get_backbone_spec(model.config.backbone).stages(model.trunk)
+def freeze_stages(model: CGD, count: int | None) -> list[nn.Module]:
+    """Freeze the first `count` backbone stages (None: the backbone's default); returns them.
+
+    Frozen stages are kept in eval mode while training, so their BatchNorm statistics stay.
+    """
+    spec = get_backbone_spec(model.config.backbone)
+    count = spec.default_frozen_stages if count is None else count
+    stages = spec.stages(model.trunk)
     if count > len(stages):
         raise HistoseekError(
             f"--freeze-stages {count}: {model.config.backbone} has only {len(stages)} stages"

@@ -25,6 +25,9 @@ class BackboneSpec:
     build: Callable[[bool], nn.Module]
     # The trunk's stages from input to output, for freezing the first N of them.
     stages: Callable[[nn.Module], list[nn.Module]]
+    # How many stages training freezes by default: the early, generic, high-resolution ones,
+    # which are also the costliest to back-propagate through.
+    default_frozen_stages: int
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,13 +91,19 @@ def _resnet_trunk(arch: str) -> Callable[[bool], nn.Module]:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", 1280, LITE_MEAN, LITE_STD, _efficientnet_lite0, _lite0_stages
+        "efficientnet_lite0", 1280, LITE_MEAN, LITE_STD, _efficientnet_lite0, _lite0_stages, 5
     ),
     "resnet50": BackboneSpec(
-        "resnet50", 2048, IMAGENET_MEAN, IMAGENET_STD, _resnet_trunk("resnet50"), _resnet_stages
+        "resnet50", 2048, IMAGENET_MEAN, IMAGENET_STD, _resnet_trunk("resnet50"), _resnet_stages, 2
     ),
     "resnext50": BackboneSpec(
-        "resnext50", 2048, IMAGENET_MEAN, IMAGENET_STD, _resnet_trunk("resnext50"), _resnet_stages
+        "resnext50",
+        2048,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _resnet_trunk("resnext50"),
+        _resnet_stages,
+        2,
     ),
 }
 
