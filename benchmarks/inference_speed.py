@@ -87,6 +87,12 @@ def images_per_second(embedder: Embedder, batch: np.ndarray, min_seconds: float)
 def backends(model: CGD, onnx_path: Path, max_batch: int) -> Iterator[tuple[str, str, Callable]]:
     """(label, device, factory) of every backend to measure on this machine."""
     yield "torch eager fp32", "cpu", lambda: TorchEmbedder(copy.deepcopy(model), device="cpu")
+    # PyTorch's default memory layout, as a plain eager baseline (histoseek uses channels-last).
+    yield (
+        "torch eager fp32 nchw",
+        "cpu",
+        lambda: TorchEmbedder(copy.deepcopy(model), device="cpu", channels_last=False),
+    )
     yield "onnxruntime", "cpu", lambda: OnnxEmbedder(onnx_path, device="cpu")
     if not torch.cuda.is_available():
         return
@@ -157,6 +163,10 @@ def speedups(rows: list[dict]) -> dict:
         "onnxruntime_cpu_vs_torch_cpu_batch32": (
             ("onnxruntime", "cpu", 32),
             ("torch eager fp32", "cpu", 32),
+        ),
+        "onnxruntime_cpu_vs_torch_nchw_cpu_batch32": (
+            ("onnxruntime", "cpu", 32),
+            ("torch eager fp32 nchw", "cpu", 32),
         ),
         "tensorrt_fp16_vs_torch_fp32_cuda_batch256": (
             ("tensorrt fp16", "cuda", 256),

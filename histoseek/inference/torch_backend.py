@@ -19,11 +19,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 class TorchEmbedder:
-    """Eager PyTorch inference; channels-last memory layout, which is much faster on CPUs."""
+    """Eager PyTorch inference; channels-last memory layout, which is much faster on CPUs.
 
-    def __init__(self, model: CGD, device: str = "auto", amp: bool = False):
+    `channels_last=False` keeps PyTorch's default NCHW layout (for comparisons).
+    """
+
+    def __init__(
+        self, model: CGD, device: str = "auto", amp: bool = False, channels_last: bool = True
+    ):
         self.device = resolve_device(device)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.layout)
         self.amp = amp and self.device.type == "cuda"
         self.dim = model.config.dim
         self.name = f"torch ({self.device.type}{', amp' if self.amp else ''})"
@@ -32,7 +38,7 @@ class TorchEmbedder:
     def embed_batch(self, images: np.ndarray) -> np.ndarray:
         """Embed an NCHW float32 batch → (N, dim) float32."""
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=self.layout)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             embeddings = self.model.embed(batch)
         return embeddings.float().cpu().numpy()
