@@ -18,10 +18,11 @@ from histoseek.data.dataset import ImageDataset, default_workers, make_loader
 from histoseek.data.folder import LabelledImages, display_path, scan_labelled_folder
 from histoseek.data.sampler import ClassBalancedBatchSampler
 from histoseek.data.split import group_ids_from_regex, stratified_group_split
-from histoseek.data.transforms import EvalTransform, TrainTransform
+from histoseek.data.transforms import TrainTransform
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
-from histoseek.inference.torch_backend import resolve_device
+from histoseek.inference.pipeline import embed_files
+from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
 from histoseek.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
 from histoseek.metrics import exact_neighbours, retrieval_metrics
 from histoseek.model.backbones import get_backbone_spec
@@ -136,35 +137,18 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.inference_mode()
-def embed_images(
-    model: CGD, images: LabelledImages, device: torch.device, batch_size: int, workers: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embed labelled images with test-time preprocessing; returns (embeddings, labels)."""
-    config = model.config
-    dataset = ImageDataset(
-        images.paths, images.labels, EvalTransform(config.image_size, config.mean, config.std)
-    )
-    was_training = model.training
-    model.eval()
-    embeddings, labels = [], []
-    for batch in make_loader(dataset, workers, batch_size=batch_size):
-        if len(batch.labels):
-            x = batch.images.to(device).contiguous(memory_format=torch.channels_last)
-            embeddings.append(model.embed(x).float().cpu().numpy())
-            labels.append(batch.labels.numpy())
-    model.train(was_training)
-    if not embeddings:
-        return np.zeros((0, config.dim), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(embeddings), np.concatenate(labels)
-
-
 def validation_recall(model: CGD, val: LabelledImages, device, batch_size, workers) -> float:
-    """Leave-one-out Recall@1 within the validation images."""
-    embeddings, labels = embed_images(model, val, device, batch_size, workers)
-    if len(embeddings) < 2:
+    """Leave-one-out Recall@1 within the validation images.
+
+    It leaves the model in eval mode: each epoch sets the training modes again at its start.
+    """
+    embedded = embed_files(
+        TorchEmbedder(model, str(device)), model.config, val.paths, batch_size, workers
+    )
+    if len(embedded.embeddings) < 2:
         return float("nan")
-    neighbours = exact_neighbours(embeddings, embeddings, k=1, exclude_self=True)
+    labels = np.asarray(val.labels)[embedded.indices]
+    neighbours = exact_neighbours(embedded.embeddings, embedded.embeddings, k=1, exclude_self=True)
     return retrieval_metrics(neighbours, labels, labels, recall_ks=(1,))["recall@1"]
 
 
