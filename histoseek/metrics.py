@@ -54,7 +54,8 @@ def exact_neighbours(
             sims[query_codes[start:stop, None] == gallery_codes[None, :]] = -np.inf
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         top_sims = np.take_along_axis(sims, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
+        # Ties go to the lower gallery index, so results never depend on argpartition's order.
+        order = np.lexsort((top, -top_sims), axis=-1)
         out_idx[start:stop] = np.take_along_axis(top, order, axis=1)
         out_sim[start:stop] = np.take_along_axis(top_sims, order, axis=1)
     return Neighbours(out_idx, out_sim)

@@ -11,6 +11,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from histoseek.index.manifest import METRIC
+from histoseek.metrics import exact_neighbours
 
 
 def build_annoy(embeddings: np.ndarray, trees: int, seed: int, path: Path) -> None:
@@ -56,9 +57,5 @@ class VectorIndex:
 
     def search_exact(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The exact k nearest items by cosine over the stored embeddings, best first."""
-        similarities = np.asarray(self.embeddings @ query.astype(np.float32), np.float64)
-        k = min(k, len(similarities))
-        top = np.argpartition(-similarities, k - 1)[:k]
-        # Ties keep item order, so exact search is repeatable.
-        order = np.lexsort((top, -similarities[top]))
-        return top[order].astype(np.int64), similarities[top[order]]
+        found = exact_neighbours(query[None, :], self.embeddings, min(k, len(self)))
+        return found.indices[0], found.similarities[0].astype(np.float64)
