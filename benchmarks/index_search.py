@@ -36,9 +36,10 @@ from histoseek.data.folder import list_images
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_SEED
 from histoseek.inference import BACKENDS
-from histoseek.inference.pipeline import embed_files
+from histoseek.inference.embed_files import embed_files
 from histoseek.inference.select import create_embedder
 from histoseek.model.cgd import ModelConfig, build_model, builtin_model
+from histoseek.report.progress import progress_bar
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "crc-polyps5"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -102,15 +103,10 @@ def real_embeddings(paths: list[Path], dims: list[int], batch_size: int) -> dict
         if not cached.is_file():
             model = build_model(ModelConfig(dim=dim), weights="imagenet", seed=0).eval()
             embedder = create_embedder(model, "auto", "auto", notify=lambda message: None)
-            result = embed_files(
-                embedder,
-                model.config,
-                paths,
-                batch_size,
-                default_workers(),
-                progress=True,
-                description=f"real tiles, dim {dim}",
-            )
+            with progress_bar(f"real tiles, dim {dim}") as progress:
+                result = embed_files(
+                    embedder, model.config, paths, batch_size, default_workers(), progress
+                )
             np.save(cached, result.embeddings)
         embeddings[dim] = np.load(cached)
     return embeddings

@@ -20,9 +20,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from histoseek.embedder import load_image_embedder
 from histoseek.evaluate import evaluate
-from histoseek.inference.select import create_embedder
-from histoseek.model.checkpoint import load_model
 from histoseek.train import train
 from histoseek.train_config import TrainConfig
 
@@ -68,21 +67,16 @@ def main() -> None:
 
     workers = 2 if args.workers is None else args.workers
     results = {}
-    model, _, _ = load_model(Path(args.run_dir) / "model.pt")
-    embedder = create_embedder(model, backend="auto", device="auto")
+    trained = Path(args.run_dir) / "model.pt"
+    embedder = load_image_embedder(trained, batch_size=64, workers=workers)
     results["crc-polyps5 test→train (trained)"] = evaluate(
-        embedder, model.config, polyps / "train", polyps / "test", batch_size=64, workers=workers
+        embedder, polyps / "train", polyps / "test"
     ).metrics
     if kather.is_dir():
-        for name, candidate in (("trained", model), ("built-in", load_model(None)[0])):
-            kather_embedder = create_embedder(candidate, backend="auto", device="auto")
+        for name, model in (("trained", trained), ("built-in", None)):
+            kather_embedder = load_image_embedder(model, batch_size=64, workers=workers)
             results[f"kather2016 LOO, same image excluded ({name})"] = evaluate(
-                kather_embedder,
-                candidate.config,
-                kather,
-                group_regex=r"CRC-Prim-HE-\d+",
-                batch_size=64,
-                workers=workers,
+                kather_embedder, kather, group_regex=r"CRC-Prim-HE-\d+"
             ).metrics
     total_seconds = time.time() - started
 

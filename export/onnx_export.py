@@ -21,13 +21,10 @@ from histoseek.inference.exported import (
 )
 from histoseek.model.cgd import CGD, EmbeddingOnly
 from histoseek.model.checkpoint import model_fingerprint
+from histoseek_export.defaults import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
-DEFAULT_OPSET = 17
-# ReduceMean/ReduceMax with axes attributes need 13; torch's TorchScript exporter stops at 20.
-MIN_OPSET = 13
-MAX_OPSET = 20
 
 
 def import_onnx():
@@ -92,10 +89,3 @@ def export_onnx(
     except onnx.checker.ValidationError as error:
         raise HistoseekError(f"the exported ONNX model fails onnx.checker: {error}") from None
     onnx.save(proto, str(path))
-
-
-def read_onnx_metadata(path: Path) -> dict[str, str]:
-    """The metadata_props of an ONNX file, as a dict."""
-    onnx = import_onnx()
-    proto = onnx.load(str(path), load_external_data=False)
-    return {entry.key: entry.value for entry in proto.metadata_props}

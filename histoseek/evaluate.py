@@ -8,13 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from histoseek.data.folder import display_path, scan_labelled_folder
+from histoseek.callbacks import Progress
+from histoseek.data.folder import LabelledImages, display_path, scan_labelled_folder
 from histoseek.data.split import group_ids_from_regex
+from histoseek.embedder import ImageEmbedder
 from histoseek.errors import HistoseekError
-from histoseek.inference.base import Embedder
-from histoseek.inference.pipeline import embed_files
 from histoseek.metrics import exact_neighbours, retrieval_metrics
-from histoseek.model.cgd import ModelConfig
+from histoseek.metrics_defaults import (
+    DEFAULT_MAP_K,
+    DEFAULT_PRECISION_K,
+    DEFAULT_RECALL_KS,
+    DEFAULT_VOTE_K,
+)
 
 
 @dataclass
@@ -38,11 +43,8 @@ class EvaluationResult:
         }
 
 
-def _embed_folder(embedder, config, folder, batch_size, workers, progress, what):
-    images = scan_labelled_folder(folder)
-    result = embed_files(
-        embedder, config, images.paths, batch_size, workers, progress, f"embedding {what}"
-    )
+def _embed_folder(embedder: ImageEmbedder, images: LabelledImages, progress: Progress | None):
+    result = embedder.embed_files(images.paths, progress)
     labels = [images.class_names[images.labels[i]] for i in result.indices]
     names = [images.paths[i].name for i in result.indices]
     skipped = [display_path(images.paths[i]) for i in result.failed]
@@ -50,33 +52,33 @@ def _embed_folder(embedder, config, folder, batch_size, workers, progress, what)
 
 
 def evaluate(
-    embedder: Embedder,
-    config: ModelConfig,
+    embedder: ImageEmbedder,
     gallery_dir: Path,
     query_dir: Path | None = None,
-    recall_ks: tuple[int, ...] = (1, 2, 4, 8),
-    map_k: int = 5,
-    vote_k: int = 5,
-    precision_k: int = 10,
+    recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS,
+    map_k: int = DEFAULT_MAP_K,
+    vote_k: int = DEFAULT_VOTE_K,
+    precision_k: int = DEFAULT_PRECISION_K,
     group_regex: str | None = None,
-    batch_size: int = 32,
-    workers: int = 0,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> EvaluationResult:
     """Embed the folders and score exact cosine retrieval by folder label.
 
     Without a query folder every gallery image queries the rest (leave-one-out). With
-    `group_regex`, neighbours from the query's own group (e.g. slide) are excluded.
+    `group_regex`, neighbours from the query's own group (e.g. slide) are excluded. Both
+    folders are checked before anything is embedded.
     """
+    gallery_images = scan_labelled_folder(gallery_dir)
+    query_images = None if query_dir is None else scan_labelled_folder(query_dir)
     gallery, gallery_labels, gallery_names, skipped = _embed_folder(
-        embedder, config, gallery_dir, batch_size, workers, progress, "gallery"
+        embedder, gallery_images, progress
     )
-    if query_dir is None:
+    if query_images is None:
         queries, query_labels, query_names = gallery, gallery_labels, gallery_names
         protocol = "leave-one-out within the gallery"
     else:
         queries, query_labels, query_names, skipped_q = _embed_folder(
-            embedder, config, query_dir, batch_size, workers, progress, "queries"
+            embedder, query_images, progress
         )
         skipped += skipped_q
         protocol = "query folder against gallery"

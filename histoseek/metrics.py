@@ -8,6 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from histoseek.metrics_defaults import (
+    DEFAULT_MAP_K,
+    DEFAULT_PRECISION_K,
+    DEFAULT_RECALL_KS,
+    DEFAULT_VOTE_K,
+)
+
 # Queries per chunk are chosen so one similarity block holds at most this many floats (64 MB).
 _MAX_BLOCK_ELEMENTS = 16_000_000
 
@@ -73,10 +80,10 @@ def retrieval_metrics(
     neighbours: Neighbours,
     query_labels: Sequence[int],
     gallery_labels: Sequence[int],
-    recall_ks: Sequence[int] = (1, 2, 4, 8),
-    map_k: int = 5,
-    vote_k: int = 5,
-    precision_k: int = 10,
+    recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
+    map_k: int = DEFAULT_MAP_K,
+    vote_k: int = DEFAULT_VOTE_K,
+    precision_k: int = DEFAULT_PRECISION_K,
     relevant_counts: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Recall@K, mAP@k, majority-vote accuracy mMV@k and precision@k from ranked neighbours.

@@ -21,7 +21,7 @@ from histoseek.data.split import group_ids_from_regex, stratified_group_split
 from histoseek.data.transforms import TrainTransform
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
-from histoseek.inference.pipeline import embed_files
+from histoseek.inference.embed_files import embed_files
 from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
 from histoseek.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
 from histoseek.metrics import exact_neighbours, retrieval_metrics
@@ -29,7 +29,7 @@ from histoseek.model.backbones import get_backbone_spec
 from histoseek.model.cgd import CGD, ModelConfig, build_model
 from histoseek.model.checkpoint import save_checkpoint
 from histoseek.model.safe_load import load_tensors
-from histoseek.report.progress import image_progress
+from histoseek.report.progress import progress_bar
 from histoseek.train_config import TrainConfig
 
 TRAIN_STATE = "last.pt"
@@ -281,7 +281,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, co
         started, seen, loss_sum = time.time(), 0, 0.0
         description = f"epoch {epoch + 1}/{config.epochs}"
         total = steps_per_epoch * sampler.batch_size
-        with image_progress(ddp.is_main, description, total, transient=True) as advance:
+        with progress_bar(description, ddp.is_main, transient=True) as progress:
             for batch in loader:
                 skipped.update(splits.train.paths[i] for i in batch.failed)
                 if len(batch.labels) < 2:
@@ -300,7 +300,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, co
                 seen += len(labels)
                 loss_value = loss.item()
                 loss_sum += loss_value * len(labels)
-                advance(len(labels), note=f"loss {loss_value:.4f}")
+                progress(seen, total)
         record = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(seen, 1),

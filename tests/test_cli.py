@@ -45,3 +45,24 @@ def test_help_does_not_import_torch():
     code += "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.stdout.strip().endswith("False"), completed.stdout + completed.stderr
+
+
+def test_light_defaults_agree_with_the_modules_that_use_them():
+    from PIL import Image
+
+    from histoseek.model.backbones import BACKBONE_SPECS
+    from histoseek.model.defaults import BACKBONE_NAMES
+    from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+
+    assert tuple(BACKBONE_SPECS) == BACKBONE_NAMES
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS
+
+
+def test_every_command_module_is_light():
+    code = (
+        "import sys, histoseek.cli\n"
+        "heavy = {'torch', 'numpy', 'PIL', 'onnxruntime', 'annoy', 'rich'} & set(sys.modules)\n"
+        "print(sorted(heavy))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.stdout.strip() == "[]", completed.stdout + completed.stderr

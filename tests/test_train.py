@@ -191,7 +191,7 @@ def test_corrupt_checkpoint_fails_with_one_line(tmp_path, kather_small):
 
 
 def test_info_reports_a_trained_model(trained_run):
-    result = run("info", "--model", trained_run / "model.pt", "--input-size", "64")
+    result = run("info", "--model", trained_run / "model.pt", "--image-size", "64")
     assert result.exit_code == 0, result.output
     assert "efficientnet_lite0" in result.stdout and "01_TUMOR" in result.stdout
 

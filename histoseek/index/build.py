@@ -6,13 +6,14 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import display_path, list_images
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.errors import HistoseekError
@@ -29,6 +30,9 @@ from histoseek.index.manifest import (
     read_manifest,
     write_manifest,
 )
+
+if TYPE_CHECKING:
+    from histoseek.embedder import ImageEmbedder
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,6 @@ def _write_skipped(path: Path, source: Path, skipped: list[SkippedFile]) -> None
         out.write(f"# {len(skipped)} file(s) under {display_path(source)} could not be indexed\n")
         for entry in skipped:
             out.write(f"{display_path(entry.path)}\t{entry.reason}\n")
-
-
-def decoding_workers(count: int, batch_size: int, workers: int) -> int:
-    """Worker processes worth starting for `count` images: none for a single batch."""
-    return workers if count > batch_size else 0
 
 
 @dataclass(frozen=True)
@@ -170,18 +169,13 @@ def why_unreadable(path: Path) -> str:
 def build_index(
     source_dir: Path,
     index_dir: Path,
-    model: str | Path | None = None,
-    backend: str = "auto",
-    exported: Path | None = None,
-    device: str = "auto",
-    batch_size: int = 32,
-    workers: int = 0,
+    embedder: ImageEmbedder,
     trees: int = DEFAULT_TREES,
     seed: int = DEFAULT_SEED,
     strict: bool = False,
     overwrite: bool = False,
-    progress: bool = False,
-    announce: Callable[[str], None] = lambda message: None,
+    progress: Progress | None = None,
+    notify: Notify = lambda message: None,
 ) -> BuildReport:
     """Index every image below `source_dir` into `index_dir`, reusing an earlier index of it.
 
@@ -190,10 +184,6 @@ def build_index(
     index is written to a temporary folder and swapped in, so a run killed midway leaves
     the earlier index as it was.
     """
-    from histoseek.inference.pipeline import embed_files
-    from histoseek.inference.select import create_embedder
-    from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
-
     started = time.perf_counter()
     source = Path(source_dir)
     if not source.exists():
@@ -207,9 +197,7 @@ def build_index(
             f"--strict: {display_path(skipped[0].path)} cannot be indexed ({skipped[0].reason})"
         )
     index_dir = Path(index_dir)
-    network, _, reference = load_model(model)
-    fingerprint = model_fingerprint(network)
-    previous = _previous_index(index_dir, source, fingerprint, overwrite)
+    previous = _previous_index(index_dir, source, embedder.fingerprint, overwrite)
 
     stored: dict[str, tuple[IndexItem, np.ndarray]] = {}
     if previous is not None:
@@ -226,21 +214,12 @@ def build_index(
     fresh: dict[str, tuple[IndexItem, np.ndarray]] = {}
     backend_name = "none (all embeddings reused)"
     if to_embed:
-        checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
-        embedder = create_embedder(network, backend, device, checkpoint, exported=exported)
         backend_name = embedder.name
-        announce(
+        notify(
             f"embedding {len(to_embed)} new or changed image(s), reusing {len(reusable)}, "
             f"with {embedder.name}"
         )
-        embedded = embed_files(
-            embedder,
-            network.config,
-            [entry.path for entry in to_embed],
-            batch_size=batch_size,
-            workers=decoding_workers(len(to_embed), batch_size, workers),
-            progress=progress,
-        )
+        embedded = embedder.embed_files([entry.path for entry in to_embed], progress)
         for position in embedded.failed:
             entry = to_embed[position]
             skipped.append(SkippedFile(entry.item_key, why_unreadable(entry.path)))
@@ -272,9 +251,9 @@ def build_index(
 
     manifest = Manifest(
         source_dir=str(source),
-        model_reference=reference,
-        model_fingerprint=fingerprint,
-        model_config=network.config.to_dict(),
+        model_reference=embedder.reference,
+        model_fingerprint=embedder.fingerprint,
+        model_config=embedder.config.to_dict(),
         backend=backend_name,
         dim=int(embeddings.shape[1]),
         trees=trees,

@@ -6,13 +6,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from histoseek.callbacks import Progress
 from histoseek.data.folder import display_path, list_images
 from histoseek.errors import HistoseekError
 from histoseek.index.annoy_index import VectorIndex
-from histoseek.index.build import IndexItem, decoding_workers, read_items, why_unreadable
+from histoseek.index.build import IndexItem, read_items, why_unreadable
 from histoseek.index.defaults import DEFAULT_SEARCH_K
 from histoseek.index.manifest import (
     ANNOY_NAME,
@@ -22,6 +24,9 @@ from histoseek.index.manifest import (
     read_manifest,
 )
 from histoseek.metrics import majority_label
+
+if TYPE_CHECKING:
+    from histoseek.embedder import ImageEmbedder
 
 
 @dataclass
@@ -57,24 +62,24 @@ def open_index(index_dir: Path | None) -> OpenIndex:
 
 
 def load_index_model(index: OpenIndex, model: str | Path | None = None) -> tuple:
-    """(the model the index was built with, its checkpoint file or None when built in).
+    """(the model the index was built with, its class names, its reference: 'builtin' or path).
 
     `model` names that same model's checkpoint where it has moved; any other model is refused.
     """
-    from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
+    from histoseek.model.checkpoint import load_model, model_fingerprint
 
     recorded = index.manifest.model_reference
     shown = display_path(index.path)
     if model is None:
         try:
-            network, _, reference = load_model(recorded)
+            network, class_names, reference = load_model(recorded)
         except HistoseekError as error:
             raise HistoseekError(
                 f"cannot load the model the index {shown} was built with ({error}); "
                 "pass --model CKPT if the checkpoint has moved"
             ) from None
     else:
-        network, _, reference = load_model(model)
+        network, class_names, reference = load_model(model)
     same = (
         model_fingerprint(network) == index.manifest.model_fingerprint
         and network.config.to_dict() == index.manifest.model_config
@@ -90,7 +95,7 @@ def load_index_model(index: OpenIndex, model: str | Path | None = None) -> tuple
             f"the index {shown} was built with another model ({recorded}), "
             f"not {display_path(model)}; query it without --model or rebuild it"
         )
-    return network, None if reference == BUILTIN_MODEL else Path(reference)
+    return network, class_names, reference
 
 
 def collect_query_images(arguments: Sequence[Path]) -> list[Path]:
@@ -145,41 +150,23 @@ class QueryResult:
 
 def search_images(
     index: OpenIndex,
-    network,
-    checkpoint: Path | None,
+    embedder: ImageEmbedder,
     query_paths: Sequence[Path],
     k: int,
     search_k: int | None = None,
     exact: bool = False,
-    backend: str = "auto",
-    exported: Path | None = None,
-    device: str = "auto",
-    batch_size: int = 32,
-    workers: int = 0,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> list[QueryResult]:
     """Embed the query images as the index's images were, and find the k nearest of each.
 
     `search_k` (default: DEFAULT_SEARCH_K, or k × trees when that is more) is how many
     candidates Annoy inspects per query; `exact` searches the stored embeddings instead.
     """
-    from histoseek.inference.pipeline import embed_files
-    from histoseek.inference.select import create_embedder
-
     if k < 1:
-        raise HistoseekError(f"-k must be at least 1, not {k}")
+        raise HistoseekError(f"-k must be 1 or more, not {k}")
     if search_k is None:
         search_k = max(DEFAULT_SEARCH_K, k * index.manifest.trees)
-    embedder = create_embedder(network, backend, device, checkpoint, exported=exported)
-    embedded = embed_files(
-        embedder,
-        network.config,
-        list(query_paths),
-        batch_size=batch_size,
-        workers=decoding_workers(len(query_paths), batch_size, workers),
-        progress=progress,
-        description="embedding queries",
-    )
+    embedded = embedder.embed_files(list(query_paths), progress)
     if embedded.failed:
         bad = query_paths[embedded.failed[0]]
         raise HistoseekError(f"cannot read query image {display_path(bad)}: {why_unreadable(bad)}")

@@ -5,8 +5,10 @@ takes the first that is installed, usable on the device (`--device auto` is CUDA
 sees a GPU: a GPU run never falls back to a CPU runtime while PyTorch could use the GPU) and has
 an export made from the same weights. Exports are found beside the checkpoint (`model.onnx`,
 `model.engine` next to `model.pt`) or named with `exported`. Where `auto` finds no usable
-export, it exports the model to ONNX on the fly into the cache, as ONNX Runtime embeds several
-times faster than PyTorch on CPUs.
+export and the caller passes an `onnx_exporter`, it exports the model to ONNX on the fly into
+the cache, as ONNX Runtime embeds several times faster than PyTorch on CPUs. The exporter is
+passed in (by histoseek.embedder) so that this layer never imports the export package, which
+itself builds on this one.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from histoseek.callbacks import Notify
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
-from histoseek.inference import BACKENDS
+from histoseek.inference import BACKENDS, DEVICES
 from histoseek.inference.base import Embedder
 from histoseek.inference.exported import (
+    ENGINE_SUFFIX,
+    ONNX_SUFFIX,
     cached_onnx_path,
     export_kind,
     exports_beside,
@@ -30,9 +35,8 @@ from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
 from histoseek.model.cgd import CGD
 from histoseek.model.checkpoint import model_fingerprint
 
-DEVICES = ("auto", "cpu", "cuda")
-
-Notify = Callable[[str], None]
+#: Writes an ONNX export of a model to a path (histoseek_export.onnx_export.export_onnx).
+OnnxExporter = Callable[[CGD, Path], None]
 
 
 def print_note(message: str) -> None:
@@ -47,13 +51,15 @@ def create_embedder(
     checkpoint: Path | None = None,
     exported: Path | None = None,
     notify: Notify = print_note,
+    onnx_exporter: OnnxExporter | None = None,
 ) -> Embedder:
     """Create the embedder for `model` on the requested backend ('auto': the fastest usable).
 
     `checkpoint` is where `model` was loaded from (None for the built-in model); `exported`
     names an ONNX file or TensorRT engine instead of looking beside the checkpoint. `notify`
-    receives a line for every export that `auto` finds but cannot use. The embedder's `.name`
-    says which backend was picked.
+    receives a line for every export that `auto` finds but cannot use, and for a first
+    on-the-fly export. `onnx_exporter` lets `auto` (and `onnx` for the built-in model) export
+    into the cache. The embedder's `.name` says which backend was picked.
     """
     if backend not in BACKENDS:
         raise HistoseekError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -61,21 +67,31 @@ def create_embedder(
         raise HistoseekError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if backend == "torch":
         return TorchEmbedder(model, device=device)
-    finder = _ExportFinder(model, checkpoint, Path(exported) if exported else None)
+    exported = Path(exported) if exported else None
+    finder = _ExportFinder(model, checkpoint, exported, onnx_exporter, notify)
     if backend == "onnx":
         return _onnx_embedder(finder, device)
     if backend == "tensorrt":
         return _tensorrt_embedder(finder, device)
-    return _auto_embedder(finder, device, notify)
+    return _auto_embedder(finder, device)
 
 
 class _ExportFinder:
     """Locates the exports that belong to one model."""
 
-    def __init__(self, model: CGD, checkpoint: Path | None, exported: Path | None):
+    def __init__(
+        self,
+        model: CGD,
+        checkpoint: Path | None,
+        exported: Path | None,
+        onnx_exporter: OnnxExporter | None,
+        notify: Notify,
+    ):
         self.model = model
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.exported = exported
+        self.onnx_exporter = onnx_exporter
+        self.notify = notify
         self.fingerprint = model_fingerprint(model)
         if exported is not None:
             export_kind(exported)
@@ -102,10 +118,11 @@ class _ExportFinder:
         if self.exported is not None:
             raise HistoseekError(f"--backend {kind} needs {what}, but {self.exported} is not one")
         if self.checkpoint is None:
+            suffix = ONNX_SUFFIX if kind == "onnx" else ENGINE_SUFFIX
+            flag = "--onnx" if kind == "onnx" else "--trt"
             raise HistoseekError(
-                f"the built-in model has no {kind} export; make one with histoseek export "
-                f"--model builtin{trt_flag} --{'trt' if trt_flag else 'onnx'} PATH, then pass "
-                "it with --exported PATH"
+                f"the built-in model needs {what} for --backend {kind}; make one with "
+                f"`histoseek export {flag} builtin{suffix}`, then pass --exported builtin{suffix}"
             )
         beside = exports_beside(self.checkpoint)[0 if kind == "onnx" else 1]
         raise HistoseekError(
@@ -117,10 +134,14 @@ class _ExportFinder:
         """An ONNX export of the model in the user cache, made now if it is not there yet."""
         path = cached_onnx_path(self.fingerprint, self.model.config.image_size)
         if not path.is_file():
-            from histoseek_export.onnx_export import export_onnx
-
+            if self.onnx_exporter is None:
+                raise HistoseekError("no ONNX export of these weights is cached")
+            self.notify(
+                "exporting the model to ONNX once for fast CPU inference (about 10 s); "
+                f"cached at {path} (see `histoseek cache`)"
+            )
             with atomic_file(path) as tmp:
-                export_onnx(self.model, tmp)
+                self.onnx_exporter(self.model, tmp)
         return path
 
 
@@ -136,8 +157,9 @@ def _onnx_embedder(finder: _ExportFinder, device: str) -> Embedder:
     from histoseek.inference.onnx_backend import OnnxEmbedder
 
     import_onnxruntime()
-    usable_without_checkpoint = finder.checkpoint is None and finder.exported is None
-    path = finder.cached_onnx() if usable_without_checkpoint else finder.require("onnx")
+    builtin = finder.checkpoint is None and finder.exported is None
+    cached = builtin and finder.onnx_exporter is not None
+    path = finder.cached_onnx() if cached else finder.require("onnx")
     return OnnxEmbedder(path, device=_ort_device(device), fingerprint=finder.fingerprint)
 
 
@@ -151,7 +173,8 @@ def _tensorrt_embedder(finder: _ExportFinder, device: str) -> Embedder:
     return TensorRTEmbedder.load(finder.require("tensorrt"), fingerprint=finder.fingerprint)
 
 
-def _auto_embedder(finder: _ExportFinder, device: str, notify: Notify) -> Embedder:
+def _auto_embedder(finder: _ExportFinder, device: str) -> Embedder:
+    notify = finder.notify
     on_gpu = resolve_device(device).type == "cuda"
     engine_path = finder.find("tensorrt")
     if engine_path is not None:
@@ -161,14 +184,16 @@ def _auto_embedder(finder: _ExportFinder, device: str, notify: Notify) -> Embedd
                 return embedder
         else:
             notify(f"not using {engine_path}: TensorRT engines need a CUDA GPU")
-    embedder = _auto_onnx_embedder(finder, on_gpu, notify)
+    embedder = _auto_onnx_embedder(finder, on_gpu)
     if embedder is not None:
         return embedder
     return TorchEmbedder(finder.model, device=device)
 
 
-def _auto_onnx_embedder(finder: _ExportFinder, on_gpu: bool, notify: Notify) -> Embedder | None:
+def _auto_onnx_embedder(finder: _ExportFinder, on_gpu: bool) -> Embedder | None:
     from histoseek.inference.onnx_backend import OnnxEmbedder, ort_has_cuda
+
+    notify = finder.notify
 
     path = finder.find("onnx")
     try:
@@ -191,7 +216,7 @@ def _auto_onnx_embedder(finder: _ExportFinder, on_gpu: bool, notify: Notify) -> 
         )
 
     embedder = embedder_for(path) if path is not None else None
-    if embedder is not None or finder.exported is not None:
+    if embedder is not None or finder.exported is not None or finder.onnx_exporter is None:
         return embedder
     # No usable export of these weights: ONNX Runtime is still several times faster than
     # torch on CPUs, so export once into the cache (keyed by the weights' fingerprint).

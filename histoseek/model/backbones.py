@@ -89,7 +89,7 @@ def _resnet_trunk(arch: str) -> Callable[[bool], nn.Module]:
     return build
 
 
-BACKBONES: dict[str, BackboneSpec] = {
+BACKBONE_SPECS: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         "efficientnet_lite0", 1280, LITE_MEAN, LITE_STD, _efficientnet_lite0, _lite0_stages, 5
     ),
@@ -111,10 +111,10 @@ BACKBONES: dict[str, BackboneSpec] = {
 def get_backbone_spec(name: str) -> BackboneSpec:
     """Look up a backbone by name, with a clear error listing the known ones."""
     try:
-        return BACKBONES[name]
+        return BACKBONE_SPECS[name]
     except KeyError:
         raise HistoseekError(
-            f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}"
+            f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_SPECS)}"
         ) from None
 
 

@@ -10,12 +10,13 @@ from torch import nn
 
 from histoseek.errors import HistoseekError
 from histoseek.model.backbones import build_trunk, get_backbone_spec
+from histoseek.model.defaults import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DIM,
+    DEFAULT_GD_CONFIG,
+    DEFAULT_IMAGE_SIZE,
+)
 from histoseek.model.descriptors import build_descriptor, parse_gd_config
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
-DEFAULT_GD_CONFIG = "SMG"
-DEFAULT_DIM = 1536
-DEFAULT_IMAGE_SIZE = 224
 
 
 @dataclass

@@ -10,8 +10,7 @@ from pathlib import Path
 from histoseek.data.folder import display_path, list_images
 from histoseek.data.split import group_ids_from_regex
 from histoseek.errors import HistoseekError
-
-LAYOUTS = ("bach", "bracs", "crc", "folder")
+from histoseek.prepare.defaults import LAYOUTS
 
 BACH_CLASSES = ("Normal", "Benign", "InSitu", "Invasive")
 BACH_LABELS_CSV = "microscopy_ground_truth.csv"

@@ -14,9 +14,8 @@ import numpy as np
 from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.errors import HistoseekError
+from histoseek.prepare.defaults import STAIN_METHODS
 from histoseek.prepare.tissue import tissue_mask
-
-METHODS = ("macenko", "reinhard")
 
 # Fitting on about a million pixels gives the same statistics as the whole image, much faster.
 FIT_PIXELS = 1_000_000
@@ -213,8 +212,8 @@ StainNormalizer = MacenkoNormalizer | ReinhardNormalizer
 
 def fit_normalizer(method: str, reference: Path) -> StainNormalizer:
     """Read `reference` and fit the named method to it."""
-    if method not in METHODS:
-        raise HistoseekError(f"unknown stain normalisation {method!r}; use one of {METHODS}")
+    if method not in STAIN_METHODS:
+        raise HistoseekError(f"unknown stain normalisation {method!r}; use one of {STAIN_METHODS}")
     try:
         rgb = np.asarray(load_rgb(reference))
     except UnreadableImageError as error:

@@ -1,4 +1,4 @@
-"""Rich progress bars with images/s and ETA."""
+"""Rich progress bars with images/s and ETA, handed to library code as `progress` callbacks."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
-def image_progress(
-    enabled: bool, description: str, total: int, transient: bool = False
-) -> Iterator[Callable[..., None]]:
-    """Yield `advance(n, note="")`; shows count, images/s, a note and ETA on stderr if enabled."""
+def progress_bar(
+    description: str, enabled: bool = True, unit: str = "img", transient: bool = False
+) -> Iterator[Callable[[int, int], None]]:
+    """Yield a `progress(done, total)` callback drawing a bar on stderr (a no-op if disabled).
+
+    A count that starts again below the last one (a new folder, a new epoch) opens a new bar.
+    """
     if not enabled:
-        yield lambda n, note="": None
+        yield lambda done, total: None
         return
     from rich.console import Console
     from rich.progress import (
@@ -28,17 +31,20 @@ def image_progress(
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
-        TextColumn("{task.fields[note]}"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=transient,
     )
     with bar:
-        task = bar.add_task(description, total=total, rate="", note="")
+        state = {"task": None, "done": 0}
 
-        def advance(n: int, note: str = "") -> None:
-            bar.advance(task, n)
+        def progress(done: int, total: int) -> None:
+            if state["task"] is None or done < state["done"]:
+                state["task"] = bar.add_task(description, total=total, rate="")
+            task = state["task"]
+            bar.update(task, completed=done, total=total)
+            state["done"] = done
             speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:6.1f} img/s" if speed else "", note=note)
+            bar.update(task, rate=f"{speed:6.1f} {unit}/s" if speed else "")
 
-        yield advance
+        yield progress

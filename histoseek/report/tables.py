@@ -1,12 +1,14 @@
-"""Rich tables for model information and evaluation results."""
+"""Rich tables for model information, evaluation results and prepared patch counts."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from rich.table import Table
 
 from histoseek.model.cgd import ModelConfig
 from histoseek.model.summary import ModelSummary
-from histoseek.prepare.pipeline import PrepareSummary
 
 
 def model_table(
@@ -57,16 +59,21 @@ def evaluation_table(document: dict) -> Table:
     return table
 
 
-def prepare_table(summary: PrepareSummary) -> Table:
-    """Patches written per class (rows) and split (columns), with totals."""
-    table = Table(title=f"patches in {summary.output}")
+def patch_count_table(
+    output: Path,
+    splits: Sequence[str],
+    classes: Sequence[str],
+    counts: Mapping[str, Mapping[str, int]],
+) -> Table:
+    """Patches written per class (rows) and split (columns; counts[split][class]), with totals."""
+    table = Table(title=f"patches in {output}")
     table.add_column("class")
-    for name in summary.splits:
+    for name in splits:
         table.add_column(name, justify="right")
     table.add_column("total", justify="right")
-    for name in summary.classes:
-        counts = [summary.counts[s][name] for s in summary.splits]
-        table.add_row(name, *map(str, counts), str(sum(counts)))
-    totals = [sum(summary.counts[s].values()) for s in summary.splits]
-    table.add_row("total", *map(str, totals), str(summary.patches), style="bold")
+    for name in classes:
+        row = [counts[s].get(name, 0) for s in splits]
+        table.add_row(name, *map(str, row), str(sum(row)))
+    totals = [sum(counts[s].values()) for s in splits]
+    table.add_row("total", *map(str, totals), str(sum(totals)), style="bold")
     return table

@@ -18,7 +18,7 @@ def load_thumbnail(path: Path, size: int) -> Image.Image:
     """The image fitted into a size×size square (letterboxed in white), or a grey square."""
     try:
         image = load_rgb(path)
-    except (UnreadableImageError, FileNotFoundError):
+    except UnreadableImageError:
         return Image.new("RGB", (size, size), MISSING_COLOUR)
     scale = size / max(image.size)
     fitted = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

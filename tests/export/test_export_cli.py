@@ -9,7 +9,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-import histoseek_export.pipeline as pipeline
+import histoseek_export.checked_export as checked_export
 from histoseek.cli import cli
 
 
@@ -54,7 +54,7 @@ def test_existing_output_is_refused_without_overwrite(checkpoint: Path, tmp_path
 
 
 def test_failed_parity_writes_nothing(checkpoint: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(pipeline, "ONNX_MIN_COSINE", 1.5)
+    monkeypatch.setattr(checked_export, "ONNX_MIN_COSINE", 1.5)
     out = tmp_path / "never.onnx"
     result = _export("--model", str(checkpoint), "--onnx", str(out))
     assert result.exit_code == 1

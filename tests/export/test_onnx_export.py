@@ -19,7 +19,7 @@ from histoseek.inference.exported import (
 )
 from histoseek.inference.onnx_backend import OnnxEmbedder
 from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
-from histoseek_export.onnx_export import export_onnx, read_onnx_metadata
+from histoseek_export.onnx_export import export_onnx
 from histoseek_export.parity import ONNX_MIN_COSINE, compare, parity_images
 
 
@@ -38,7 +38,7 @@ def test_export_is_checked_embedding_only_with_metadata(exported):
     assert [o.name for o in proto.graph.output] == ["embeddings"]
     assert _dims(proto.graph.input[0]) == ["batch", 3, 64, 64]
     assert {entry.domain: entry.version for entry in proto.opset_import}[""] == 13
-    metadata = read_onnx_metadata(path)
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
     assert metadata[META_FINGERPRINT] == model_fingerprint(model)
     assert json.loads(metadata[META_CONFIG]) == model.config.to_dict()
     assert json.loads(metadata[META_CLASS_NAMES]) == ["a", "b", "c"]

@@ -136,7 +136,7 @@ def test_no_index_says_what_to_run(tiles, tmp_path, monkeypatch):
 def test_k_below_one_is_refused(shared, k):
     tiles, index_dir = shared
     image = next(tiles.rglob("*.tif"))
-    assert "-k must be 1 or more" in error_line(
+    assert f"Invalid value for '-k': {k} is not in the range x>=1" in error_line(
         run_cli("query", image, "--index", index_dir, "-k", k)
     )
 

@@ -12,7 +12,7 @@ import torch
 
 from histoseek.errors import HistoseekError
 from histoseek.inference.onnx_backend import OnnxEmbedder
-from histoseek.inference.select import create_embedder
+from histoseek.inference.select import _ExportFinder, create_embedder
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import load_checkpoint, save_checkpoint
@@ -64,7 +64,9 @@ def test_auto_without_export_exports_into_the_cache(tmp_path: Path, monkeypatch)
     monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "model.pt"
     save_checkpoint(path, _small_model(), [])
-    embedder = create_embedder(_load(path), "auto", device="cpu", checkpoint=path)
+    embedder = create_embedder(
+        _load(path), "auto", device="cpu", checkpoint=path, onnx_exporter=export_onnx
+    )
     assert isinstance(embedder, OnnxEmbedder)
     assert embedder.path.parent == tmp_path / "cache" / "onnx"
     assert not path.with_suffix(".onnx").exists()  # nothing written beside the checkpoint
@@ -88,26 +90,56 @@ def test_stale_export_is_refused_explicitly_and_skipped_by_auto(tmp_path: Path):
     with pytest.raises(HistoseekError, match="was exported from other weights"):
         create_embedder(retrained, "onnx", checkpoint=path)
     notes: list[str] = []
-    embedder = create_embedder(retrained, "auto", "cpu", checkpoint=path, notify=notes.append)
+    embedder = create_embedder(
+        retrained, "auto", "cpu", checkpoint=path, notify=notes.append, onnx_exporter=export_onnx
+    )
     assert isinstance(embedder, OnnxEmbedder)
     assert embedder.path != path.with_suffix(".onnx")  # a fresh export of the new weights
-    assert len(notes) == 1
+    assert len(notes) == 2
     assert notes[0].startswith(f"not using {path.with_suffix('.onnx')}: ")
     assert "exported from other weights" in notes[0]
+    assert notes[1].startswith("exporting the model to ONNX once")
 
 
 @needs_cpu_only
 def test_model_without_checkpoint_is_exported_once_into_the_cache(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
     model = _small_model()
-    embedder = create_embedder(model, "auto")
+    notes: list[str] = []
+    embedder = create_embedder(model, "auto", notify=notes.append, onnx_exporter=export_onnx)
     assert isinstance(embedder, OnnxEmbedder)
     (cached,) = (tmp_path / "cache" / "onnx").iterdir()
     assert cached.suffix == ".onnx" and "64px" in cached.name
+    # The one slow first export is announced, with where it is cached.
+    assert len(notes) == 1 and "exporting the model to ONNX once" in notes[0]
+    assert str(cached) in notes[0]
     stamp = cached.stat().st_mtime_ns
-    again = create_embedder(model, "onnx")
+    again = create_embedder(model, "onnx", notify=notes.append, onnx_exporter=export_onnx)
     assert again.path == cached
     assert cached.stat().st_mtime_ns == stamp
+    assert len(notes) == 1
+
+
+def test_without_an_exporter_auto_uses_torch_and_onnx_says_how_to_export(tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
+    model = _small_model()
+    assert isinstance(create_embedder(model, "auto", "cpu"), TorchEmbedder)
+    with pytest.raises(HistoseekError) as raised:
+        create_embedder(model, "onnx")
+    assert str(raised.value) == (
+        "the built-in model needs an ONNX model for --backend onnx; make one with "
+        "`histoseek export --onnx builtin.onnx`, then pass --exported builtin.onnx"
+    )
+
+
+def test_builtin_model_tensorrt_hint_names_one_working_command():
+    finder = _ExportFinder(_small_model(), None, None, None, lambda message: None)
+    with pytest.raises(HistoseekError) as raised:
+        finder.require("tensorrt")
+    assert str(raised.value) == (
+        "the built-in model needs a TensorRT engine for --backend tensorrt; make one with "
+        "`histoseek export --trt builtin.engine`, then pass --exported builtin.engine"
+    )
 
 
 def test_cache_follows_xdg_cache_home(tmp_path: Path, monkeypatch):

@@ -25,15 +25,19 @@ from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.data.split import parse_fractions, stratified_group_split
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
+from histoseek.prepare.defaults import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_TISSUE,
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_SPLIT,
+    STAIN_METHODS,
+)
 from histoseek.prepare.layouts import Discovery, SourceImage, discover
-from histoseek.prepare.stain import METHODS, StainNormalizer, fit_normalizer
+from histoseek.prepare.stain import StainNormalizer, fit_normalizer
 from histoseek.prepare.tiling import resample, tile_origins, tissue_fractions
 from histoseek.prepare.tissue import tissue_mask
 
-DEFAULT_SPLIT = "0.7,0.15,0.15"
 SPLIT_NAMES = {1: ("train",), 2: ("train", "test"), 3: ("train", "val", "test")}
-# Pillow's own decompression-bomb limit, captured before anything changes it.
-DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS)
 MAX_DEFAULT_WORKERS = 8
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.txt"
@@ -57,10 +61,10 @@ class PrepareOptions:
     """How to cut a dataset into patches; everything here is recorded in prepare.json."""
 
     layout: str
-    patch_size: int = 224
+    patch_size: int = DEFAULT_PATCH_SIZE
     stride: int | None = None
     scale: float = 1.0
-    min_tissue: float = 0.5
+    min_tissue: float = DEFAULT_MIN_TISSUE
     split: str | None = None
     seed: int = 0
     normalize: str | None = None
@@ -185,8 +189,10 @@ def _validate(options: PrepareOptions, discovery: Discovery) -> tuple[str, ...]:
         raise HistoseekError(f"--min-tissue is a fraction from 0 to 1, not {options.min_tissue}")
     if options.max_pixels < 1:
         raise HistoseekError("--max-pixels must be at least 1")
-    if options.normalize is not None and options.normalize not in METHODS:
-        raise HistoseekError(f"unknown --normalize {options.normalize!r}; use one of {METHODS}")
+    if options.normalize is not None and options.normalize not in STAIN_METHODS:
+        raise HistoseekError(
+            f"unknown --normalize {options.normalize!r}; use one of {STAIN_METHODS}"
+        )
     if (options.normalize is None) != (options.reference is None):
         raise HistoseekError("--normalize and --reference go together: give both or neither")
     if discovery.official_split:

@@ -1,4 +1,4 @@
-"""Embedding a list of image files: parallel decoding, batched inference, a progress bar."""
+"""Embedding a list of image files: parallel decoding and batched inference."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from histoseek.callbacks import Progress
 from histoseek.data.dataset import ImageDataset, make_loader
 from histoseek.data.transforms import EvalTransform
 from histoseek.inference.base import Embedder
 from histoseek.model.cgd import ModelConfig
-from histoseek.report.progress import image_progress
 
 
 @dataclass
@@ -24,29 +24,37 @@ class EmbeddedFiles:
     failed: list[int]
 
 
+def decoding_workers(count: int, batch_size: int, workers: int) -> int:
+    """Worker processes worth starting for `count` images: none for a single batch."""
+    return workers if count > batch_size else 0
+
+
 def embed_files(
     embedder: Embedder,
     config: ModelConfig,
     paths: Sequence[Path],
     batch_size: int = 32,
     workers: int = 0,
-    progress: bool = False,
-    description: str = "embedding",
+    progress: Progress | None = None,
 ) -> EmbeddedFiles:
     """Embed image files with the model's test-time preprocessing; unreadable files are skipped."""
     transform = EvalTransform(config.image_size, config.mean, config.std)
     dataset = ImageDataset(paths, [0] * len(paths), transform)
-    loader = make_loader(dataset, workers=workers, batch_size=batch_size)
+    loader = make_loader(
+        dataset, workers=decoding_workers(len(paths), batch_size, workers), batch_size=batch_size
+    )
     chunks: list[np.ndarray] = []
     indices: list[np.ndarray] = []
     failed: list[int] = []
-    with image_progress(progress, description, len(paths)) as advance:
-        for batch in loader:
-            failed.extend(batch.failed)
-            if len(batch.indices):
-                chunks.append(embedder.embed_batch(batch.images.numpy()).astype(np.float32))
-                indices.append(batch.indices.numpy())
-            advance(len(batch.indices) + len(batch.failed))
+    done = 0
+    for batch in loader:
+        failed.extend(batch.failed)
+        if len(batch.indices):
+            chunks.append(embedder.embed_batch(batch.images.numpy()).astype(np.float32))
+            indices.append(batch.indices.numpy())
+        done += len(batch.indices) + len(batch.failed)
+        if progress is not None:
+            progress(done, len(paths))
     if chunks:
         return EmbeddedFiles(np.concatenate(chunks), np.concatenate(indices), sorted(failed))
     return EmbeddedFiles(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from histoseek.callbacks import Notify
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
 from histoseek.inference.exported import (
@@ -21,7 +21,8 @@ from histoseek.inference.onnx_backend import OnnxEmbedder
 from histoseek.inference.tensorrt_backend import TensorRTEmbedder, require_cuda
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
-from histoseek_export.onnx_export import DEFAULT_OPSET, export_onnx, import_onnx
+from histoseek_export.defaults import DEFAULT_MAX_BATCH, DEFAULT_OPSET
+from histoseek_export.onnx_export import export_onnx, import_onnx
 from histoseek_export.parity import (
     ENGINE_MIN_COSINE,
     ENGINE_MIN_OVERLAP,
@@ -31,7 +32,7 @@ from histoseek_export.parity import (
     embed_all,
     parity_images,
 )
-from histoseek_export.tensorrt_build import DEFAULT_MAX_BATCH, build_engine
+from histoseek_export.tensorrt_build import build_engine
 
 
 def resolve_outputs(
@@ -71,10 +72,10 @@ def run_export(
     max_batch: int = DEFAULT_MAX_BATCH,
     overwrite: bool = False,
     parity_dir: Path | None = None,
-    report: Callable[[str], None] = print,
+    notify: Notify = print,
 ) -> list[ParityResult]:
     """Export a checkpoint (None or 'builtin': the built-in model); outputs failing parity
-    are not placed. Returns the parity results, which `report` has already been given."""
+    are not placed. Returns the parity results, which `notify` has already been given."""
     model, class_names, reference = load_model(model_ref)
     checkpoint = None if reference == BUILTIN_MODEL else Path(str(model_ref))
     onnx_out, engine_out = resolve_outputs(checkpoint, onnx, trt)
@@ -101,13 +102,13 @@ def run_export(
         results.append(
             _checked(
                 compare("onnxruntime", expected, embed_all(onnx_embedder, images), ONNX_MIN_COSINE),
-                report,
+                notify,
             )
         )
         if onnx_out is not None:
             with atomic_file(onnx_out) as tmp:
                 shutil.copyfile(staged, tmp)
-            report(f"wrote {onnx_out}")
+            notify(f"wrote {onnx_out}")
         if engine_out is not None:
             built = build_engine(
                 staged,
@@ -128,19 +129,19 @@ def run_export(
                         ENGINE_MIN_COSINE,
                         ENGINE_MIN_OVERLAP,
                     ),
-                    report,
+                    notify,
                 )
             )
             with atomic_file(engine_out) as tmp:
                 tmp.write_bytes(built.serialized)
             with atomic_file(engine_metadata_path(engine_out)) as tmp:
                 tmp.write_text(json.dumps(built.metadata, indent=2) + "\n", encoding="utf-8")
-            report(f"wrote {engine_out} (+ {engine_metadata_path(engine_out).name})")
+            notify(f"wrote {engine_out} (+ {engine_metadata_path(engine_out).name})")
     return results
 
 
-def _checked(result: ParityResult, report: Callable[[str], None]) -> ParityResult:
-    report(result.summary())
+def _checked(result: ParityResult, notify: Notify) -> ParityResult:
+    notify(result.summary())
     if not result.passed:
         raise HistoseekError(f"{result.backend} parity failed; its output was not written")
     return result

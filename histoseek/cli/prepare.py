@@ -1,0 +1,136 @@
+"""`histoseek prepare`: cut dataset downloads into labelled, split patch folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from histoseek.cli.options import output_option, overwrite_option, workers_option
+from histoseek.prepare.defaults import (
+    DEFAULT_MIN_TISSUE,
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_SPLIT,
+    LAYOUTS,
+    STAIN_METHODS,
+)
+
+
+@click.command()
+@click.argument("layout", type=click.Choice(LAYOUTS))
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@output_option(required=True, help="Folder to create.")
+@click.option(
+    "--patch-size", type=click.IntRange(min=1), default=DEFAULT_PATCH_SIZE, show_default=True
+)
+@click.option(
+    "--stride", type=click.IntRange(min=1), default=None, help="[default: the patch size]"
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Resample each image by this factor before tiling (0.5 halves 40x to 20x).",
+)
+@click.option(
+    "--min-tissue",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MIN_TISSUE,
+    show_default=True,
+    help="Smallest fraction of tissue pixels a patch needs to be kept.",
+)
+@click.option(
+    "--split",
+    default=None,
+    help=f"train,val,test fractions [default: {DEFAULT_SPLIT}; BRACS keeps its official split].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option(
+    "--group-regex",
+    default=None,
+    help="Group images by this regex on their path below SRC (e.g. a slide id).",
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(STAIN_METHODS),
+    default=None,
+    help="Stain-normalise every image to --reference before tiling.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Image whose staining --normalize matches.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest image (width x height) to decode [default: Pillow's limit, 89,478,485].",
+)
+@overwrite_option()
+@workers_option()
+def prepare(
+    layout: str,
+    src: Path,
+    output: Path,
+    patch_size: int,
+    stride: int | None,
+    scale: float,
+    min_tissue: float,
+    split: str | None,
+    seed: int,
+    group_regex: str | None,
+    normalize: str | None,
+    reference: Path | None,
+    max_pixels: int | None,
+    overwrite: bool,
+    workers: int | None,
+) -> None:
+    """Cut BACH, BRACS, extended-CRC or any class-folder images into labelled patches.
+
+    Writes OUTPUT/<split>/<class>/<source>_<x>_<y>.png, manifest.csv, skipped.txt and
+    prepare.json; OUTPUT/train, OUTPUT/val and OUTPUT/test feed train, evaluate and index.
+    """
+    from rich.console import Console
+
+    from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+    from histoseek.prepare.prepare_dataset import PrepareOptions, prepare_dataset
+    from histoseek.report.progress import progress_bar
+    from histoseek.report.tables import patch_count_table
+
+    options = PrepareOptions(
+        layout=layout,
+        patch_size=patch_size,
+        stride=stride,
+        scale=scale,
+        min_tissue=min_tissue,
+        split=split,
+        seed=seed,
+        normalize=normalize,
+        reference=reference,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        group_regex=group_regex,
+    )
+    console = Console()
+    with progress_bar("tiling source images", unit="image", transient=True) as progress:
+        summary = prepare_dataset(
+            src, output, options, workers=workers, overwrite=overwrite, progress=progress
+        )
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    console.print(
+        patch_count_table(summary.output, summary.splits, summary.classes, summary.counts)
+    )
+    console.print(
+        f"{summary.sources} source image(s) → {summary.patches} patch(es); "
+        f"{summary.sources_without_patches} image(s) gave no patch with enough tissue.",
+        highlight=False,
+    )
+    if summary.skipped:
+        console.print(
+            f"[yellow]skipped {len(summary.skipped)} unreadable image(s)[/yellow], listed in "
+            f"{summary.output / 'skipped.txt'}",
+            highlight=False,
+        )

@@ -1,0 +1,154 @@
+"""`histoseek train`: train a CGD model (single process, or under torchrun)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from histoseek.cli.options import (
+    batch_size_option,
+    device_option,
+    image_size_option,
+    output_option,
+    overwrite_option,
+    workers_option,
+)
+from histoseek.errors import HistoseekError
+from histoseek.model.defaults import BACKBONE_NAMES
+from histoseek.train_config import TrainConfig
+
+_TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in TrainConfig
+
+
+@click.command()
+@click.argument("data_dir", required=False, type=click.Path(path_type=Path))
+@output_option("run_dir", help="Run folder.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
+@click.option(
+    "--backbone", type=click.Choice(BACKBONE_NAMES), default=_TRAIN.backbone, show_default=True
+)
+@click.option(
+    "--weights",
+    default=_TRAIN.weights,
+    show_default=True,
+    help="imagenet, none, or a PATH to a backbone state dict.",
+)
+@click.option(
+    "--gd-config",
+    default=_TRAIN.gd_config,
+    show_default=True,
+    help="Global descriptors in order: S=SPoC, M=MAC, G=GeM (first feeds the classifier).",
+)
+@click.option("--dim", type=click.IntRange(min=1), default=_TRAIN.dim, show_default=True)
+@image_size_option(_TRAIN.image_size)
+@click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True)
+@batch_size_option(_TRAIN.batch_size, help="Training images per step (all processes together).")
+@click.option(
+    "--m-per-class",
+    type=click.IntRange(min=2),
+    default=_TRAIN.m_per_class,
+    show_default=True,
+    help="Images per class in each batch.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_TRAIN.lr,
+    show_default=True,
+    help="Learning rate of the CGD layers.",
+)
+@click.option(
+    "--backbone-lr-scale",
+    type=click.FloatRange(min=0),
+    default=_TRAIN.backbone_lr_scale,
+    show_default=True,
+    help="Backbone learning rate as a fraction of --lr.",
+)
+@click.option(
+    "--weight-decay", type=click.FloatRange(min=0), default=_TRAIN.weight_decay, show_default=True
+)
+@click.option(
+    "--warmup-epochs", type=click.FloatRange(min=0), default=_TRAIN.warmup_epochs, show_default=True
+)
+@click.option(
+    "--freeze-stages",
+    type=click.IntRange(min=0),
+    default=_TRAIN.freeze_stages,
+    help="Freeze this many backbone stages from the input side [default: 5 of "
+    "efficientnet_lite0's 9, 2 of a ResNet's 5 (stem and layer1)].",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_TRAIN.label_smoothing,
+    show_default=True,
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_TRAIN.temperature,
+    show_default=True,
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0),
+    default=_TRAIN.margin,
+    show_default=True,
+    help="Triplet margin.",
+)
+@click.option(
+    "--crop-scale",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=_TRAIN.crop_scale,
+    show_default=True,
+    help="Smallest area share of a random resized crop.",
+)
+@click.option(
+    "--stain-jitter",
+    type=click.FloatRange(min=0),
+    default=_TRAIN.stain_jitter,
+    show_default=True,
+    help="Strength of haematoxylin/eosin jitter (0 = off).",
+)
+@click.option("--val-dir", type=click.Path(path_type=Path), help="Validation folder.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_TRAIN.val_fraction,
+    show_default=True,
+    help="Held-out share of DATA_DIR when there is no --val-dir.",
+)
+@click.option(
+    "--group-regex",
+    help="Regex whose match (or first group) in a file name is its "
+    "group, e.g. a slide id; groups never straddle train and validation.",
+)
+@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
+@device_option()
+@click.option(
+    "--amp/--no-amp", default=False, show_default=True, help="Mixed precision (CUDA only)."
+)
+@workers_option()
+@overwrite_option()
+def train(data_dir, run_dir, resume, overwrite, **options):
+    """Train a CGD model on DATA_DIR (one sub-folder per class) into RUN_DIR."""
+    from histoseek.train import load_train_config
+    from histoseek.train import train as run_training
+
+    if resume is not None:
+        config = load_train_config(resume)
+        if data_dir is not None:
+            config.data_dir = str(data_dir)
+        source = click.get_current_context().get_parameter_source("epochs")
+        if source is click.core.ParameterSource.COMMANDLINE:
+            config.epochs = options["epochs"]  # resuming may extend a finished run
+        if run_dir is not None and Path(run_dir) != Path(resume):
+            raise HistoseekError("--resume continues a run in its own folder; drop -o")
+        config.run_dir = str(resume)
+    else:
+        if data_dir is None or run_dir is None:
+            raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
+        options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
+        config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
+    run_training(config, resume=resume is not None, overwrite=overwrite)

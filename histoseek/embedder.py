@@ -1,0 +1,101 @@
+"""A model ready to embed image files: built once by a command, passed to index, query, evaluate.
+
+It bundles what every embedding job needs (the backend chosen for the model, the model's
+identity and preprocessing, batching and decoding workers) so library functions take one
+object instead of a dozen options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from histoseek.callbacks import Notify, Progress
+from histoseek.data.dataset import default_workers
+from histoseek.inference import DEFAULT_BATCH_SIZE
+from histoseek.inference.base import Embedder
+from histoseek.inference.embed_files import EmbeddedFiles, embed_files
+from histoseek.inference.select import create_embedder, print_note
+from histoseek.model.cgd import CGD, ModelConfig
+from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
+
+
+@dataclass
+class ImageEmbedder:
+    """A loaded model on its backend, with the batching to embed files with."""
+
+    backend: Embedder
+    config: ModelConfig
+    reference: str
+    fingerprint: str
+    class_names: list[str]
+    batch_size: int
+    workers: int
+
+    @property
+    def name(self) -> str:
+        """The backend's name as shown to users, e.g. 'onnxruntime (CPUExecutionProvider)'."""
+        return self.backend.name
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint file the model came from (None for the built-in model)."""
+        return None if self.reference == BUILTIN_MODEL else Path(self.reference)
+
+    def embed_files(self, paths: Sequence[Path], progress: Progress | None = None) -> EmbeddedFiles:
+        """Embed image files; unreadable ones are reported in `.failed`, not raised."""
+        return embed_files(
+            self.backend, self.config, paths, self.batch_size, self.workers, progress
+        )
+
+
+def embedder_for_model(
+    network: CGD,
+    reference: str,
+    class_names: Sequence[str] = (),
+    backend: str = "auto",
+    device: str = "auto",
+    exported: Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    notify: Notify = print_note,
+) -> ImageEmbedder:
+    """Put an already loaded model on its backend (see histoseek.inference.select)."""
+    from histoseek_export.onnx_export import export_onnx
+
+    checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
+    backend_embedder = create_embedder(
+        network,
+        backend,
+        device,
+        checkpoint,
+        exported=exported,
+        notify=notify,
+        onnx_exporter=export_onnx,
+    )
+    return ImageEmbedder(
+        backend=backend_embedder,
+        config=network.config,
+        reference=reference,
+        fingerprint=model_fingerprint(network),
+        class_names=list(class_names),
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+    )
+
+
+def load_image_embedder(
+    model: str | Path | None,
+    backend: str = "auto",
+    device: str = "auto",
+    exported: Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    notify: Notify = print_note,
+) -> ImageEmbedder:
+    """Load a checkpoint (None or 'builtin': the built-in model) and put it on its backend."""
+    network, class_names, reference = load_model(model)
+    return embedder_for_model(
+        network, reference, class_names, backend, device, exported, batch_size, workers, notify
+    )
