@@ -21,6 +21,7 @@ from PIL import Image
 from histoseek.data.folder import display_path
 from histoseek.data.images import IMAGE_EXTENSIONS, UnreadableImageError, load_rgb, to_rgb
 from histoseek.errors import HistoseekError
+from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
 
 VENDOR_EXTENSIONS = frozenset(
     {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".czi", ".dcm"}
@@ -29,9 +30,6 @@ VENDOR_EXTENSIONS = frozenset(
 
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 """Extensions that are slides when tiled (generic, Aperio, Philips, Ventana...), else plain."""
-
-DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS)
-"""Largest plain image decoded whole: Pillow's own decompression-bomb limit, as for prepare."""
 
 MPP_RANGE = (0.05, 20.0)
 """Microns per pixel a microscope image can have; outside it, a recorded value is a default

@@ -7,26 +7,23 @@ synthetic patches) and cut to a rounded, wobbly outline, as sections lie on a sl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from histoseek import __version__
+from histoseek.callbacks import Progress
 from histoseek.data.folder import display_path
 from histoseek.data.synth import TISSUE_CLASSES, render_tissue
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
+from histoseek.slide.defaults import DEFAULT_SLIDE_SIZE, DEFAULT_SLIDES_PER_CLASS, SLIDE_CLASSES
 from histoseek.slide.pyramid import write_pyramidal_tiff
-
-SLIDE_CLASSES: tuple[str, ...] = tuple(name for name in TISSUE_CLASSES if name != "background")
-"""Classes a synthetic slide can show ("background" is empty glass: a slide of it is blank)."""
 
 SLIDE_MPP = 0.5
 """Level-0 microns per pixel of every synthetic slide (the synthetic textures' own scale)."""
 
-DEFAULT_SLIDE_SIZE = (8192, 6144)
-DEFAULT_SLIDES_PER_CLASS = 2
 MIN_SLIDE_SIDE = 1024
 MAX_SLIDE_SIDE = 16384
 """Slides are drawn whole in memory before writing: 16384² px is 0.75 GiB of RGB."""
@@ -132,7 +129,7 @@ def write_synthetic_slides(
     classes: Sequence[str] | None = None,
     size: tuple[int, int] = DEFAULT_SLIDE_SIZE,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Write `per_class` synthetic pyramidal slides of each class to out/<class>/; return them.
 

@@ -14,14 +14,12 @@ import numpy as np
 from PIL import Image
 
 from histoseek.errors import HistoseekError
+from histoseek.prepare.defaults import DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
 from histoseek.prepare.tiling import tile_origins, tissue_fractions
 from histoseek.prepare.tissue import tissue_mask
+from histoseek.slide.defaults import DEFAULT_MAX_TILES, DEFAULT_MPP
 from histoseek.slide.reader import Slide
 
-DEFAULT_PATCH_SIZE = 224
-DEFAULT_MPP = 0.5
-DEFAULT_MIN_TISSUE = 0.5
-DEFAULT_MAX_TILES = 64
 # The tissue mask gives each tile this many pixels a side: fractions in steps of 1/256.
 MASK_PIXELS_PER_TILE = 16
 # The tissue mask's longer side stays within this, whatever the slide's size (memory).

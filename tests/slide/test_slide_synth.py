@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import openslide
 import pytest
+from click.testing import CliRunner
 
+from histoseek.cli import cli
+from histoseek.data.synth import TISSUE_CLASSES
 from histoseek.errors import HistoseekError
+from histoseek.slide.defaults import SLIDE_CLASSES
 from histoseek.slide.reader import open_slide
-from histoseek.slide.synth import SLIDE_CLASSES, write_synthetic_slides
+from histoseek.slide.synth import write_synthetic_slides
 from histoseek.slide.tiling import tissue_tiles
 
 SMALL = (2048, 1536)
@@ -75,9 +79,8 @@ def test_same_seed_same_bytes_other_seed_other_slides(slides, tmp_path):
     assert other[0].read_bytes() != written[0].read_bytes()
 
 
-def test_the_default_classes_exclude_background():
-    assert "background" not in SLIDE_CLASSES
-    assert SLIDE_CLASSES == ("adipose", "lymphocytes", "mucosa", "stroma")
+def test_slide_classes_are_the_tissue_classes_but_background():
+    assert tuple(name for name in TISSUE_CLASSES if name != "background") == SLIDE_CLASSES
 
 
 @pytest.mark.parametrize(
@@ -107,3 +110,62 @@ def test_an_existing_output_needs_overwrite(tmp_path):
         out, per_class=1, classes=["stroma"], size=(1024, 1024), overwrite=True
     )
     assert written[0].is_file() and not (out / "keep.txt").exists()
+
+
+def test_cli_synth_slides_writes_the_library_s_slides_and_says_so(tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(
+        cli,
+        ["synth", str(out), "--slides", "--per-class", "1", "--classes", "stroma"]
+        + ["--size", "1024", "--height", "1280", "--seed", "4"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Wrote 1 synthetic slides (1 classes x 1, 1024x1280 px, 0.5 µm/px, seed 4)" in (
+        result.output
+    )
+    reference = write_synthetic_slides(
+        tmp_path / "library", 1, seed=4, classes=["stroma"], size=(1024, 1280)
+    )
+    written = out / "stroma" / "synthetic_stroma_slide_0000.tif"
+    assert written.read_bytes() == reference[0].read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("options", "size", "per_class", "classes"),
+    [
+        ([], (8192, 6144), 2, None),
+        (["--size", "2048"], (2048, 2048), 2, None),
+        (
+            ["--height", "3000", "--per-class", "5", "--classes", "mucosa"],
+            (8192, 3000),
+            5,
+            ["mucosa"],
+        ),
+    ],
+)
+def test_cli_synth_slides_defaults(tmp_path, monkeypatch, options, size, per_class, classes):
+    calls = []
+
+    def record(out, per_class, seed, classes, size, overwrite, progress):
+        calls.append((per_class, classes, size))
+        return [out / "x.tif"] * per_class
+
+    monkeypatch.setattr("histoseek.slide.synth.write_synthetic_slides", record)
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "out"), "--slides", *options])
+    assert result.exit_code == 0, result.output
+    assert calls == [(per_class, classes, size)]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--classes", "background"], "blank slide"),
+        (["--size", "512"], "1024 to 16384 pixels a side, not 512x512"),
+        (["--per-class", "0"], "at least 1 slide per class"),
+    ],
+)
+def test_cli_synth_slides_refuses_bad_options_in_one_line(tmp_path, options, message):
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "out"), "--slides", *options])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
