@@ -76,3 +76,17 @@ def test_relevant_counts_change_the_ap_denominator():
 def test_majority_label_breaks_ties_by_rank():
     assert majority_label(["b", "a", "a", "b"]) == ("b", 2)
     assert majority_label(["c", "a", "a"]) == ("a", 2)
+
+
+def test_ranking_metrics_first_answer_and_majority_of_the_top_k():
+    from histoseek.metrics import ranking_metrics
+
+    rankings = [
+        ["a", "b", "b", "a", "a"],  # first right, majority a (3/5): right
+        ["b", "a", "a", "a", "b"],  # first wrong, majority a: right
+        ["b", "b", "a"],  # both wrong
+        [],  # no answer: a miss
+    ]
+    metrics = ranking_metrics(rankings, ["a", "a", "a", "a"], vote_k=5)
+    assert metrics == {"recall@1": 0.25, "mmv@5": 0.5}
+    assert ranking_metrics([["b", "a", "a"]], ["a"], vote_k=1) == {"recall@1": 0.0, "mmv@1": 0.0}
