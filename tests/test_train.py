@@ -185,7 +185,7 @@ def test_corrupt_checkpoint_fails_with_one_line(tmp_path, kather_small):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert_one_line_error(
-        run("evaluate", "--model", bad, "--gallery", kather_small), "cannot load checkpoint"
+        run("evaluate", "--model", bad, "--gallery", kather_small), "is not a PyTorch checkpoint"
     )
     assert_one_line_error(run("info", "--model", bad), "cannot load checkpoint")
 
