@@ -187,7 +187,7 @@ def test_corrupt_checkpoint_fails_with_one_line(tmp_path, kather_small):
     assert_one_line_error(
         run("evaluate", "--model", bad, "--gallery", kather_small), "is not a PyTorch checkpoint"
     )
-    assert_one_line_error(run("info", "--model", bad), "cannot load checkpoint")
+    assert_one_line_error(run("info", "--model", bad), "is not a PyTorch checkpoint")
 
 
 def test_info_reports_a_trained_model(trained_run):
