@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError, load_rgb
-from histoseek.errors import HistoseekError
 from histoseek.data.transforms import seed_worker_transform
+from histoseek.errors import HistoseekError
 
 
 class ImageDataset(Dataset):

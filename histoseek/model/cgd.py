@@ -19,7 +19,6 @@ from histoseek.model.defaults import (
 )
 from histoseek.model.descriptors import build_descriptor, parse_gd_config
 
-
 # Bounds far beyond any real CGD model, to refuse nonsense before allocating for it.
 MAX_DIM = 16384
 MAX_CLASSES = 100_000
