@@ -138,10 +138,44 @@ def test_evaluate_with_query_folder_and_groups(trained_run, kather_small, tmp_pa
 def test_resume_extends_a_finished_run(trained_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
-    result = run("train", "--resume", copy, "--epochs", "3")
+    result = run("train", "--resume", copy, "--epochs", "3", "--workers", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
     history = json.loads((copy / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert json.loads((copy / "train_config.json").read_text())["image_size"] == 64
+
+
+def test_resume_refuses_options_that_cannot_change(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    before = (copy / "last.pt").read_bytes()
+    result = run("train", "--resume", copy, "--lr", "0.5", "--dim", "96", "--epochs", "3")
+    assert_one_line_error(
+        result,
+        "--resume continues the run as configured; these options cannot change on resume: "
+        "--lr, --dim",
+    )
+    assert (copy / "last.pt").read_bytes() == before
+
+
+def test_resume_state_given_as_model_is_named(trained_run):
+    result = run("info", "--model", trained_run / "last.pt")
+    assert_one_line_error(
+        result,
+        f"{trained_run / 'last.pt'} is a training resume state (last.pt), not a model; "
+        f"use {trained_run / 'model.pt'}",
+    )
+
+
+def test_overwrite_that_fails_keeps_the_previous_model(trained_run, kather_small, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    before = (copy / "model.pt").read_bytes()
+    one_class = tmp_path / "one"
+    shutil.copytree(kather_small / "01_TUMOR", one_class / "01_TUMOR")
+    result = run("train", one_class, "-o", copy, *FAST, "--overwrite")
+    assert_one_line_error(result, "at least 2")
+    assert (copy / "model.pt").read_bytes() == before
 
 
 def test_unreadable_image_is_skipped_and_listed(kather_small, tmp_path):

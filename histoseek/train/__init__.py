@@ -14,7 +14,7 @@ from histoseek.train.loop import (
     validation_recall,
 )
 from histoseek.train.optim import freeze_stages, make_optimizer, make_scheduler
-from histoseek.train.run_folder import load_train_config, resume_config
+from histoseek.train.run_folder import resume_config
 from histoseek.train.splits import Splits, prepare_splits
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "finish_run",
     "freeze_stages",
     "make_optimizer",
-    "load_train_config",
     "make_scheduler",
     "prepare_splits",
     "resume_config",
