@@ -211,6 +211,16 @@ def test_bad_data_folders_fail_with_one_line(case, kather_small, tmp_path):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_validation_folder_with_one_image_is_refused(kather_small, tmp_path):
+    val = tmp_path / "val"
+    shutil.copytree(kather_small / "01_TUMOR", val / "01_TUMOR")
+    for extra in sorted((val / "01_TUMOR").iterdir())[1:]:
+        extra.unlink()
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--val-dir", val)
+    assert_one_line_error(result, "validation needs at least 2")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_without_state_fails(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "nothing to resume")
 
