@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from serve_helpers import WIDE_WINDOW_S, stub_embedder
 
+from histoseek.errors import HistoseekError
 from histoseek.serve.service import SearchOptions, SearchService
 
 
@@ -44,3 +46,16 @@ def test_item_searches_use_the_stored_embedding_and_not_the_model(opened):
     service.close()
     assert answer.hits[0].item == 7 and answer.timings.embed_ms == 0
     assert service.embedder.backend.batch_sizes == []
+
+
+def test_an_embedder_of_another_model_is_refused(opened):
+    embedder = stub_embedder()
+    embedder.fingerprint = "another-model"
+    with pytest.raises(HistoseekError, match="another model"):
+        SearchService(opened, embedder)
+
+
+@pytest.mark.parametrize("limits", [{"max_upload_bytes": 0}, {"max_pixels": 0}])
+def test_upload_limits_below_one_are_refused(opened, limits):
+    with pytest.raises(HistoseekError, match="upload limits"):
+        SearchService(opened, stub_embedder(), **limits)
