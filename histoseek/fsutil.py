@@ -1,9 +1,10 @@
 """Safe writes: atomic files and folders, a lock per output folder, and recovery after a kill.
 
 A run that dies midway never leaves a half-written file or folder at its target. A folder is
-replaced by two renames; the temporary folders beside it carry the writer's pid in their names
-(`.NAME.<pid>-<random>.tmp|new|old`), so the next run holding the folder's lock can finish or
-undo a swap that a kill cut short, and remove what killed runs left behind.
+written beside its target and swapped in by renames; those temporary folders carry the
+writer's pid in their names (`.NAME.<pid>-<random>.tmp|new|old`), so the next run holding the
+folder's lock can finish or undo a swap that a kill cut short, and remove what killed runs
+left behind.
 """
 
 from __future__ import annotations
