@@ -56,14 +56,14 @@ class Manifest:
 class DamagedIndexError(HistoseekError):
     """An index whose files are missing, unreadable or disagree: it can be rebuilt, not used.
 
-    `source_dir` is the indexed folder when the manifest could still say which it is.
+    `manifest` is the index's manifest when that is whole (so it says what was indexed).
     """
 
-    def __init__(self, index_dir: Path, file: Path, problem: str, source_dir: str | None = None):
+    def __init__(self, index_dir: Path, file: Path, problem: str, manifest: Manifest | None = None):
         super().__init__(
             f"the index {display_path(index_dir)} is damaged: {display_path(file)}: {problem}"
         )
-        self.source_dir = source_dir
+        self.manifest = manifest
 
 
 def json_type(value: object) -> str:

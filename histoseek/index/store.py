@@ -109,18 +109,18 @@ def _parse_item(line: str) -> IndexItem:
     return IndexItem(**data)
 
 
-def _read_items(index_dir: Path, source_dir: str) -> list[IndexItem]:
+def _read_items(index_dir: Path, manifest: Manifest) -> list[IndexItem]:
     """The per-item metadata of an index, in item order, every line checked."""
     path = Path(index_dir) / ITEMS_NAME
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise DamagedIndexError(
-            index_dir, path, f"cannot be read ({error.strerror})", source_dir
+            index_dir, path, f"cannot be read ({error.strerror})", manifest
         ) from None
     except UnicodeDecodeError as error:
         raise DamagedIndexError(
-            index_dir, path, f"not UTF-8 (byte {error.start})", source_dir
+            index_dir, path, f"not UTF-8 (byte {error.start})", manifest
         ) from None
     items: list[IndexItem] = []
     seen: set[str] = set()
@@ -132,9 +132,7 @@ def _read_items(index_dir: Path, source_dir: str) -> list[IndexItem]:
             if item.path in seen:
                 raise ValueError(f"{item.path!r} is listed twice")
         except ValueError as error:
-            raise DamagedIndexError(
-                index_dir, path, f"line {number}: {error}", source_dir
-            ) from None
+            raise DamagedIndexError(index_dir, path, f"line {number}: {error}", manifest) from None
         seen.add(item.path)
         items.append(item)
     return items
@@ -203,34 +201,36 @@ def load_index(
     index_dir = Path(index_dir)
     if manifest is None:
         manifest = read_manifest(index_dir)
-    source = manifest.source_dir
-    items = _read_items(index_dir, source)
+    items = _read_items(index_dir, manifest)
     if len(items) != manifest.items:
         raise DamagedIndexError(
             index_dir,
             index_dir / ITEMS_NAME,
             f"lists {len(items)} items, but the manifest says {manifest.items}",
-            source,
+            manifest,
         )
     embeddings = _checked_file(
-        index_dir, EMBEDDINGS_NAME, source, lambda path: _read_embeddings(path, manifest, in_memory)
+        index_dir,
+        EMBEDDINGS_NAME,
+        manifest,
+        lambda path: _read_embeddings(path, manifest, in_memory),
     )
     vectors = _checked_file(
-        index_dir, ANNOY_NAME, source, lambda path: VectorIndex(path, embeddings)
+        index_dir, ANNOY_NAME, manifest, lambda path: VectorIndex(path, embeddings)
     )
     return OpenIndex(index_dir, manifest, items, vectors)
 
 
-def _checked_file(index_dir: Path, name: str, source: str, load: Callable[[Path], T]) -> T:
+def _checked_file(index_dir: Path, name: str, manifest: Manifest, load: Callable[[Path], T]) -> T:
     """load(index_dir / name), its OSError or ValueError turned into a DamagedIndexError."""
     path = index_dir / name
     try:
         return load(path)
     except OSError as error:
         problem = f"cannot be read ({error.strerror or error})"
-        raise DamagedIndexError(index_dir, path, problem, source) from None
+        raise DamagedIndexError(index_dir, path, problem, manifest) from None
     except ValueError as error:
-        raise DamagedIndexError(index_dir, path, str(error), source) from None
+        raise DamagedIndexError(index_dir, path, str(error), manifest) from None
 
 
 def is_whole_index(index_dir: Path) -> bool:
@@ -264,9 +264,11 @@ def open_index(index_dir: Path | None, notify: Notify = lambda message: None) ->
         return load_index(path)
     except DamagedIndexError as error:
         shown = display_path(path)
+        built = error.manifest
         rebuild = (
-            f"`histoseek index {display_path(error.source_dir)} -o {shown}`"
-            if error.source_dir is not None
-            else f"`histoseek index DIR -o {shown} --overwrite`"
+            f"`histoseek index DIR -o {shown} --overwrite`"
+            if built is None
+            else f"`histoseek index {display_path(built.source_dir)} -o {shown} "
+            f"--model {display_path(built.model_reference)}`"
         )
         raise HistoseekError(f"{error}; rebuild it with {rebuild}") from None

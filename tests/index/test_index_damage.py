@@ -97,7 +97,7 @@ QUERY_REFUSALS = {
 
 
 @pytest.mark.parametrize("damage", list(QUERY_REFUSALS))
-def test_query_refuses_a_damaged_index_in_one_line(damage, built, index_dir, tmp_path):
+def test_query_refuses_a_damaged_index_in_one_line(damage, built, index_dir, checkpoint, tmp_path):
     corrupt, fragment = QUERY_REFUSALS[damage]
     corrupt(index_dir)
     image = next(built[0].rglob("*.tif"))
@@ -105,7 +105,14 @@ def test_query_refuses_a_damaged_index_in_one_line(damage, built, index_dir, tmp
     result = run_cli("query", image, "--index", index_dir, "--exact", "--html", page)
     line = error_line(result)
     assert line.startswith(f"Error: the index {index_dir} is damaged: {index_dir}/")
-    assert fragment in line and "rebuild it with `histoseek index" in line
+    assert fragment in line
+    if "manifest.json" in line:  # it no longer says what it indexes
+        assert line.endswith(f"; rebuild it with `histoseek index DIR -o {index_dir} --overwrite`")
+    else:
+        assert line.endswith(
+            f"; rebuild it with `histoseek index {built[0]} -o {index_dir} "
+            f"--model {checkpoint.resolve()}`"
+        )
     assert "reads version" not in line
     assert result.exit_code == 1
     assert not page.exists()
