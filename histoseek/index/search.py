@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from histoseek.callbacks import Progress
 from histoseek.data.folder import display_path, list_images
 from histoseek.errors import HistoseekError

@@ -101,11 +101,9 @@ def _parse_item(line: str) -> IndexItem:
     problem = _path_problem(data["path"])
     if problem is not None:
         raise ValueError(f'"path" {problem}: {data["path"]!r}')
-    for name in ("width", "height"):
-        if data[name] < 1:
-            raise ValueError(f'"{name}" must be 1 or more, not {data[name]}')
-    if data["size"] < 0:
-        raise ValueError(f'"size" must be 0 or more, not {data["size"]}')
+    for name in ("width", "height", "size"):
+        if data[name] < 0:
+            raise ValueError(f'"{name}" must be 0 or more, not {data[name]}')
     return IndexItem(**data)
 
 
