@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from histoseek.errors import HistoseekError
 
 
 def _default_mode(directory: bool) -> int:
@@ -57,3 +60,20 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def write_errors(target: Path) -> Iterator[None]:
+    """Turn an OSError in the block, which writes `target`, into one clear HistoseekError line.
+
+    A full disk is named as such; the atomic writers have already removed their partial file.
+    """
+    try:
+        yield
+    except OSError as error:
+        from histoseek.data.folder import display_path
+
+        shown = display_path(target)
+        if error.errno == errno.ENOSPC:
+            raise HistoseekError(f"no space left on device while writing {shown}") from None
+        raise HistoseekError(f"cannot write {shown}: {error.strerror or error}") from None

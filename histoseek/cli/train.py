@@ -10,6 +10,7 @@ from histoseek.cli.options import (
     batch_size_option,
     device_option,
     image_size_option,
+    max_pixels_option,
     output_option,
     overwrite_option,
     workers_option,
@@ -130,9 +131,11 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     "--amp/--no-amp", default=False, show_default=True, help="Mixed precision (CUDA only)."
 )
 @workers_option()
+@max_pixels_option()
 @overwrite_option()
-def train(data_dir, run_dir, resume, overwrite, **options):
+def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):
     """Train a CGD model on DATA_DIR (one sub-folder per class) into RUN_DIR."""
+    from histoseek.data.images import pixel_limit
     from histoseek.train import load_train_config
     from histoseek.train import train as run_training
 
@@ -151,4 +154,5 @@ def train(data_dir, run_dir, resume, overwrite, **options):
             raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
         options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
         config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
-    run_training(config, resume=resume is not None, overwrite=overwrite)
+    with pixel_limit(max_pixels):
+        run_training(config, resume=resume is not None, overwrite=overwrite)
