@@ -239,6 +239,52 @@ class _SelfMatcher:
         return query_digest is not None and self._digest(path) == query_digest
 
 
+def _nearest(
+    index: OpenIndex,
+    vector: np.ndarray,
+    query_path: Path,
+    k: int,
+    search_k: int | None,
+    exact: bool,
+    matcher: _SelfMatcher | None,
+) -> QueryResult:
+    """The k nearest items to one query vector, less the query's own entries if `matcher`."""
+    total = len(index.items)
+    resolved = query_path.resolve()
+    query_size = resolved.stat().st_size
+    wanted = min(k, total)
+    asked = wanted if matcher is None else min(wanted + 1, total)
+    while True:
+        if exact:
+            ids, similarities = index.vectors.search_exact(vector, asked)
+        else:
+            ids, similarities = index.vectors.search(vector, asked, search_k)
+        found = list(zip(ids.tolist(), similarities.tolist(), strict=True))
+        left_out = set()
+        if matcher is not None:
+            left_out = {
+                item
+                for item, _ in found
+                if matcher.matches(resolved, query_size, index.items[item])
+            }
+        kept = [(item, similarity) for item, similarity in found if item not in left_out]
+        more = min(wanted + len(left_out) + 1, total)
+        if len(kept) >= wanted or more <= asked:
+            break
+        asked = more  # byte-identical copies of the query took more than one place
+    hits = [
+        Hit(
+            rank=rank,
+            similarity=float(similarity),
+            label=index.items[item].label,
+            path=index.file_of(index.items[item]),
+        )
+        for rank, (item, similarity) in enumerate(kept[:wanted], 1)
+    ]
+    copies = [index.file_of(index.items[item]) for item, _ in found if item in left_out]
+    return QueryResult(query_path, hits, copies)
+
+
 def search_images(
     index: OpenIndex,
     embedder: ImageEmbedder,
@@ -259,9 +305,8 @@ def search_images(
     """
     if k < 1:
         raise HistoseekError(f"-k must be 1 or more, not {k}")
-    total = len(index.items)
     if not exact:
-        search_k = annoy_search_k(k, total, index.manifest.trees, search_k)
+        search_k = annoy_search_k(k, len(index.items), index.manifest.trees, search_k)
     created = datetime.now(timezone.utc)
     started = time.perf_counter()
     embedded = embedder.embed_files(list(query_paths), progress)
@@ -270,44 +315,19 @@ def search_images(
         raise HistoseekError(f"cannot read query image {display_path(bad)}: {why_unreadable(bad)}")
     embedding_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    matcher = _SelfMatcher(index)
-    results = []
-    for row, position in enumerate(embedded.indices):
-        query_path = Path(query_paths[int(position)])
-        query = embedded.embeddings[row]
-        resolved = query_path.resolve()
-        query_size = resolved.stat().st_size
-        wanted = min(k, total)
-        asked = wanted if include_self else min(wanted + 1, total)
-        while True:
-            if exact:
-                ids, similarities = index.vectors.search_exact(query, asked)
-            else:
-                ids, similarities = index.vectors.search(query, asked, search_k)
-            found = list(zip(ids.tolist(), similarities.tolist(), strict=True))
-            left_out = set()
-            if not include_self:
-                left_out = {
-                    item
-                    for item, _ in found
-                    if matcher.matches(resolved, query_size, index.items[item])
-                }
-            kept = [(item, similarity) for item, similarity in found if item not in left_out]
-            more = min(wanted + len(left_out) + 1, total)
-            if len(kept) >= wanted or more <= asked:
-                break
-            asked = more  # byte-identical copies of the query took more than one place
-        hits = [
-            Hit(
-                rank=rank,
-                similarity=float(similarity),
-                label=index.items[item].label,
-                path=index.file_of(index.items[item]),
-            )
-            for rank, (item, similarity) in enumerate(kept[:wanted], 1)
-        ]
-        left_out_paths = [index.file_of(index.items[item]) for item, _ in found if item in left_out]
-        results.append(QueryResult(query_path, hits, left_out_paths))
+    matcher = None if include_self else _SelfMatcher(index)
+    results = [
+        _nearest(
+            index,
+            embedded.embeddings[row],
+            Path(query_paths[int(position)]),
+            k,
+            search_k,
+            exact,
+            matcher,
+        )
+        for row, position in enumerate(embedded.indices)
+    ]
     return SearchReport(
         index_path=index.path,
         manifest=index.manifest,
