@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -239,6 +239,39 @@ class _SelfMatcher:
         return query_digest is not None and self._digest(path) == query_digest
 
 
+def nearest_items(
+    index: OpenIndex,
+    queries: np.ndarray,
+    k: int,
+    search_k: int | None = None,
+    exact: bool = False,
+    exclude: Sequence[Collection[int]] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The k nearest items to each query vector: (item ids, cosine similarities), best first.
+
+    `search_k` (default: see `annoy_search_k`) is how many candidates Annoy inspects per
+    query; `exact` searches the stored embeddings instead. `exclude[i]` holds item ids to
+    leave out of query i's results. A k above the index size gives every item.
+    """
+    if k < 1:
+        raise HistoseekError(f"-k must be 1 or more, not {k}")
+    total = len(index.items)
+    search_k = annoy_search_k(k, total, index.manifest.trees, search_k)
+    found = []
+    for row, query in enumerate(queries):
+        left_out = exclude[row] if exclude is not None else ()
+        asked = min(k + len(left_out), total)
+        if exact:
+            ids, similarities = index.vectors.search_exact(query, asked)
+        else:
+            ids, similarities = index.vectors.search(query, asked, search_k)
+        if left_out:
+            kept = np.array([int(item) not in left_out for item in ids], dtype=bool)
+            ids, similarities = ids[kept], similarities[kept]
+        found.append((ids[:k], similarities[:k]))
+    return found
+
+
 def _nearest(
     index: OpenIndex,
     vector: np.ndarray,
@@ -249,29 +282,28 @@ def _nearest(
     matcher: _SelfMatcher | None,
 ) -> QueryResult:
     """The k nearest items to one query vector, less the query's own entries if `matcher`."""
-    total = len(index.items)
     resolved = query_path.resolve()
     query_size = resolved.stat().st_size
-    wanted = min(k, total)
-    asked = wanted if matcher is None else min(wanted + 1, total)
+    wanted = min(k, len(index.items))
+    # One more than wanted leaves room for the query's own entry without a second search.
+    asked = wanted if matcher is None else wanted + 1
+    left_out: list[int] = []  # in the order found, best first
     while True:
-        if exact:
-            ids, similarities = index.vectors.search_exact(vector, asked)
-        else:
-            ids, similarities = index.vectors.search(vector, asked, search_k)
+        ((ids, similarities),) = nearest_items(
+            index, vector[None, :], asked, search_k, exact, [left_out]
+        )
         found = list(zip(ids.tolist(), similarities.tolist(), strict=True))
-        left_out = set()
+        copies = []
         if matcher is not None:
-            left_out = {
+            copies = [
                 item
                 for item, _ in found
                 if matcher.matches(resolved, query_size, index.items[item])
-            }
-        kept = [(item, similarity) for item, similarity in found if item not in left_out]
-        more = min(wanted + len(left_out) + 1, total)
-        if len(kept) >= wanted or more <= asked:
-            break
-        asked = more  # byte-identical copies of the query took more than one place
+            ]
+        left_out += copies
+        kept = [(item, similarity) for item, similarity in found if item not in copies]
+        if not copies or len(kept) >= wanted:
+            break  # else byte-identical copies of the query took more than one place
     hits = [
         Hit(
             rank=rank,
@@ -281,8 +313,7 @@ def _nearest(
         )
         for rank, (item, similarity) in enumerate(kept[:wanted], 1)
     ]
-    copies = [index.file_of(index.items[item]) for item, _ in found if item in left_out]
-    return QueryResult(query_path, hits, copies)
+    return QueryResult(query_path, hits, [index.file_of(index.items[item]) for item in left_out])
 
 
 def search_images(

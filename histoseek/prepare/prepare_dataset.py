@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -10,7 +9,7 @@ import multiprocessing
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from PIL import Image
 
 from histoseek import __version__
 from histoseek.data.folder import display_path
-from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.images import UnreadableImageError, load_rgb, pixel_limit
 from histoseek.data.split import parse_fractions, stratified_group_split
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
@@ -124,29 +123,27 @@ class _Outcome:
     """A worker's answer: the manifest rows of its patches, or why the image was skipped."""
 
     relative: str
+    label: str
+    split: str
     rows: list[dict]
     skipped_because: str | None = None
-
-
-@contextlib.contextmanager
-def _pixel_limit(limit: int | None) -> Iterator[None]:
-    """Set Pillow's decompression-bomb limit for the block only (None: no limit)."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    patches_cut: int = 0  # whole patches on the grid, before the tissue filter
 
 
 def _tile_source(task: _Task) -> _Outcome:
     """Cut one source image into patches on disk; runs in a worker process."""
     options = task.options
     try:
-        with _pixel_limit(options.max_pixels):
+        with pixel_limit(options.max_pixels):
             image = load_rgb(task.image.path)
     except UnreadableImageError as error:
-        return _Outcome(task.image.relative, [], str(error.__cause__ or error))
+        return _Outcome(
+            task.image.relative,
+            task.image.label,
+            task.split,
+            [],
+            skipped_because=str(error.__cause__ or error),
+        )
     rgb = np.asarray(resample(image, options.scale))
     del image
     mask = tissue_mask(rgb)
@@ -176,7 +173,9 @@ def _tile_source(task: _Task) -> _Outcome:
                 "stain": options.normalize or "none",
             }
         )
-    return _Outcome(task.image.relative, rows)
+    return _Outcome(
+        task.image.relative, task.image.label, task.split, rows, patches_cut=len(origins)
+    )
 
 
 def _validate(options: PrepareOptions, discovery: Discovery) -> tuple[str, ...]:
@@ -277,7 +276,7 @@ def _check_sizes(images: list[SourceImage], max_pixels: int) -> None:
     too_large = []
     for image in images:
         try:
-            with _pixel_limit(None), Image.open(image.path) as opened:
+            with pixel_limit(max_pixels), Image.open(image.path) as opened:
                 width, height = opened.size
         except (OSError, ValueError, SyntaxError):
             continue  # the worker lists it as unreadable
@@ -323,6 +322,60 @@ def _run(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
+
+
+def _why_no_patch(outcomes: list[_Outcome], options: PrepareOptions) -> str:
+    """Why these images (of one class or split) gave no patch, and the option that changes it."""
+    if all(outcome.skipped_because is not None for outcome in outcomes):
+        return f"all {len(outcomes)} of its image(s) are unreadable (listed in {SKIPPED})"
+    if not any(outcome.patches_cut for outcome in outcomes):
+        size = options.patch_size
+        scaled = f" after --scale {options.scale:g}" if options.scale != 1.0 else ""
+        return (
+            f"its images are smaller than one {size}×{size} patch{scaled} "
+            f"(--patch-size {size}); lower --patch-size to keep it"
+        )
+    return (
+        f"every patch had less than {options.min_tissue:.0%} tissue "
+        f"(--min-tissue {options.min_tissue:g}); lower --min-tissue to keep it"
+    )
+
+
+def _empty_warnings(
+    outcomes: list[_Outcome],
+    discovery: Discovery,
+    split_names: tuple[str, ...],
+    options: PrepareOptions,
+) -> list[str]:
+    """A line for each class and each split that came out without a single patch."""
+    warnings = []
+    for name in discovery.classes:
+        mine = [outcome for outcome in outcomes if outcome.label == name]
+        if mine and not any(outcome.rows for outcome in mine):
+            warnings.append(f"class {name} gave no patch: {_why_no_patch(mine, options)}")
+    for name in split_names:
+        mine = [outcome for outcome in outcomes if outcome.split == name]
+        if mine and not any(outcome.rows for outcome in mine):
+            warnings.append(f"split {name} gave no patch: {_why_no_patch(mine, options)}")
+    if not discovery.official_split:
+        split = options.split or DEFAULT_SPLIT
+        fractions = parse_fractions(split)
+        # stratified_group_split fills every split with a share while groups last.
+        unfilled = [
+            name
+            for name, fraction in zip(split_names, fractions, strict=True)
+            if fraction > 0 and not any(outcome.split == name for outcome in outcomes)
+        ]
+        if unfilled:
+            groups = len({image.group for image in discovery.images})
+            shared = sum(fraction > 0 for fraction in fractions)
+            warnings.append(
+                f"{'splits' if len(unfilled) > 1 else 'split'} {', '.join(unfilled)} "
+                f"got no source image: {groups} group(s) of images "
+                f"cannot fill the {shared} splits of --split {split}; give fewer --split "
+                "fractions, or more images"
+            )
+    return warnings
 
 
 def _write_table(path: Path, rows: list[dict]) -> None:
@@ -412,5 +465,5 @@ def prepare_dataset(
         sources_without_patches=sum(
             1 for o in outcomes if not o.rows and o.skipped_because is None
         ),
-        notes=discovery.notes,
+        notes=discovery.notes + _empty_warnings(outcomes, discovery, split_names, options),
     )

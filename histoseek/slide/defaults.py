@@ -1,0 +1,11 @@
+"""Slide choices and defaults, light enough for the CLI to import before parsing."""
+
+#: Target resolution of slide tiles, in microns per pixel (about a 20× objective).
+DEFAULT_MPP = 0.5
+#: Tissue tiles embedded for a whole-slide query, spread over the slide.
+DEFAULT_MAX_TILES = 64
+#: Synthetic slide classes: the synthetic tissue classes but "background" (blank glass).
+SLIDE_CLASSES = ("adipose", "lymphocytes", "mucosa", "stroma")
+#: Level-0 (width, height) of a synthetic slide, and how many of each class are drawn.
+DEFAULT_SLIDE_SIZE = (8192, 6144)
+DEFAULT_SLIDES_PER_CLASS = 2

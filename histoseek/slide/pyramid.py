@@ -1,0 +1,64 @@
+"""Writing an RGB image as a pyramidal tiled TIFF that OpenSlide opens as a multi-level slide.
+
+OpenSlide's generic-TIFF and Aperio drivers take every tiled top-level TIFF directory as a
+level (pyramids stored as SubIFDs stay invisible to them), and OpenSlide 4 reads the mpp of a
+generic TIFF from its XResolution/YResolution tags. tifffile compresses with zlib on its own;
+JPEG and the other codecs need the imagecodecs package, which histoseek does not require.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from histoseek import __version__
+from histoseek.fsutil import atomic_file
+
+TILE_SIDE = 256
+# Levels halve until the longer side is at most this, as scanners' pyramids end near 1-2k px.
+SMALLEST_LEVEL_SIDE = 512
+_CLASSIC_TIFF_LIMIT = 2**32 - 2**26
+
+
+def pyramid_levels(rgb: np.ndarray) -> list[np.ndarray]:
+    """Level 0 and its 2× box-filtered reductions, down to SMALLEST_LEVEL_SIDE pixels."""
+    levels = [rgb]
+    while max(levels[-1].shape[:2]) > SMALLEST_LEVEL_SIDE:
+        levels.append(np.asarray(Image.fromarray(levels[-1]).reduce(2)))
+    return levels
+
+
+def write_pyramidal_tiff(
+    path: Path, rgb: np.ndarray, description: str, mpp: float | None, tile: int = TILE_SIDE
+) -> int:
+    """Write (H, W, 3) uint8 `rgb` as a tiled, zlib-compressed TIFF pyramid; return its levels.
+
+    `description` is level 0's ImageDescription (OpenSlide picks the vendor from it: one that
+    starts "Aperio" makes an SVS). With `mpp`, each level's resolution tags record its µm per
+    pixel in pixels per centimetre. The file appears only once it is complete.
+    """
+    levels = pyramid_levels(rgb)
+    bigtiff = sum(level.nbytes for level in levels) > _CLASSIC_TIFF_LIMIT
+    with atomic_file(path) as staging, tifffile.TiffWriter(staging, bigtiff=bigtiff) as writer:
+        for index, level in enumerate(levels):
+            resolution = None
+            if mpp is not None:
+                scale_x = rgb.shape[1] / level.shape[1]
+                scale_y = rgb.shape[0] / level.shape[0]
+                resolution = (1e4 / (mpp * scale_x), 1e4 / (mpp * scale_y))
+            writer.write(
+                level,
+                photometric="rgb",
+                tile=(tile, tile),
+                compression="zlib",
+                subfiletype=1 if index else 0,
+                description=description if index == 0 else None,
+                resolution=resolution,
+                resolutionunit="CENTIMETER" if resolution else None,
+                software=f"histoseek {__version__}",
+                metadata=None,
+            )
+    return len(levels)
