@@ -28,7 +28,7 @@ def test_train_decodes_under_the_limit_it_is_given(tmp_path, monkeypatch):
     monkeypatch.setattr(
         histoseek.train,
         "train",
-        lambda config, resume, overwrite: seen.append(histoseek.data.images._max_pixels),
+        lambda config, **options: seen.append(histoseek.data.images._max_pixels),
     )
     for name in ("a", "b"):
         (tmp_path / "data" / name).mkdir(parents=True)
@@ -60,3 +60,24 @@ def test_index_skips_images_above_the_limit_with_the_reason(tmp_path):
     assert skipped == [
         "a/large.png\t80×80 = 6,400 pixels is above the limit of 5,000 (--max-pixels)"
     ]
+
+
+def test_prepare_and_slide_reading_decode_up_to_their_own_max_pixels(tmp_path, monkeypatch):
+    import histoseek.data.images
+    from histoseek.slide.reader import open_slide
+
+    # A process-wide limit below these images: their own --max-pixels must govern instead.
+    monkeypatch.setattr(histoseek.data.images, "_max_pixels", 1000)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for i in range(2):
+            (tmp_path / "src" / name).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(60, 200, (128, 128, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "src" / name / f"{i}.png")
+    args = ["prepare", "folder", str(tmp_path / "src"), "-o", str(tmp_path / "out")]
+    options = ["--patch-size", "64", "--min-tissue", "0", "--workers", "0"]
+    result = CliRunner().invoke(cli, [*args, *options, "--max-pixels", "20000"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" not in result.stdout
+    with open_slide(tmp_path / "src" / "a" / "0.png", mpp=0.5, max_pixels=20_000) as slide:
+        assert slide.dimensions == (128, 128)
