@@ -302,7 +302,7 @@ def _nearest(
             ]
         left_out += copies
         kept = [(item, similarity) for item, similarity in found if item not in copies]
-        if not copies or len(kept) >= wanted:
+        if not copies or len(kept) >= wanted or len(found) < asked:
             break  # else byte-identical copies of the query took more than one place
     hits = [
         Hit(
