@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import embedding_options, model_option, output_option
+from histoseek.cli.options import (
+    embedding_options,
+    max_pixels_option,
+    model_option,
+    output_option,
+)
 from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TREES
 
 
@@ -30,6 +35,7 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
     "--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping."
 )
 @embedding_options()
+@max_pixels_option()
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -52,6 +58,7 @@ def index(
     device,
     batch_size,
     workers,
+    max_pixels,
     overwrite,
     wait,
 ):
@@ -62,16 +69,18 @@ def index(
     from rich.console import Console
 
     from histoseek.data.folder import display_path
+    from histoseek.data.images import pixel_limit
     from histoseek.embedder import load_image_embedder
     from histoseek.index.build import build_index
     from histoseek.report.progress import progress_bar
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Markup off: paths may hold square brackets, which rich would read as styles.
+    console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     notify = console.print
     embedder = load_image_embedder(
         model_path, backend, device, exported, batch_size, workers, notify=notify
     )
-    with progress_bar("embedding") as progress:
+    with pixel_limit(max_pixels), progress_bar("embedding") as progress:
         report = build_index(
             directory,
             index_dir,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from histoseek.data.images import is_image_name
@@ -15,29 +16,68 @@ def display_path(path: Path | str) -> str:
     return os.fsencode(str(path)).decode("utf-8", errors="replace")
 
 
-def list_images(root: Path | str) -> list[Path]:
-    """Every image file below `root`, recursively, sorted by relative path.
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A file with an image name that is not listed, and why (a FIFO, a broken link...)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class FoundImages:
+    """The image files below a folder, and the image-named entries that are not regular files."""
+
+    paths: list[Path]
+    skipped: list[SkippedEntry]
+
+
+def find_images(root: Path | str) -> FoundImages:
+    """Every regular image file below `root`, recursively, sorted by relative path.
 
     Symbolic links to folders are followed once each: a link that points back up the tree
-    would otherwise make the walk endless.
+    would otherwise make the walk endless. Entries that are not regular files (FIFOs, which
+    would block the reader forever, sockets, devices, broken links) are skipped with a reason.
     """
     root = Path(root)
     if not root.is_dir():
         raise HistoseekError(f"not a folder: {display_path(root)}")
     seen_dirs: set[tuple[int, int]] = set()
     found: list[Path] = []
+    skipped: list[SkippedEntry] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        stat = os.stat(dirpath)
-        key = (stat.st_dev, stat.st_ino)
+        info = os.stat(dirpath)
+        key = (info.st_dev, info.st_ino)
         if key in seen_dirs:
             dirnames.clear()
             continue
         seen_dirs.add(key)
         dirnames.sort()
         for name in filenames:
-            if not name.startswith(".") and is_image_name(name):
-                found.append(Path(dirpath) / name)
-    return sorted(found, key=lambda p: os.fsencode(p.relative_to(root)))
+            if name.startswith(".") or not is_image_name(name):
+                continue
+            path = Path(dirpath) / name
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as error:
+                skipped.append(SkippedEntry(path, error.strerror or str(error)))
+                continue
+            if stat.S_ISREG(mode):
+                found.append(path)
+            else:
+                skipped.append(SkippedEntry(path, "not a regular file"))
+
+    def order(path: Path) -> bytes:
+        return os.fsencode(path.relative_to(root))
+
+    return FoundImages(
+        sorted(found, key=order), sorted(skipped, key=lambda entry: order(entry.path))
+    )
+
+
+def list_images(root: Path | str) -> list[Path]:
+    """The regular image files below `root` (see `find_images`), without the skipped entries."""
+    return find_images(root).paths
 
 
 @dataclass(frozen=True)
@@ -48,6 +88,7 @@ class LabelledImages:
     paths: list[Path]
     labels: list[int]
     class_names: list[str]
+    skipped: list[SkippedEntry] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,7 +103,8 @@ def scan_labelled_folder(
     labelled -1 rather than refused, so a gallery may hold classes the model never saw.
     """
     root = Path(root)
-    paths = list_images(root)
+    found = find_images(root)
+    paths = found.paths
     if not paths:
         raise HistoseekError(f"no images found in {display_path(root)}")
     folder_names = [path.parent.name for path in paths]
@@ -74,4 +116,6 @@ def scan_labelled_folder(
         )
     index = {name: i for i, name in enumerate(names)}
     labels = [index.get(name, -1) for name in folder_names]
-    return LabelledImages(root=root, paths=paths, labels=labels, class_names=list(names))
+    return LabelledImages(
+        root=root, paths=paths, labels=labels, class_names=list(names), skipped=found.skipped
+    )

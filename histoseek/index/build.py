@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from histoseek.callbacks import Notify, Progress
-from histoseek.data.folder import display_path, list_images
+from histoseek.data.folder import display_path, find_images
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir, check_replaceable, dir_lock
@@ -81,18 +80,20 @@ class _Found:
 
 
 def _scan(source: Path) -> tuple[list[_Found], list[SkippedFile]]:
-    """Stat every image below `source`; files that cannot be stat'ed or are not regular files
-    (broken links, FIFOs that would block the reader) are skipped."""
-    found, skipped = [], []
-    for path in list_images(source):
+    """Stat every image below `source`; the walker has already skipped, with a reason, what
+    is not a regular file (broken links, FIFOs that would block the reader)."""
+    walked = find_images(source)
+    skipped = [
+        SkippedFile(entry.path.relative_to(source).as_posix(), entry.reason)
+        for entry in walked.skipped
+    ]
+    found = []
+    for path in walked.paths:
         key = path.relative_to(source).as_posix()
         try:
             info = os.stat(path)
-        except OSError as error:
+        except OSError as error:  # removed since the walk
             skipped.append(SkippedFile(key, error.strerror or str(error)))
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            skipped.append(SkippedFile(key, "not a regular file"))
             continue
         found.append(_Found(path, key, info.st_size, info.st_mtime_ns))
     return found, skipped

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -10,7 +9,7 @@ import multiprocessing
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from PIL import Image
 
 from histoseek import __version__
 from histoseek.data.folder import display_path
-from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.images import UnreadableImageError, load_rgb, pixel_limit
 from histoseek.data.split import parse_fractions, stratified_group_split
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
@@ -131,22 +130,11 @@ class _Outcome:
     patches_cut: int = 0  # whole patches on the grid, before the tissue filter
 
 
-@contextlib.contextmanager
-def _pixel_limit(limit: int | None) -> Iterator[None]:
-    """Set Pillow's decompression-bomb limit for the block only (None: no limit)."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
 def _tile_source(task: _Task) -> _Outcome:
     """Cut one source image into patches on disk; runs in a worker process."""
     options = task.options
     try:
-        with _pixel_limit(options.max_pixels):
+        with pixel_limit(options.max_pixels):
             image = load_rgb(task.image.path)
     except UnreadableImageError as error:
         return _Outcome(
@@ -288,7 +276,7 @@ def _check_sizes(images: list[SourceImage], max_pixels: int) -> None:
     too_large = []
     for image in images:
         try:
-            with _pixel_limit(None), Image.open(image.path) as opened:
+            with pixel_limit(max_pixels), Image.open(image.path) as opened:
                 width, height = opened.size
         except (OSError, ValueError, SyntaxError):
             continue  # the worker lists it as unreadable
