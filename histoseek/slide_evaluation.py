@@ -111,7 +111,7 @@ def tile_level_scores(
         )
     codes = {label: code for code, label in enumerate(sorted(set(tiles.labels)))}
     gallery_codes = np.array([codes[label] for label in tiles.labels])
-    neighbours = Neighbours(found.neighbours.indices[scored], found.neighbours.similarities[scored])
+    neighbours = found.neighbours.subset(scored)
     metrics = retrieval_metrics(
         neighbours,
         gallery_codes[found.rows[scored]],
@@ -145,7 +145,7 @@ def slide_rankings(
                 strict=True,
             )
         )
-        ranking = rank_keys(hits, tiles.slide_ids, tiles.labels, rule)
+        ranking = rank_keys(hits, tiles.slide_ids.__getitem__, tiles.labels.__getitem__, rule)
         rankings[slide] = [entry.label for entry in ranking]
     return rankings
 

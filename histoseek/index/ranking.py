@@ -16,7 +16,7 @@ Ties go to the slide found by more query tiles, then the higher best similarity,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from histoseek.errors import HistoseekError
@@ -69,13 +69,13 @@ def _by_similarity(hit: TileHit) -> tuple[float, int, int]:
 
 def rank_keys(
     hits_per_tile: Sequence[Sequence[TileHit]],
-    key_of: Sequence[str],
-    label_of: Sequence[str],
+    key_of: Callable[[int], str],
+    label_of: Callable[[int], str],
     rule: str = AGGREGATION_RULES[0],
 ) -> list[RankedKey]:
     """Every slide (or group) that any query tile found, ranked by `rule`, best first.
 
-    `key_of[item]` and `label_of[item]` give each gallery item's slide id (or group) and label.
+    `key_of(item)` and `label_of(item)` give a gallery item's slide id (or group) and label.
     """
     if rule not in AGGREGATION_RULES:
         raise HistoseekError(
@@ -84,7 +84,7 @@ def rank_keys(
     found: dict[str, list[TileHit]] = {}
     for hits in hits_per_tile:
         for hit in hits:
-            found.setdefault(key_of[hit.item], []).append(hit)
+            found.setdefault(key_of(hit.item), []).append(hit)
     entries = []
     for key, hits in found.items():
         hits.sort(key=_by_similarity)
@@ -95,7 +95,7 @@ def rank_keys(
             score = float(len(hits))
         else:
             score = sum(max(0.0, similarity) for similarity in best_per_tile.values())
-        label = majority_label([label_of[hit.item] for hit in hits])[0]
+        label = majority_label([label_of(hit.item) for hit in hits])[0]
         entries.append((key, label, score, len(best_per_tile), hits[0].similarity, tuple(hits)))
     entries.sort(key=lambda entry: (-entry[2], -entry[3], -entry[4], entry[0]))
     return [RankedKey(rank, *entry) for rank, entry in enumerate(entries, 1)]

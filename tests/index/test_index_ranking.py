@@ -26,7 +26,7 @@ NEIGHBOURS = [
 
 
 def test_similarity_rule_sums_each_query_tiles_best_hit_per_slide():
-    ranking = rank_keys(tile_hits(NEIGHBOURS), KEYS, LABELS, "similarity")
+    ranking = rank_keys(tile_hits(NEIGHBOURS), KEYS.__getitem__, LABELS.__getitem__, "similarity")
     # A: 0.6 (tile 0) + 0.5 (tile 1) + 0.2 (tile 2); B: 0.9 + 0.85; C: 0.3.
     assert [entry.key for entry in ranking] == ["B", "A", "C"]
     assert [entry.score for entry in ranking] == pytest.approx([1.75, 1.3, 0.3])
@@ -46,13 +46,13 @@ def test_similarity_rule_sums_each_query_tiles_best_hit_per_slide():
 
 
 def test_votes_rule_counts_hits_and_favours_the_near_duplicates():
-    ranking = rank_keys(tile_hits(NEIGHBOURS), KEYS, LABELS, "votes")
+    ranking = rank_keys(tile_hits(NEIGHBOURS), KEYS.__getitem__, LABELS.__getitem__, "votes")
     assert [(entry.key, entry.score) for entry in ranking] == [("A", 6), ("B", 2), ("C", 1)]
 
 
 def test_groups_are_ranked_by_the_same_rule():
     groups = ["P1", "P1", "P1", "P1", "P2", "P2", "P1"]  # slides A and B are one patient
-    ranking = rank_keys(tile_hits(NEIGHBOURS), groups, LABELS, "similarity")
+    ranking = rank_keys(tile_hits(NEIGHBOURS), groups.__getitem__, LABELS.__getitem__, "similarity")
     # P1: best of A and B per query tile: 0.6 + 0.9 + 0.85; its hits' majority is tumour (6:3).
     assert [(entry.key, round(entry.score, 6)) for entry in ranking] == [("P1", 2.35), ("P2", 0.3)]
     assert ranking[0].label == "tumour"
@@ -63,25 +63,25 @@ def test_ties_go_to_more_query_tiles_then_best_similarity_then_key():
     labels = ["x", "y", "z", "w"]
     # A: 0.5 + 0.5 from two tiles; B: 1.0 from one; C and D: 0.4 each from one tile.
     neighbours = [([0, 1, 3], [0.5, 1.0, 0.4]), ([0, 2], [0.5, 0.4])]
-    ranking = rank_keys(tile_hits(neighbours), keys, labels)
+    ranking = rank_keys(tile_hits(neighbours), keys.__getitem__, labels.__getitem__)
     assert [entry.key for entry in ranking] == ["A", "B", "C", "D"]
     assert ranking[0].score == ranking[1].score == pytest.approx(1.0)
 
 
 def test_negative_similarities_add_nothing():
-    ranking = rank_keys(tile_hits([([0, 1], [0.2, -0.3])]), ["A", "B"], ["x", "y"])
+    ranking = rank_keys(tile_hits([([0, 1], [0.2, -0.3])]), "AB".__getitem__, "xy".__getitem__)
     assert [(entry.key, entry.score) for entry in ranking] == [("A", 0.2), ("B", 0.0)]
 
 
 def test_no_hits_no_ranking_and_unknown_rules_refused():
-    assert rank_keys([[], []], KEYS, LABELS) == []
+    assert rank_keys([[], []], KEYS.__getitem__, LABELS.__getitem__) == []
     assert ranked_majority([]) is None
     with pytest.raises(HistoseekError, match="aggregation rule"):
-        rank_keys([], KEYS, LABELS, "mean")
+        rank_keys([], KEYS.__getitem__, LABELS.__getitem__, "mean")
 
 
 def test_majority_over_the_ranked_labels():
-    ranking = rank_keys(tile_hits(NEIGHBOURS), KEYS, LABELS, "similarity")
+    ranking = rank_keys(tile_hits(NEIGHBOURS), KEYS.__getitem__, LABELS.__getitem__, "similarity")
     assert ranked_majority(ranking) == ("tumour", 2)
     assert ranked_majority(ranking[:1]) == ("stroma", 1)
 
