@@ -28,6 +28,8 @@ META_VERSION = "histoseek.version"
 META_FINGERPRINT = "histoseek.fingerprint"
 META_CONFIG = "histoseek.config"
 META_CLASS_NAMES = "histoseek.class_names"
+# "fp32" or "int8"; exports older than INT8 support carry none and are FP32.
+META_PRECISION = "histoseek.precision"
 
 ENGINE_METADATA_KEYS = frozenset(
     {"fingerprint", "config", "precision", "tensorrt_version", "gpu_name", "compute_capability"}
