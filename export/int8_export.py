@@ -17,6 +17,7 @@ FP32; each was found by measuring the layers' shares of the error:
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +30,12 @@ from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.data.synth import TISSUE_CLASSES, render_tissue
 from histoseek.data.transforms import EvalTransform
 from histoseek.errors import HistoseekError
-from histoseek.inference.exported import META_PRECISION, import_onnxruntime
+from histoseek.inference.exported import META_PARITY, META_PRECISION, import_onnxruntime
 from histoseek.model.cgd import ModelConfig
+from histoseek_export.defaults import DEFAULT_CALIBRATION_IMAGES
 from histoseek_export.onnx_export import TRUNK_SCOPE, import_onnx
 from histoseek_export.parity import ParityResult
 
-DEFAULT_CALIBRATION_IMAGES = 192
 CALIBRATION_BATCH = 16
 # The synthetic parity images use seed 0; calibrating on other draws keeps the check honest.
 SYNTHETIC_CALIBRATION_SEED = 1
@@ -342,3 +343,25 @@ def quantize_until_parity(
         f"onnxruntime int8 parity failed, even with the first {FP32_INPUT_CONV_STEPS[-1]} "
         "convolutions in FP32; its output was not written"
     )
+
+
+def record_parity(path: Path, result: ParityResult) -> None:
+    """Add the parity check an INT8 export passed to its metadata, where `--backend auto`
+    looks for it."""
+    onnx = import_onnx()
+    proto = onnx.load(str(path))
+    figures = {
+        "passed": result.passed,
+        "images": result.images,
+        "min_cosine": result.min_cosine,
+        "mean_cosine": result.mean_cosine,
+        "neighbour_overlap": result.neighbour_overlap,
+        "min_cosine_required": result.min_cosine_required,
+        "min_overlap_required": result.min_overlap_required,
+        "check": result.backend,
+    }
+    kept = [entry for entry in proto.metadata_props if entry.key != META_PARITY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=META_PARITY, value=json.dumps(figures))
+    onnx.save(proto, str(path))
