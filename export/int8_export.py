@@ -124,7 +124,8 @@ def calibration_images(
                 for i in range(count)
             ]
         )
-    candidates = [path for path in list_images(source.folder) if path not in exclude]
+    excluded = {path.resolve() for path in exclude}
+    candidates = [path for path in list_images(source.folder) if path.resolve() not in excluded]
     arrays = []
     for path in spread_over_classes(candidates, count):
         try:
