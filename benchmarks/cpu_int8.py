@@ -30,7 +30,7 @@ from histoseek.data.folder import list_images
 from histoseek.data.images import load_rgb
 from histoseek.data.transforms import EvalTransform
 from histoseek.embedder import ImageEmbedder, embedder_for_model
-from histoseek.evaluate import evaluate
+from histoseek.evaluate import check_evaluation_set, evaluate
 from histoseek.fsutil import atomic_file
 from histoseek.index.annoy_index import build_annoy
 from histoseek.index.build import build_index
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
             if backend == "onnx-int8":
                 row["parity"] = json.loads(embedder.backend.metadata.get(META_PARITY, "{}"))
             if backend != "torch":
-                quality = evaluate(embedder, train, test, recall_ks=(1,))
+                quality = evaluate(embedder, check_evaluation_set(train, test), recall_ks=(1,))
                 row["recall@1"] = quality.metrics["recall@1"]
                 print(f"{embedder.name}: R@1 {row['recall@1']:.4f}", flush=True)
             rows.append(row)
