@@ -39,7 +39,8 @@ def embed_files(
 ) -> EmbeddedFiles:
     """Embed image files with the model's test-time preprocessing; unreadable files are skipped."""
     transform = EvalTransform(config.image_size, config.mean, config.std)
-    dataset = ImageDataset(paths, [0] * len(paths), transform)
+    # Large JPEGs decode straight to about the model's size; the transform resizes the rest.
+    dataset = ImageDataset(paths, [0] * len(paths), transform, decode_size=config.image_size)
     loader = make_loader(
         dataset, workers=decoding_workers(len(paths), batch_size, workers), batch_size=batch_size
     )
