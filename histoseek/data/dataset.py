@@ -1,24 +1,28 @@
-"""A dataset over image paths that skips unreadable files instead of dying, and its loaders."""
+"""A dataset over image sources (files or slide tiles) that skips unreadable ones instead of
+dying, and its loaders."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.images import UnreadableImageError
+from histoseek.data.sources import ImageSource, load_source
 from histoseek.data.transforms import seed_worker_transform
 
 
 class ImageDataset(Dataset):
-    """Items are (array CHW, label, index), or (None, label, index) for an unreadable file."""
+    """Items are (array CHW, label, index), or (None, label, index) for an unreadable source.
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: Callable):
+    `paths` are image sources: file paths, or slide tiles that each worker reads itself.
+    """
+
+    def __init__(self, paths: Sequence[ImageSource], labels: Sequence[int], transform: Callable):
         self.paths = list(paths)
         self.labels = list(labels)
         self.transform = transform
@@ -28,7 +32,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, int]:
         try:
-            image = load_rgb(self.paths[index])
+            image = load_source(self.paths[index])
         except UnreadableImageError:
             return None, self.labels[index], index
         return self.transform(image), self.labels[index], index
