@@ -7,7 +7,6 @@ drawn synthetically; see assembled_slides.py.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from assembled_slides import (
     KATHER,
     KATHER_MPP,
     assemble_kather_slide,
+    corrupt_level0,
     synthetic_slide,
 )
 from PIL import Image
@@ -201,16 +201,6 @@ def test_plain_images_over_max_pixels_are_refused_but_slides_are_not(tmp_path, s
         assert slide.dimensions == (2048, 1536)
 
 
-def _corrupt_tiles(path: Path, target: Path) -> None:
-    """A copy of `path` whose level-0 tile data is overwritten with junk, headers intact."""
-    data = bytearray(path.read_bytes())
-    with tifffile.TiffFile(path) as tiff:
-        page = tiff.pages[0]
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-            data[offset : offset + count] = bytes(count)
-    target.write_bytes(bytes(data))
-
-
 def test_corrupt_and_truncated_slides_raise_one_clear_error(tmp_path, synthetic):
     data = synthetic.path.read_bytes()
     truncated = tmp_path / "truncated.tif"
@@ -223,7 +213,7 @@ def test_corrupt_and_truncated_slides_raise_one_clear_error(tmp_path, synthetic)
         assert path.name in str(caught.value) and "\n" not in str(caught.value)
 
     broken = tmp_path / "broken_tiles.tif"
-    _corrupt_tiles(synthetic.path, broken)
+    corrupt_level0(synthetic.path, broken)
     with open_slide(broken) as slide:  # the headers are fine; the pixels are not
         slide.thumbnail(128)  # low levels are intact
         with pytest.raises(SlideError, match="broken_tiles.tif: cannot read"):

@@ -26,7 +26,7 @@ from PIL import Image
 from histoseek.slide.pyramid import TILE_SIDE, write_pyramidal_tiff
 from histoseek.slide.synth import SLIDE_MPP, render_slide
 
-KATHER = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kather2016"
+KATHER = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kather2016"
 KATHER_MPP = 0.495
 KATHER_TILE = 150
 GLASS = 244
@@ -103,6 +103,17 @@ def synthetic_slide(
     rgb = render_slide(tissue, *size, np.random.default_rng(seed))
     write_pyramidal_tiff(path, rgb, f"histoseek test slide, synthetic {tissue}", SLIDE_MPP)
     return AssembledSlide(path, rgb, SLIDE_MPP, (0, 0, *size))
+
+
+def corrupt_level0(path: Path, target: Path) -> None:
+    """A copy of `path` whose level-0 tile data is overwritten with zeros, headers intact: it
+    opens, and its lower levels read, but no level-0 region does."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+            data[offset : offset + count] = bytes(count)
+    target.write_bytes(bytes(data))
 
 
 def _sparse_tiles(
