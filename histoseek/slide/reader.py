@@ -383,6 +383,16 @@ def _tiff_tag_mpp(image: Image.Image, name: str) -> tuple[float | None, str]:
     return _plausible(mpp, "its TIFF resolution tags")
 
 
+def plain_image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of a plain image from its header alone, however large; SlideError if
+    it is no readable image."""
+    try:
+        with _no_pixel_limit(), Image.open(path) as header:
+            return header.size
+    except (OSError, ValueError, SyntaxError) as error:
+        raise SlideError(f"{display_path(path)}: not a readable image ({error})") from None
+
+
 class _ImageSlide(Slide):
     """A plain image (png, jpg, bmp, stripped tif), decoded whole: a slide of one level."""
 
