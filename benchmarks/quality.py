@@ -62,7 +62,7 @@ def main() -> None:
         workers=args.workers,
     )
     started = time.time()
-    history = train(config, overwrite=True, console=console)
+    history = train(config, overwrite=True, notify=console.print)
     train_seconds = time.time() - started
 
     workers = 2 if args.workers is None else args.workers

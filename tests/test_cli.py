@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from histoseek.cli import cli
 
-COMMANDS = ["evaluate", "export", "index", "info", "prepare", "query", "synth", "train"]
+COMMANDS = ["cache", "evaluate", "export", "index", "info", "prepare", "query", "synth", "train"]
 
 
 def one_error_line(result) -> str:

@@ -138,10 +138,44 @@ def test_evaluate_with_query_folder_and_groups(trained_run, kather_small, tmp_pa
 def test_resume_extends_a_finished_run(trained_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
-    result = run("train", "--resume", copy, "--epochs", "3")
+    result = run("train", "--resume", copy, "--epochs", "3", "--workers", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
     history = json.loads((copy / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert json.loads((copy / "train_config.json").read_text())["image_size"] == 64
+
+
+def test_resume_refuses_options_that_cannot_change(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    before = (copy / "last.pt").read_bytes()
+    result = run("train", "--resume", copy, "--lr", "0.5", "--dim", "96", "--epochs", "3")
+    assert_one_line_error(
+        result,
+        "--resume continues the run as configured; these options cannot change on resume: "
+        "--lr, --dim",
+    )
+    assert (copy / "last.pt").read_bytes() == before
+
+
+def test_resume_state_given_as_model_is_named(trained_run):
+    result = run("info", "--model", trained_run / "last.pt")
+    assert_one_line_error(
+        result,
+        f"{trained_run / 'last.pt'} is a training resume state (last.pt), not a model; "
+        f"use {trained_run / 'model.pt'}",
+    )
+
+
+def test_overwrite_that_fails_keeps_the_previous_model(trained_run, kather_small, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    before = (copy / "model.pt").read_bytes()
+    one_class = tmp_path / "one"
+    shutil.copytree(kather_small / "01_TUMOR", one_class / "01_TUMOR")
+    result = run("train", one_class, "-o", copy, *FAST, "--overwrite")
+    assert_one_line_error(result, "at least 2")
+    assert (copy / "model.pt").read_bytes() == before
 
 
 def test_unreadable_image_is_skipped_and_listed(kather_small, tmp_path):
@@ -177,6 +211,16 @@ def test_bad_data_folders_fail_with_one_line(case, kather_small, tmp_path):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_validation_folder_with_one_image_is_refused(kather_small, tmp_path):
+    val = tmp_path / "val"
+    shutil.copytree(kather_small / "01_TUMOR", val / "01_TUMOR")
+    for extra in sorted((val / "01_TUMOR").iterdir())[1:]:
+        extra.unlink()
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--val-dir", val)
+    assert_one_line_error(result, "validation needs at least 2")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_without_state_fails(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "nothing to resume")
 
@@ -185,9 +229,9 @@ def test_corrupt_checkpoint_fails_with_one_line(tmp_path, kather_small):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert_one_line_error(
-        run("evaluate", "--model", bad, "--gallery", kather_small), "cannot load checkpoint"
+        run("evaluate", "--model", bad, "--gallery", kather_small), "is not a PyTorch checkpoint"
     )
-    assert_one_line_error(run("info", "--model", bad), "cannot load checkpoint")
+    assert_one_line_error(run("info", "--model", bad), "is not a PyTorch checkpoint")
 
 
 def test_info_reports_a_trained_model(trained_run):

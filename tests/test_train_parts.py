@@ -1,11 +1,32 @@
-"""The pieces of the training loop: freezing, optimiser groups, schedule, validation split."""
+"""The parts of the training loop, each on its own: setup, one epoch, checkpoints, resume."""
 
+import json
+import math
+import shutil
+
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from histoseek.errors import HistoseekError
 from histoseek.model.cgd import ModelConfig, build_model
-from histoseek.train import freeze_stages, make_optimizer, make_scheduler, prepare_splits
+from histoseek.model.checkpoint import load_checkpoint
+from histoseek.train import (
+    finish_run,
+    freeze_stages,
+    loop,
+    make_optimizer,
+    make_scheduler,
+    prepare_splits,
+    resume_config,
+    setup_run,
+    train,
+    train_one_epoch,
+    validate_and_checkpoint,
+    validation_recall,
+)
+from histoseek.train.resume_state import read_resume_state
 from histoseek.train_config import TrainConfig
 
 
@@ -82,3 +103,262 @@ def test_validation_split_keeps_groups_together(tmp_path):
     val_slides = {slide_of(p) for p in splits.val.paths}
     assert train_slides and val_slides and not train_slides & val_slides
     assert {splits.val.class_names[i] for i in splits.val.labels} == {"a", "b"}
+
+
+# The loop's parts on tiny images made here: no pretrained weights, 32 px, a few steps.
+
+
+def _tiny_folder(root, classes=("a", "b"), per_class=6):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.array([200, 60 + 120 * c, 120], dtype=np.float64)
+            pixels = np.clip(base + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}{i}.png")
+    return root
+
+
+def _config(data, run_dir, **changes) -> TrainConfig:
+    options = {
+        "weights": "none",
+        "image_size": 32,
+        "dim": 6,
+        "batch_size": 4,
+        "m_per_class": 2,
+        "workers": 0,
+        "epochs": 1,
+        "val_fraction": 0.34,
+        **changes,
+    }
+    return TrainConfig(data_dir=str(data), run_dir=str(run_dir), **options)
+
+
+def _record(epoch: int) -> dict:
+    return {"epoch": epoch, "loss": 1.0, "images_per_s": 10.0}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return _tiny_folder(tmp_path / "data")
+
+
+def test_setup_checks_then_builds_the_run_and_writes_only_config_and_log(tiny, tmp_path):
+    lines = []
+    run = setup_run(_config(tiny, tmp_path / "run"), notify=lines.append)
+    assert len(run.splits.train) + len(run.splits.val) == 12 and len(run.splits.val) >= 2
+    assert run.sampler.batch_size == 4 and len(run.sampler) == 2
+    assert run.model.config.dim == 6 and run.model.config.num_classes == 2
+    assert len(run.optimizer.param_groups) == 2 and not run.scaler.is_enabled()
+    assert run.start_epoch == 0 and run.history == [] and run.previous is None
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "train.log",
+        "train_config.json",
+    ]
+    assert lines[0].startswith("training efficientnet_lite0 CGD (SMG, dim 6)")
+    assert lines[0] in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_one_epoch_trains_the_unfrozen_weights_and_reports_progress(tiny, tmp_path):
+    run = setup_run(_config(tiny, tmp_path / "run"))
+    frozen_before = [p.clone() for stage in run.frozen for p in stage.parameters()]
+    head_before = run.model.projections[0].weight.clone()
+    calls = []
+    record = train_one_epoch(run, 0, progress=lambda done, total: calls.append((done, total)))
+    assert set(record) == {"epoch", "loss", "images_per_s"} and record["epoch"] == 1
+    assert math.isfinite(record["loss"]) and record["loss"] > 0 and record["images_per_s"] > 0
+    assert calls == [(4, 8), (8, 8)]
+    assert not torch.equal(run.model.projections[0].weight, head_before)
+    frozen_after = [p for stage in run.frozen for p in stage.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(frozen_before, frozen_after, strict=True))
+    assert run.scheduler.last_epoch == 2
+
+
+def test_checkpoint_keeps_the_best_model_and_always_the_resume_state(tiny, tmp_path, monkeypatch):
+    recalls = iter([0.5, 0.25])
+    monkeypatch.setattr(loop, "validation_recall", lambda *args: next(recalls))
+    lines = []
+    run = setup_run(_config(tiny, tmp_path / "run", epochs=2), notify=lines.append)
+    validate_and_checkpoint(run, _record(1))
+    assert lines[-1].startswith("epoch 1/2: loss 1.0000") and lines[-1].endswith("(best)")
+    validate_and_checkpoint(run, _record(2))
+    assert lines[-1].endswith("val R@1 0.2500")
+    assert [h["val_recall@1"] for h in run.history] == [0.5, 0.25]
+    assert run.best == {"epoch": 1, "val_recall@1": 0.5}
+    _, class_names, extra = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert class_names == ["a", "b"] and extra["epoch"] == 1
+    state = read_resume_state(tmp_path / "run" / "last.pt")
+    assert state.epoch == 2 and state.best == run.best and state.class_names == ["a", "b"]
+    metrics = finish_run(run)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    assert lines[-1] == f"best epoch 1; model written to {tmp_path / 'run' / 'model.pt'}"
+
+
+def test_validation_recall_is_leave_one_out_within_the_validation_images(tiny, tmp_path):
+    run = setup_run(_config(tiny, tmp_path / "run"))
+    recall = validation_recall(run.model, run.splits.val, run.device, 4, 0)
+    assert 0.0 <= recall <= 1.0
+
+
+def test_train_composes_the_parts(tiny, tmp_path):
+    lines = []
+    metrics = train(_config(tiny, tmp_path / "run", epochs=2), notify=lines.append)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["train_images"] + metrics["val_images"] == 12
+    assert lines[-1].startswith("best epoch") and (tmp_path / "run" / "model.pt").is_file()
+
+
+# Validation needs two readable images: refused up front, or stopped before any claim.
+
+
+def test_a_validation_folder_with_one_image_is_refused_before_the_run_starts(tiny, tmp_path):
+    val = tmp_path / "val"
+    (val / "a").mkdir(parents=True)
+    shutil.copy(tiny / "a" / "a0.png", val / "a")
+    with pytest.raises(HistoseekError, match="holds 1 image.s. of the training classes; valid"):
+        setup_run(_config(tiny, tmp_path / "run", val_dir=str(val)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_fraction_leaving_one_image_is_refused(tiny, tmp_path):
+    with pytest.raises(HistoseekError, match="--val-fraction 0.01 holds out 1 image"):
+        prepare_splits(_config(tiny, tmp_path / "run", val_fraction=0.01))
+
+
+def test_unreadable_validation_images_stop_the_run_without_claiming_a_model(tiny, tmp_path):
+    val = tmp_path / "val"
+    (val / "a").mkdir(parents=True)
+    shutil.copy(tiny / "a" / "a0.png", val / "a")
+    (val / "a" / "broken.png").write_bytes(b"broken")
+    lines = []
+    config = _config(tiny, tmp_path / "run", val_dir=str(val))
+    with pytest.raises(HistoseekError, match="only 1 of the 2 validation images can be read"):
+        train(config, notify=lines.append)
+    assert not (tmp_path / "run" / "model.pt").exists()
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert "model" not in (tmp_path / "run" / "train.log").read_text()
+
+
+# Unreadable training images are replaced, so every batch (and every rank) keeps its size.
+
+
+def test_unreadable_training_images_are_replaced_and_listed(tiny, tmp_path):
+    (tiny / "a" / "a1.png").write_bytes(b"broken")
+    run = setup_run(_config(tiny, tmp_path / "run", val_fraction=0))
+    calls = []
+    train_one_epoch(run, 0, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (12, 12)  # no image dropped from any batch
+    assert run.unreadable == {str(tiny / "a" / "a1.png")}
+    validate_and_checkpoint(run, _record(1))
+    assert finish_run(run)["skipped_unreadable"] == [str(tiny / "a" / "a1.png")]
+
+
+def test_a_class_without_a_readable_image_is_refused(tiny, tmp_path):
+    for path in (tiny / "b").iterdir():
+        path.write_bytes(b"broken")
+    with pytest.raises(HistoseekError, match="none of the 6 training image.s. of class b can"):
+        setup_run(_config(tiny, tmp_path / "run", val_fraction=0))
+    assert not (tmp_path / "run").exists()
+
+
+# Resuming: the state carries everything, and only some options may change.
+
+
+def _finished_run(data, run_dir, **changes):
+    config = _config(data, run_dir, val_fraction=0, **changes)
+    run = setup_run(config)
+    validate_and_checkpoint(run, _record(1))
+    finish_run(run)
+    return config
+
+
+def test_resume_restores_the_amp_gradient_scaler(tiny, tmp_path, monkeypatch):
+    # On a CPU, AMP is off, so stand in an enabled CPU scaler for float16 CUDA's.
+    monkeypatch.setattr(
+        loop, "make_grad_scaler", lambda *args: torch.amp.GradScaler("cpu", init_scale=1024.0)
+    )
+    run = setup_run(_config(tiny, tmp_path / "run", val_fraction=0, epochs=2))
+    train_one_epoch(run, 0)
+    run.scaler.update(new_scale=256.0)
+    validate_and_checkpoint(run, _record(1))
+    resumed = setup_run(resume_config(tmp_path / "run", {}), resume=True)
+    assert resumed.scaler.get_scale() == 256.0
+    assert resumed.start_epoch == 1 and resumed.scheduler.last_epoch == 3
+    assert torch.equal(resumed.model.projections[0].weight, run.model.projections[0].weight)
+
+
+def test_resume_applies_the_options_that_may_change(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run")
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny, moved)
+    given = {"epochs": 3, "workers": 1, "device": "cpu", "data_dir": moved, "lr": 1e-3}
+    config = resume_config(tmp_path / "run", given)
+    assert (config.epochs, config.workers, config.device) == (3, 1, "cpu")
+    assert config.data_dir == str(moved) and config.run_dir == str(tmp_path / "run")
+    assert config.dim == 6 and config.lr == 1e-3  # an option repeating the run's value is fine
+
+
+def test_resume_refuses_every_other_option_naming_them(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run")
+    with pytest.raises(
+        HistoseekError,
+        match="^--resume continues the run as configured; these options cannot change on "
+        "resume: --lr, --dim, --val-dir$",
+    ):
+        resume_config(tmp_path / "run", {"lr": 0.5, "dim": 12, "epochs": 2, "val_dir": "v"})
+    with pytest.raises(HistoseekError, match="in its own folder; drop -o"):
+        resume_config(tmp_path / "run", {"run_dir": tmp_path / "elsewhere"})
+
+
+def test_resume_refuses_other_classes_and_fewer_epochs(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run", epochs=2)
+    other = _tiny_folder(tmp_path / "other", classes=("a", "c"))
+    config = resume_config(tmp_path / "run", {"data_dir": other})
+    with pytest.raises(HistoseekError, match=r"the data's classes \(a, c\) differ from the run's"):
+        setup_run(config, resume=True)
+    with pytest.raises(HistoseekError, match="--epochs 0 is fewer than the 1 this run has done"):
+        setup_run(resume_config(tmp_path / "run", {"epochs": 0}), resume=True)
+
+
+def test_resume_cannot_overwrite(tiny, tmp_path):
+    config = _finished_run(tiny, tmp_path / "run")
+    with pytest.raises(HistoseekError, match="cannot go with --resume"):
+        setup_run(config, resume=True, overwrite=True)
+
+
+# --overwrite replaces a run only once the new one has its first checkpoint.
+
+
+def _old_run(tiny, run_dir):
+    _finished_run(tiny, run_dir)
+    (run_dir / "notes.txt").write_text("mine")
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
+def test_overwrite_checks_everything_before_touching_the_old_run(tiny, tmp_path):
+    before = _old_run(tiny, tmp_path / "run")
+    one_class = tmp_path / "one"
+    shutil.copytree(tiny / "a", one_class / "a")
+    with pytest.raises(HistoseekError, match="at least 2"):
+        train(_config(one_class, tmp_path / "run"), overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_an_overwrite_that_fails_mid_run_restores_the_old_run(tiny, tmp_path):
+    before = _old_run(tiny, tmp_path / "run")
+    val = tmp_path / "val"
+    (val / "a").mkdir(parents=True)
+    shutil.copy(tiny / "a" / "a0.png", val / "a")
+    (val / "a" / "broken.png").write_bytes(b"broken")
+    with pytest.raises(HistoseekError, match="validation images can be read"):
+        train(_config(tiny, tmp_path / "run", val_dir=str(val)), overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_a_successful_overwrite_replaces_only_the_run_files(tiny, tmp_path):
+    before = _old_run(tiny, tmp_path / "run")
+    train(_config(tiny, tmp_path / "run", seed=1), overwrite=True)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert set(after) == set(before) and after["notes.txt"] == b"mine"
+    assert after["model.pt"] != before["model.pt"]
+    assert after["train.log"].count(b"training efficientnet_lite0") == 1

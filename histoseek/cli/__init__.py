@@ -10,6 +10,7 @@ import sys
 import click
 
 from histoseek import __version__
+from histoseek.cli.cache import cache
 from histoseek.cli.evaluate import evaluate
 from histoseek.cli.export import export
 from histoseek.cli.index import index
@@ -55,7 +56,7 @@ def cli() -> None:
     """Content-based retrieval of histopathology image patches (CGD embeddings + Annoy)."""
 
 
-for _command in (synth, prepare, train, evaluate, info, index, query, export):
+for _command in (synth, prepare, train, evaluate, info, cache, index, query, export):
     cli.add_command(_command)
 
 

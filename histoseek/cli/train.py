@@ -132,23 +132,40 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 @workers_option()
 @overwrite_option()
 def train(data_dir, run_dir, resume, overwrite, **options):
-    """Train a CGD model on DATA_DIR (one sub-folder per class) into RUN_DIR."""
-    from histoseek.train import load_train_config
+    """Train a CGD model on DATA_DIR (one sub-folder per class) into RUN_DIR.
+
+    --resume RUN_DIR continues a run as it was configured; only DATA_DIR (if the folder
+    moved), --epochs, --device and --workers may change.
+    """
+    from rich.console import Console
+
+    from histoseek.report.progress import progress_bar
+    from histoseek.train import resume_config
     from histoseek.train import train as run_training
 
     if resume is not None:
-        config = load_train_config(resume)
+        context = click.get_current_context()
+        given = {
+            name: value
+            for name, value in options.items()
+            if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        }
         if data_dir is not None:
-            config.data_dir = str(data_dir)
-        source = click.get_current_context().get_parameter_source("epochs")
-        if source is click.core.ParameterSource.COMMANDLINE:
-            config.epochs = options["epochs"]  # resuming may extend a finished run
-        if run_dir is not None and Path(run_dir) != Path(resume):
-            raise HistoseekError("--resume continues a run in its own folder; drop -o")
-        config.run_dir = str(resume)
+            given["data_dir"] = data_dir
+        if run_dir is not None:
+            given["run_dir"] = run_dir
+        config = resume_config(resume, given)
     else:
         if data_dir is None or run_dir is None:
             raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
         options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
         config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
-    run_training(config, resume=resume is not None, overwrite=overwrite)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    with progress_bar("training", transient=True) as progress:
+        run_training(
+            config,
+            resume=resume is not None,
+            overwrite=overwrite,
+            progress=progress,
+            notify=console.print,
+        )

@@ -1,5 +1,5 @@
-"""A dataset over image sources (files or slide tiles) that skips unreadable ones instead of
-dying, and its loaders."""
+"""A dataset over image sources (files or slide tiles) that skips (or replaces) unreadable
+ones, and its loaders."""
 
 from __future__ import annotations
 
@@ -9,33 +9,70 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from histoseek.data.images import UnreadableImageError
-from histoseek.data.sources import ImageSource, load_source
+from histoseek.data.sources import ImageSource, load_source, source_name
 from histoseek.data.transforms import seed_worker_transform
+from histoseek.errors import HistoseekError
 
 
 class ImageDataset(Dataset):
-    """Items are (array CHW, label, index), or (None, label, index) for an unreadable source.
+    """Items are (array CHW or None, label, index, indices of unreadable files met).
+
+    By default an unreadable file gives (None, label, index, [index]), and the collate leaves
+    it out. With `replace_unreadable` (training), it gives the next readable image of the same
+    class instead, so every batch keeps its size: under DDP all processes then take the same
+    steps. The choice depends only on which files are readable, so it repeats.
 
     `paths` are image sources: file paths, or slide tiles that each worker reads itself.
     """
 
-    def __init__(self, paths: Sequence[ImageSource], labels: Sequence[int], transform: Callable):
+    def __init__(
+        self,
+        paths: Sequence[ImageSource],
+        labels: Sequence[int],
+        transform: Callable,
+        replace_unreadable: bool = False,
+    ):
         self.paths = list(paths)
         self.labels = list(labels)
         self.transform = transform
+        self.replace_unreadable = replace_unreadable
+        self._class_members: dict[int, list[int]] = {}
+        for index, label in enumerate(self.labels):
+            self._class_members.setdefault(label, []).append(index)
+        # Files found unreadable in this process, so a replacement search skips them quickly.
+        self._unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, int, list[int]]:
+        image = self._load(index)
+        if image is not None:
+            return self.transform(image), self.labels[index], index, []
+        if not self.replace_unreadable:
+            return None, self.labels[index], index, [index]
+        members = self._class_members[self.labels[index]]
+        start = members.index(index)
+        for other in members[start + 1 :] + members[:start]:
+            image = self._load(other)
+            if image is not None:
+                return self.transform(image), self.labels[other], other, [index]
+        raise HistoseekError(
+            f"no image of the class of {source_name(self.paths[index])} is readable"
+        )
+
+    def _load(self, index: int) -> Image.Image | None:
+        if index in self._unreadable:
+            return None
         try:
-            image = load_source(self.paths[index])
+            return load_source(self.paths[index])
         except UnreadableImageError:
-            return None, self.labels[index], index
-        return self.transform(image), self.labels[index], index
+            self._unreadable.add(index)
+            return None
 
 
 @dataclass
@@ -48,10 +85,12 @@ class Batch:
     failed: list[int]
 
 
-def collate_skipping_unreadable(items: list[tuple[np.ndarray | None, int, int]]) -> Batch:
-    """Stack the readable items; report the unreadable ones by index."""
+def collate_skipping_unreadable(
+    items: list[tuple[np.ndarray | None, int, int, list[int]]],
+) -> Batch:
+    """Stack the items that have an image; report every unreadable file met by index."""
     good = [item for item in items if item[0] is not None]
-    failed = [item[2] for item in items if item[0] is None]
+    failed = [index for item in items for index in item[3]]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
     return Batch(

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from histoseek.errors import HistoseekError
-from histoseek.model.cgd import ModelConfig
+
+if TYPE_CHECKING:
+    from histoseek.model.cgd import ModelConfig
 
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIX = ".engine"
@@ -97,6 +103,9 @@ def check_fingerprint(path: Path, recorded: str | None, expected: str) -> None:
 
 def config_from_metadata(path: Path, props: dict[str, str]) -> ModelConfig:
     """The model config recorded in an export's metadata."""
+    # Imported here so that this module, and with it `histoseek cache`, never loads torch.
+    from histoseek.model.cgd import ModelConfig
+
     try:
         return ModelConfig.from_dict(json.loads(props[META_CONFIG]))
     except (KeyError, ValueError, TypeError) as error:
@@ -127,6 +136,67 @@ def cache_dir() -> Path:
     return Path(base) / "histoseek"
 
 
+CACHED_ONNX_FOLDER = "onnx"
+# The names cached_onnx_path gives, and those of atomic_file's temporaries of them, which a
+# killed export leaves behind: only files named so are histoseek's to list and remove.
+_CACHED_ONNX_NAME = re.compile(r"[0-9a-f]{24}-[0-9]+px\.onnx")
+_UNFINISHED_ONNX_NAME = re.compile(r"\.[0-9a-f]{24}-[0-9]+px\.onnx\.[A-Za-z0-9_]+\.tmp")
+#: An unfinished export younger than this may still be being written by a running command.
+UNFINISHED_GRACE_S = 3600
+
+
 def cached_onnx_path(fingerprint: str, image_size: int) -> Path:
     """Where an automatically exported ONNX model for these weights is cached."""
-    return cache_dir() / "onnx" / f"{fingerprint[:24]}-{image_size}px{ONNX_SUFFIX}"
+    return cache_dir() / CACHED_ONNX_FOLDER / f"{fingerprint[:24]}-{image_size}px{ONNX_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """One file histoseek wrote into its cache."""
+
+    path: Path
+    size: int
+    modified: float  # seconds since the epoch
+    finished: bool  # False: the temporary file of an export that did not complete
+
+
+def cached_files() -> list[CachedFile]:
+    """histoseek's own files in its cache folder (exports, finished or not), sorted by name."""
+    folder = cache_dir() / CACHED_ONNX_FOLDER
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise HistoseekError(f"cannot read the cache folder {folder}: {error}") from None
+    found = []
+    for entry in entries:
+        finished = _CACHED_ONNX_NAME.fullmatch(entry.name) is not None
+        if not (finished or _UNFINISHED_ONNX_NAME.fullmatch(entry.name)):
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        stat = entry.stat(follow_symlinks=False)
+        found.append(CachedFile(Path(entry.path), stat.st_size, stat.st_mtime, finished))
+    return sorted(found, key=lambda cached: cached.path.name.lstrip("."))
+
+
+def clear_cache() -> list[CachedFile]:
+    """Remove histoseek's cached exports and return them; nothing else in the folder is touched.
+
+    Unfinished exports younger than UNFINISHED_GRACE_S are kept: another command may be
+    writing them right now.
+    """
+    removed = []
+    now = time.time()
+    for cached in cached_files():
+        if not cached.finished and now - cached.modified < UNFINISHED_GRACE_S:
+            continue
+        try:
+            cached.path.unlink()
+        except FileNotFoundError:
+            continue  # removed meanwhile by another clear
+        except OSError as error:
+            raise HistoseekError(f"cannot remove {cached.path}: {error}") from None
+        removed.append(cached)
+    return removed

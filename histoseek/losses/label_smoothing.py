@@ -20,7 +20,6 @@ class LabelSmoothingCrossEntropy(nn.Module):
         self.temperature = temperature
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_probs = F.log_softmax(logits.float() / self.temperature, dim=-1)
-        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        uniform = -log_probs.mean(dim=-1)
-        return ((1.0 - self.smoothing) * nll + self.smoothing * uniform).mean()
+        return F.cross_entropy(
+            logits.float() / self.temperature, targets, label_smoothing=self.smoothing
+        )

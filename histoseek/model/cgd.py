@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,6 +19,29 @@ from histoseek.model.defaults import (
 )
 from histoseek.model.descriptors import build_descriptor, parse_gd_config
 
+# Bounds far beyond any real CGD model, to refuse nonsense before allocating for it.
+MAX_DIM = 16384
+MAX_CLASSES = 100_000
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 4096
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HistoseekError(f"{name} must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise HistoseekError(f"{name} {value} is out of range; use {low} to {high}")
+
+
+def _check_channels(name: str, value: object) -> tuple[float, float, float]:
+    numbers = list(value) if isinstance(value, (list, tuple)) else []
+    if len(numbers) != 3 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in numbers
+    ):
+        raise HistoseekError(f"{name} must be 3 finite numbers (one per channel), not {value!r}")
+    return tuple(float(v) for v in numbers)
+
 
 @dataclass
 class ModelConfig:
@@ -32,20 +56,30 @@ class ModelConfig:
     std: tuple[float, float, float] = field(default=(1.0, 1.0, 1.0))
 
     def __post_init__(self) -> None:
+        # A config may come from a file (checkpoint, manifest): check types and bounds before
+        # anything is built from it, so a bad value is one clear line, never a huge allocation.
+        if not isinstance(self.backbone, str):
+            raise HistoseekError(f"backbone must be a name, not {self.backbone!r}")
         spec = get_backbone_spec(self.backbone)
+        if not isinstance(self.gd_config, str):
+            raise HistoseekError(f"gd-config must be a string such as SMG, not {self.gd_config!r}")
         self.gd_config = parse_gd_config(self.gd_config)
-        if self.dim <= 0 or self.dim % len(self.gd_config):
+        _check_int("dim", self.dim, 1, MAX_DIM)
+        _check_int("num_classes", self.num_classes, 0, MAX_CLASSES)
+        _check_int("image size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        if self.dim % len(self.gd_config):
             raise HistoseekError(
-                f"--dim {self.dim} must be a positive multiple of the number of descriptors "
+                f"dim {self.dim} must be a positive multiple of the number of descriptors "
                 f"({len(self.gd_config)} in {self.gd_config})"
             )
-        if self.num_classes == 1 or self.num_classes < 0:
+        if self.num_classes == 1:
             raise HistoseekError("a CGD classifier needs at least 2 classes (0: no classifier)")
-        if self.image_size < 32:
-            raise HistoseekError(f"image size {self.image_size} is too small; use 32 or more")
         if self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0):
             self.mean, self.std = spec.mean, spec.std
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        self.mean = _check_channels("mean", self.mean)
+        self.std = _check_channels("std", self.std)
+        if min(self.std) <= 0:
+            raise HistoseekError(f"std {list(self.std)} must be positive")
 
     def to_dict(self) -> dict:
         """A plain dict (JSON- and weights_only-safe)."""
@@ -56,7 +90,7 @@ class ModelConfig:
         """Rebuild from `to_dict` output, ignoring keys this version does not know."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("mean", "std"):
-            if key in known:
+            if isinstance(known.get(key), list):
                 known[key] = tuple(known[key])
         return cls(**known)
 

@@ -14,6 +14,9 @@ from histoseek.model.safe_load import load_tensors
 
 CHECKPOINT_FORMAT = "histoseek-cgd"
 CHECKPOINT_VERSION = 1
+#: The format tag of a training run's resume state (RUN_DIR/last.pt), which is not a model.
+RESUME_STATE_FORMAT = "histoseek-resume-state"
+_RESUME_STATE_KEYS = {"model", "optimizer", "scheduler", "epoch"}
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -42,27 +45,75 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint's raw payload, refusing anything but plain tensors and containers."""
-    payload = load_tensors(path, "checkpoint")
+def is_resume_state(payload: object) -> bool:
+    """Whether a loaded torch file is a training run's resume state (RUN_DIR/last.pt)."""
+    if not isinstance(payload, dict):
+        return False
+    # States written before the format tag existed are recognised by their keys.
+    return payload.get("format") == RESUME_STATE_FORMAT or payload.keys() >= _RESUME_STATE_KEYS
+
+
+def _whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_payload(path: Path, payload: object) -> dict:
+    """The payload if it has a checkpoint's structure, types and sane values; else one line."""
+    if is_resume_state(payload):
+        raise HistoseekError(
+            f"{path} is a training resume state (last.pt), not a model; "
+            f"use {Path(path).parent / 'model.pt'}"
+        )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise HistoseekError(f"{path} is not a histoseek checkpoint")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
+
+    def damaged(what: str) -> HistoseekError:
+        return HistoseekError(f"{path} is a damaged histoseek checkpoint: {what}")
+
+    version = payload.get("version")
+    if not _whole_number(version) or version < 1:
+        raise damaged(f"its version {version!r} is not a positive whole number")
+    if version > CHECKPOINT_VERSION:
         raise HistoseekError(
-            f"{path} was written by a newer histoseek (checkpoint version {payload['version']})"
+            f"{path} was written by a newer histoseek (checkpoint version {version})"
         )
+    if not isinstance(payload.get("config"), dict):
+        raise damaged("its config is missing or not a mapping")
+    class_names = payload.get("class_names")
+    if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+        raise damaged("its class_names is not a list of names")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise damaged("its state_dict does not map parameter names to tensors")
+    if not isinstance(payload.get("extra", {}), dict):
+        raise damaged("its extra is not a mapping")
+    try:
+        ModelConfig.from_dict(payload["config"])
+    except HistoseekError as error:
+        raise damaged(f"config: {error}") from None
     return payload
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint's payload, checked: plain tensors and containers of the right shape."""
+    return _checked_payload(path, load_tensors(path, "checkpoint"))
 
 
 def load_checkpoint(path: Path) -> tuple[CGD, list[str], dict]:
     """Load (model in eval mode, class names, extra) from a checkpoint file."""
     payload = read_checkpoint(path)
-    config = ModelConfig.from_dict(payload["config"])
-    model = build_model(config, weights="none")
+    model = build_model(ModelConfig.from_dict(payload["config"]), weights="none")
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
-        raise HistoseekError(f"{path} does not match its own config: {error}") from None
+        # torch's message is a heading, then one indented line per kind of mismatch.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
+        if len(detail) > 200:
+            detail = detail[:200] + "..."
+        raise HistoseekError(f"{path} does not match its own config: {detail}") from None
     model.eval()
     return model, list(payload["class_names"]), payload.get("extra", {})
 

@@ -127,23 +127,25 @@ class _Outcome:
     """A worker's answer: the manifest rows of its patches, or why the image was skipped."""
 
     relative: str
+    label: str
+    split: str
     rows: list[dict]
     skipped_because: str | None = None
+    patches_cut: int = 0  # whole patches on the grid, before the tissue filter
 
 
 def _tile_source(task: _Task) -> _Outcome:
     """Cut one source image into patches on disk; runs in a worker process."""
     try:
         with open_slide(task.image.path, max_pixels=task.options.max_pixels) as slide:
-            rows = _cut(slide, task)
+            return _cut(slide, task)
     except SlideError as error:
         reason = str(error).removeprefix(f"{display_path(task.image.path)}: ")
-        return _Outcome(task.image.relative, [], reason)
-    return _Outcome(task.image.relative, rows)
+        return _Outcome(task.image.relative, task.image.label, task.split, [], reason)
 
 
-def _cut(slide: Slide, task: _Task) -> list[dict]:
-    """Write the patches of one opened image or slide; its manifest rows.
+def _cut(slide: Slide, task: _Task) -> _Outcome:
+    """Write the patches of one opened image or slide; the outcome with their manifest rows.
 
     The grid is laid over the image resampled by --scale. Tissue is measured, and stains are
     fitted, on an overview of it: the resampled image itself, or for one of more than
@@ -188,7 +190,9 @@ def _cut(slide: Slide, task: _Task) -> list[dict]:
                 "stain": options.normalize or "none",
             }
         )
-    return rows
+    return _Outcome(
+        task.image.relative, task.image.label, task.split, rows, patches_cut=len(origins)
+    )
 
 
 def _validate(options: PrepareOptions, discovery: Discovery) -> tuple[str, ...]:
@@ -340,6 +344,60 @@ def _run(
     return outcomes
 
 
+def _why_no_patch(outcomes: list[_Outcome], options: PrepareOptions) -> str:
+    """Why these images (of one class or split) gave no patch, and the option that changes it."""
+    if all(outcome.skipped_because is not None for outcome in outcomes):
+        return f"all {len(outcomes)} of its image(s) are unreadable (listed in {SKIPPED})"
+    if not any(outcome.patches_cut for outcome in outcomes):
+        size = options.patch_size
+        scaled = f" after --scale {options.scale:g}" if options.scale != 1.0 else ""
+        return (
+            f"its images are smaller than one {size}×{size} patch{scaled} "
+            f"(--patch-size {size}); lower --patch-size to keep it"
+        )
+    return (
+        f"every patch had less than {options.min_tissue:.0%} tissue "
+        f"(--min-tissue {options.min_tissue:g}); lower --min-tissue to keep it"
+    )
+
+
+def _empty_warnings(
+    outcomes: list[_Outcome],
+    discovery: Discovery,
+    split_names: tuple[str, ...],
+    options: PrepareOptions,
+) -> list[str]:
+    """A line for each class and each split that came out without a single patch."""
+    warnings = []
+    for name in discovery.classes:
+        mine = [outcome for outcome in outcomes if outcome.label == name]
+        if mine and not any(outcome.rows for outcome in mine):
+            warnings.append(f"class {name} gave no patch: {_why_no_patch(mine, options)}")
+    for name in split_names:
+        mine = [outcome for outcome in outcomes if outcome.split == name]
+        if mine and not any(outcome.rows for outcome in mine):
+            warnings.append(f"split {name} gave no patch: {_why_no_patch(mine, options)}")
+    if not discovery.official_split:
+        split = options.split or DEFAULT_SPLIT
+        fractions = parse_fractions(split)
+        # stratified_group_split fills every split with a share while groups last.
+        unfilled = [
+            name
+            for name, fraction in zip(split_names, fractions, strict=True)
+            if fraction > 0 and not any(outcome.split == name for outcome in outcomes)
+        ]
+        if unfilled:
+            groups = len({image.group for image in discovery.images})
+            shared = sum(fraction > 0 for fraction in fractions)
+            warnings.append(
+                f"{'splits' if len(unfilled) > 1 else 'split'} {', '.join(unfilled)} "
+                f"got no source image: {groups} group(s) of images "
+                f"cannot fill the {shared} splits of --split {split}; give fewer --split "
+                "fractions, or more images"
+            )
+    return warnings
+
+
 def _write_table(path: Path, rows: list[dict]) -> None:
     # surrogateescape keeps non-UTF-8 names byte-identical to the files on disk.
     with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
@@ -427,5 +485,5 @@ def prepare_dataset(
         sources_without_patches=sum(
             1 for o in outcomes if not o.rows and o.skipped_because is None
         ),
-        notes=discovery.notes,
+        notes=discovery.notes + _empty_warnings(outcomes, discovery, split_names, options),
     )

@@ -16,9 +16,9 @@ def model_table(
     summary: ModelSummary,
     reference: str,
     class_names: list[str],
-    fingerprint: str,
+    fingerprint: str | None,
 ) -> Table:
-    """A two-column table describing a CGD model and its cost."""
+    """A two-column table describing a CGD model and its cost (no fingerprint: untrained)."""
     table = Table(title="histoseek model", show_header=False)
     table.add_column("property", style="bold")
     table.add_column("value")
@@ -34,8 +34,9 @@ def model_table(
         ("image size", f"{config.image_size} px"),
         ("parameters", f"{summary.parameters / 1e6:.2f}M"),
         (f"FLOPs ({summary.input_size}×{summary.input_size})", f"{summary.flops / 1e9:.2f}G"),
-        ("fingerprint", fingerprint[:16]),
     ]
+    if fingerprint is not None:
+        rows.append(("fingerprint", fingerprint[:16]))
     for name, value in rows:
         table.add_row(name, value)
     return table

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from histoseek.data.dataset import ImageDataset, make_loader
 from histoseek.data.transforms import EvalTransform
+from histoseek.errors import HistoseekError
 
 
 def test_unreadable_files_are_skipped_and_reported(tmp_path):
@@ -39,3 +41,41 @@ def test_worker_processes_give_the_same_batches(tmp_path):
     inline = [b.images for b in make_loader(dataset, workers=0, batch_size=3)]
     parallel = [b.images for b in make_loader(dataset, workers=2, batch_size=3)]
     assert all(np.array_equal(a, b) for a, b in zip(inline, parallel, strict=True))
+
+
+def _coloured_images(folder, count):
+    paths = []
+    for i in range(count):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (20, 20), (i * 30, 100, 0)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_training_replaces_an_unreadable_file_with_the_next_one_of_its_class(tmp_path):
+    paths = _coloured_images(tmp_path, 6)
+    paths[1].write_bytes(b"broken")
+    paths[3].write_bytes(b"broken")
+    labels = [0, 1, 0, 1, 0, 1]
+    transform = EvalTransform(16, (0, 0, 0), (1, 1, 1))
+    dataset = ImageDataset(paths, labels, transform, replace_unreadable=True)
+    image, label, index, unreadable = dataset[1]
+    # Class 1 is 1, 3, 5: after 1 comes 3 (unreadable too), then 5.
+    assert (label, index, unreadable) == (1, 5, [1])
+    assert np.array_equal(image, dataset[5][0])
+    assert dataset[3][2] == 5  # and from 3 it wraps round to 5 as well
+    (batch,) = list(make_loader(dataset, workers=0, batch_size=6))
+    assert len(batch.labels) == 6 and batch.labels.tolist() == labels
+    assert sorted(batch.failed) == [1, 3]
+    (parallel,) = list(make_loader(dataset, workers=2, batch_size=6))
+    assert np.array_equal(batch.images, parallel.images) and parallel.failed == batch.failed
+
+
+def test_a_class_with_no_readable_file_cannot_be_replaced(tmp_path):
+    paths = _coloured_images(tmp_path, 3)
+    paths[0].write_bytes(b"broken")
+    dataset = ImageDataset(
+        paths, [0, 1, 1], EvalTransform(16, (0, 0, 0), (1, 1, 1)), replace_unreadable=True
+    )
+    with pytest.raises(HistoseekError, match="no image of the class of .*0.png is readable"):
+        dataset[0]

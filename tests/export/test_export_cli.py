@@ -70,7 +70,7 @@ def test_bad_checkpoint_is_one_line(tmp_path: Path):
     result = _export("--model", str(bad))
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
-    assert result.output.startswith(f"Error: cannot load checkpoint {bad}")
+    assert result.output.startswith(f"Error: {bad} is not a PyTorch checkpoint (")
     assert not bad.with_suffix(".onnx").exists()
 
 

@@ -59,6 +59,11 @@ def test_resnet_keeps_layer3_at_stride_8():
         ({"gd_config": "SX"}, "gd-config"),
         ({"backbone": "vgg"}, "unknown backbone"),
         ({"num_classes": 1}, "at least 2"),
+        ({"dim": 0}, "dim 0 is out of range"),
+        ({"dim": 3 * 10**9}, "dim 3000000000 is out of range"),
+        ({"image_size": 16}, "image size 16 is out of range"),
+        ({"image_size": "224"}, "image size must be a whole number"),
+        ({"num_classes": -1}, "num_classes -1 is out of range"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

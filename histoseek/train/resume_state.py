@@ -1,0 +1,74 @@
+"""RUN_DIR/last.pt: everything `--resume` needs to continue a run where its last epoch ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from histoseek.errors import HistoseekError
+from histoseek.fsutil import atomic_file
+from histoseek.model.checkpoint import RESUME_STATE_FORMAT, is_resume_state
+from histoseek.model.safe_load import load_tensors
+
+
+@dataclass
+class ResumeState:
+    """The state after `epoch` epochs: weights, optimiser, schedule, AMP scaler, history."""
+
+    epoch: int
+    history: list[dict]
+    best: dict
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    # Empty when the run trained without a float16 gradient scaler.
+    scaler: dict = field(default_factory=dict)
+    # None in states written before the class names were kept.
+    class_names: list[str] | None = None
+    unreadable: list[str] = field(default_factory=list)
+
+
+def write_resume_state(path: Path, state: ResumeState) -> None:
+    """Write the state atomically, as plain tensors and containers."""
+    payload = {"format": RESUME_STATE_FORMAT}
+    payload.update((item.name, getattr(state, item.name)) for item in fields(state))
+    with atomic_file(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_resume_state(path: Path) -> ResumeState:
+    """Read a resume state back, checking its structure before anything trusts it."""
+    payload = load_tensors(path, "training state")
+    if not is_resume_state(payload):
+        raise HistoseekError(f"{path} is not a histoseek training resume state")
+
+    def damaged(what: str) -> HistoseekError:
+        return HistoseekError(f"{path} is a damaged training resume state: {what}")
+
+    epoch = payload["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise damaged(f"its epoch {epoch!r} is not a whole number")
+    for key in ("best", "model", "optimizer", "scheduler", "scaler"):
+        if not isinstance(payload.get(key, {}), dict):
+            raise damaged(f"its {key} is not a mapping")
+    for key in ("history", "unreadable"):
+        if not isinstance(payload.get(key, []), list):
+            raise damaged(f"its {key} is not a list")
+    class_names = payload.get("class_names")
+    if class_names is not None and not (
+        isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)
+    ):
+        raise damaged("its class_names is not a list of names")
+    return ResumeState(
+        epoch=epoch,
+        history=payload.get("history", []),
+        best=payload.get("best", {"epoch": None, "val_recall@1": -1.0}),
+        model=payload["model"],
+        optimizer=payload["optimizer"],
+        scheduler=payload["scheduler"],
+        scaler=payload.get("scaler", {}),
+        class_names=class_names,
+        unreadable=[str(p) for p in payload.get("unreadable", [])],
+    )

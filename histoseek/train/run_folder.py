@@ -1,0 +1,168 @@
+"""What a run folder holds, and the rules for starting, replacing and resuming a run in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+from histoseek.callbacks import Notify
+from histoseek.data.folder import display_path
+from histoseek.errors import HistoseekError
+from histoseek.fsutil import atomic_file
+from histoseek.train_config import TrainConfig
+
+TRAIN_STATE = "last.pt"
+BEST_MODEL = "model.pt"
+METRICS = "metrics.json"
+TRAIN_LOG = "train.log"
+TRAIN_CONFIG = "train_config.json"
+#: The files a run writes; replacing a run replaces these and leaves anything else alone.
+RUN_FILES = (TRAIN_STATE, BEST_MODEL, METRICS, TRAIN_LOG, TRAIN_CONFIG)
+
+#: Options that may differ when a run resumes: how long, where and how fast it runs, and
+#: where its data now is. Every other option is part of what the run is.
+RESUMABLE_OPTIONS = frozenset({"data_dir", "epochs", "device", "workers"})
+_FLAGS = {"data_dir": "DATA_DIR", "run_dir": "-o"}
+
+
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start over an existing run (without `overwrite`) or to resume nothing."""
+    run_dir = Path(run_dir)
+    if resume:
+        if overwrite:
+            raise HistoseekError("--overwrite starts a new run; it cannot go with --resume")
+        if not (run_dir / TRAIN_STATE).is_file():
+            raise HistoseekError(f"nothing to resume: {run_dir / TRAIN_STATE} does not exist")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HistoseekError(f"{display_path(run_dir)} is a file, not a run folder")
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise HistoseekError(
+            f"{run_dir} already holds a run; pass --overwrite to replace it or --resume to continue"
+        )
+
+
+def load_train_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig a run was started with."""
+    run_dir = Path(run_dir)
+    if not (run_dir / TRAIN_STATE).is_file():
+        raise HistoseekError(f"nothing to resume: {run_dir / TRAIN_STATE} does not exist")
+    path = run_dir / TRAIN_CONFIG
+    try:
+        return TrainConfig(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise HistoseekError(f"cannot read the run's configuration {path}: {error}") from None
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _plain(value: object) -> object:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _same(name: str, given: object, configured: object) -> bool:
+    if name == "val_dir" and given is not None and configured is not None:
+        return Path(str(given)) == Path(str(configured))
+    return _plain(given) == configured
+
+
+def resume_config(run_dir: Path | str, given: Mapping[str, object]) -> TrainConfig:
+    """The configuration that resumes the run in `run_dir`, with the options the user gave.
+
+    `given` holds only the options the user actually gave, by TrainConfig field name. Those in
+    RESUMABLE_OPTIONS replace the run's own values. Any other continues the run as configured,
+    so it is refused unless it repeats the run's own value.
+    """
+    run_dir = Path(run_dir)
+    config = load_train_config(run_dir)
+    unknown = set(given) - {field.name for field in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"not training options: {', '.join(sorted(unknown))}")
+    if "run_dir" in given and Path(str(given["run_dir"])).resolve() != run_dir.resolve():
+        raise HistoseekError("--resume continues a run in its own folder; drop -o")
+    fixed = [
+        name
+        for name, value in given.items()
+        if name not in RESUMABLE_OPTIONS | {"run_dir"}
+        and not _same(name, value, getattr(config, name))
+    ]
+    if fixed:
+        raise HistoseekError(
+            "--resume continues the run as configured; these options cannot change on resume: "
+            + ", ".join(_flag(name) for name in fixed)
+        )
+    changes = {name: _plain(value) for name, value in given.items() if name in RESUMABLE_OPTIONS}
+    return replace(config, **changes, run_dir=str(run_dir))
+
+
+def write_train_config(run_dir: Path, config: TrainConfig) -> None:
+    """Save the configuration with the run, so `--resume` continues it exactly."""
+    with atomic_file(Path(run_dir) / TRAIN_CONFIG) as tmp:
+        tmp.write_text(json.dumps(asdict(config), indent=2))
+
+
+class RunLog:
+    """Appends time-stamped lines to RUN_DIR/train.log and passes each one to `notify`."""
+
+    def __init__(self, path: Path, notify: Notify | None = None):
+        self.path, self.notify = Path(path), notify
+
+    def __call__(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(f"{stamp} {message}\n")
+        if self.notify is not None:
+            self.notify(message)
+
+
+class PreviousRun:
+    """The files of a run being replaced, kept aside until the new run has a checkpoint.
+
+    So `--overwrite` never loses a working model to a new run that then fails.
+    """
+
+    def __init__(self, run_dir: Path, aside: Path, moved: list[str]):
+        self.run_dir, self.aside, self.moved = run_dir, aside, moved
+
+    @classmethod
+    def set_aside(cls, run_dir: Path) -> PreviousRun | None:
+        """Move the run files in `run_dir` into a hidden folder there (None: there are none)."""
+        run_dir = Path(run_dir)
+        present = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if not present:
+            return None
+        aside = Path(tempfile.mkdtemp(prefix=".previous-run-", dir=run_dir))
+        moved: list[str] = []
+        try:
+            for name in present:
+                os.replace(run_dir / name, aside / name)
+                moved.append(name)
+        except OSError as error:
+            for name in moved:
+                os.replace(aside / name, run_dir / name)
+            aside.rmdir()
+            raise HistoseekError(
+                f"cannot set the previous run in {run_dir} aside: {error}"
+            ) from None
+        return cls(run_dir, aside, moved)
+
+    def discard(self) -> None:
+        """The new run has a checkpoint: delete the previous run's files."""
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+    def restore(self) -> None:
+        """The new run failed: delete its files and put the previous run's back."""
+        for name in RUN_FILES:
+            if name in self.moved:
+                os.replace(self.aside / name, self.run_dir / name)
+            else:
+                (self.run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.aside, ignore_errors=True)

@@ -1,0 +1,85 @@
+"""Which images train and which validate: `--val-dir`, or a group-aware held-out fraction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from histoseek.data.folder import LabelledImages, display_path, scan_labelled_folder
+from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.split import group_ids_from_regex, stratified_group_split
+from histoseek.errors import HistoseekError
+from histoseek.train_config import TrainConfig
+
+#: Leave-one-out Recall@1 needs a neighbour for every validation image.
+MIN_VALIDATION_IMAGES = 2
+
+
+@dataclass
+class Splits:
+    """The training images and the validation images (None: no validation)."""
+
+    train: LabelledImages
+    val: LabelledImages | None
+
+
+def _select(images: LabelledImages, keep: list[int]) -> LabelledImages:
+    return LabelledImages(
+        images.root,
+        [images.paths[i] for i in keep],
+        [images.labels[i] for i in keep],
+        images.class_names,
+    )
+
+
+def prepare_splits(config: TrainConfig) -> Splits:
+    """Scan the data and hold out validation images: `--val-dir`, or a group-aware fraction."""
+    images = scan_labelled_folder(config.data_dir, min_classes=2)
+    if config.val_dir:
+        val = scan_labelled_folder(config.val_dir, class_names=images.class_names)
+        known = [i for i, label in enumerate(val.labels) if label >= 0]
+        if len(known) < MIN_VALIDATION_IMAGES:
+            raise HistoseekError(
+                f"--val-dir {display_path(config.val_dir)} holds {len(known)} image(s) of the "
+                f"training classes; validation needs at least {MIN_VALIDATION_IMAGES}"
+            )
+        return Splits(images, _select(val, known))
+    if config.val_fraction <= 0:
+        return Splits(images, None)
+    names = [path.name for path in images.paths]
+    groups = group_ids_from_regex(names, config.group_regex)
+    fractions = [1.0 - config.val_fraction, config.val_fraction]
+    assignment = stratified_group_split(images.labels, groups, fractions, config.seed)
+    train = _select(images, [i for i, s in enumerate(assignment) if s == 0])
+    val = _select(images, [i for i, s in enumerate(assignment) if s == 1])
+    if len(val) < MIN_VALIDATION_IMAGES:
+        raise HistoseekError(
+            f"--val-fraction {config.val_fraction} holds out {len(val)} image(s); validation "
+            f"needs at least {MIN_VALIDATION_IMAGES}: raise it, give --val-dir, or pass 0"
+        )
+    if len(set(train.labels)) < 2:
+        raise HistoseekError("too few images to hold out validation; lower --val-fraction")
+    return Splits(train, val)
+
+
+def _readable(path) -> bool:
+    try:
+        load_rgb(path)
+    except UnreadableImageError:
+        return False
+    return True
+
+
+def require_readable_classes(images: LabelledImages) -> None:
+    """Refuse training images with a class none of whose files decode.
+
+    Training replaces an unreadable image by another of its class, so each class needs one;
+    this usually decodes a single file per class.
+    """
+    for label, name in enumerate(images.class_names):
+        members = [
+            path for path, own in zip(images.paths, images.labels, strict=True) if own == label
+        ]
+        if members and not any(_readable(path) for path in members):
+            raise HistoseekError(
+                f"none of the {len(members)} training image(s) of class {name} can be read"
+            )
