@@ -22,6 +22,7 @@ from histoseek.data.folder import display_path
 from histoseek.data.images import IMAGE_EXTENSIONS, UnreadableImageError, load_rgb, to_rgb
 from histoseek.errors import HistoseekError
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+from histoseek.slide.defaults import MPP_RANGE
 
 VENDOR_EXTENSIONS = frozenset(
     {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".czi", ".dcm"}
@@ -30,10 +31,6 @@ VENDOR_EXTENSIONS = frozenset(
 
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 """Extensions that are slides when tiled (generic, Aperio, Philips, Ventana...), else plain."""
-
-MPP_RANGE = (0.05, 20.0)
-"""Microns per pixel a microscope image can have; outside it, a recorded value is a default
-(72 dpi is 352.8 µm/px) or a mistake, not a resolution."""
 
 # Level sizes are rounded, so a level meant as 4x down may measure 4.004x; this much coarser
 # than asked still counts as fine enough.
