@@ -17,6 +17,7 @@ from histoseek.cli.index import index
 from histoseek.cli.info import info
 from histoseek.cli.prepare import prepare
 from histoseek.cli.query import query
+from histoseek.cli.serve import serve
 from histoseek.cli.synth import synth
 from histoseek.cli.train import train
 from histoseek.errors import HistoseekError
@@ -56,7 +57,7 @@ def cli() -> None:
     """Content-based retrieval of histopathology image patches (CGD embeddings + Annoy)."""
 
 
-for _command in (synth, prepare, train, evaluate, info, cache, index, query, export):
+for _command in (synth, prepare, train, evaluate, info, cache, index, query, serve, export):
     cli.add_command(_command)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -148,6 +148,39 @@ class QueryResult:
         return majority_label([hit.label for hit in self.hits])
 
 
+def nearest_items(
+    index: OpenIndex,
+    queries: np.ndarray,
+    k: int,
+    search_k: int | None = None,
+    exact: bool = False,
+    exclude: Sequence[Collection[int]] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The k nearest items to each query vector: (item ids, cosine similarities), best first.
+
+    `search_k` (default: DEFAULT_SEARCH_K, or k × trees when that is more) is how many
+    candidates Annoy inspects per query; `exact` searches the stored embeddings instead.
+    `exclude[i]` holds item ids to leave out of query i's results.
+    """
+    if k < 1:
+        raise HistoseekError(f"-k must be 1 or more, not {k}")
+    if search_k is None:
+        search_k = max(DEFAULT_SEARCH_K, k * index.manifest.trees)
+    found = []
+    for row, query in enumerate(queries):
+        left_out = exclude[row] if exclude is not None else ()
+        wanted = k + len(left_out)
+        if exact:
+            ids, similarities = index.vectors.search_exact(query, wanted)
+        else:
+            ids, similarities = index.vectors.search(query, wanted, search_k)
+        if left_out:
+            kept = np.array([int(item) not in left_out for item in ids], dtype=bool)
+            ids, similarities = ids[kept], similarities[kept]
+        found.append((ids[:k], similarities[:k]))
+    return found
+
+
 def search_images(
     index: OpenIndex,
     embedder: ImageEmbedder,
@@ -164,19 +197,13 @@ def search_images(
     """
     if k < 1:
         raise HistoseekError(f"-k must be 1 or more, not {k}")
-    if search_k is None:
-        search_k = max(DEFAULT_SEARCH_K, k * index.manifest.trees)
     embedded = embedder.embed_files(list(query_paths), progress)
     if embedded.failed:
         bad = query_paths[embedded.failed[0]]
         raise HistoseekError(f"cannot read query image {display_path(bad)}: {why_unreadable(bad)}")
+    neighbours = nearest_items(index, embedded.embeddings, k, search_k, exact)
     results = []
-    for row, position in enumerate(embedded.indices):
-        query = embedded.embeddings[row]
-        if exact:
-            ids, similarities = index.vectors.search_exact(query, k)
-        else:
-            ids, similarities = index.vectors.search(query, k, search_k)
+    for position, (ids, similarities) in zip(embedded.indices, neighbours, strict=True):
         hits = [
             Hit(
                 rank=rank,

@@ -1,0 +1,108 @@
+"""`histoseek serve`: a local search service and web page over an index, its model loaded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from histoseek.cli.options import backend_option, batch_size_option, device_option, exported_option
+from histoseek.serve.defaults import (
+    DEFAULT_BATCH_WINDOW_MS,
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_PORT,
+)
+
+
+@click.command()
+@click.option(
+    "--index",
+    "index_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Index folder [default: ./histoseek-index].",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The index's model checkpoint, if it has moved [default: the one the index records].",
+)
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Address to listen on. Anything but 127.0.0.1 lets others reach the service, "
+    "which has no authentication.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_UPLOAD_MB,
+    show_default=True,
+    help="Largest query image upload, in megabytes.",
+)
+@click.option(
+    "--batch-window-ms",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_BATCH_WINDOW_MS,
+    show_default=True,
+    help="How long to wait for more queries to embed in one batch with the first.",
+)
+@backend_option()
+@exported_option()
+@device_option()
+@batch_size_option(help="Most queries embedded together in one batch.")
+def serve(
+    index_dir,
+    model_path,
+    host,
+    port,
+    max_upload_mb,
+    batch_window_ms,
+    backend,
+    exported,
+    device,
+    batch_size,
+):
+    """Serve an index: a JSON API (docs at /docs) and a search page at /, model loaded once."""
+    from rich.console import Console
+
+    from histoseek.embedder import embedder_for_model
+    from histoseek.index.search import load_index_model, open_index
+    from histoseek.serve.app import create_app
+    from histoseek.serve.server import listen, run_server, url_of
+    from histoseek.serve.service import SearchService
+
+    notes = Console(stderr=True, highlight=False, soft_wrap=True)
+    opened = open_index(index_dir)
+    sock = listen(host, port)
+    if host != DEFAULT_HOST:
+        notes.print(
+            f"warning: listening on {host}; histoseek serve has no authentication: anyone who "
+            "can reach this address can search the index and see its images"
+        )
+    network, class_names, reference = load_index_model(opened, model_path)
+    embedder = embedder_for_model(
+        network, reference, class_names, backend, device, exported, batch_size, 0, notes.print
+    )
+    service = SearchService(
+        opened,
+        embedder,
+        max_upload_bytes=int(max_upload_mb * 1_000_000),
+        batch_window_s=batch_window_ms / 1e3,
+    )
+    notes.print(
+        f"serving {opened.path} ({len(opened.items)} items) with {embedder.name} "
+        f"at {url_of(sock)} (API docs: {url_of(sock)}docs); Ctrl+C stops"
+    )
+    run_server(create_app(service), sock)

@@ -1,0 +1,18 @@
+"""Service defaults and limits, light enough for the CLI to import before parsing options."""
+
+#: Loopback only: anything else must be asked for explicitly (there is no authentication).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: Largest accepted upload, in megabytes (10⁶ bytes).
+DEFAULT_MAX_UPLOAD_MB = 20
+#: How long the batcher waits for more queries to embed together with the first one.
+DEFAULT_BATCH_WINDOW_MS = 5.0
+DEFAULT_K = 10
+#: Most results one request may ask for.
+MAX_K = 1000
+#: Most Annoy candidates one request may ask to inspect.
+MAX_SEARCH_K = 1_000_000
+#: Longest side of a thumbnail, in pixels.
+THUMBNAIL_SIZE = 192
+#: Thumbnails kept in memory (about 10 KB each as JPEG).
+THUMBNAIL_CACHE = 2048

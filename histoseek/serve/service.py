@@ -1,0 +1,326 @@
+"""The search service behind the web API: one open index, one model, read-only.
+
+Uploads go through the decoding and test-time preprocessing that indexed files went through;
+their embeddings come from the micro-batcher; every search goes through
+`histoseek.index.search.nearest_items`, as `histoseek query` does. Items are reached by id
+(their position in the index) only, and their files only inside the indexed folder.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from histoseek.data.folder import display_path
+from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.transforms import EvalTransform
+from histoseek.embedder import ImageEmbedder
+from histoseek.errors import HistoseekError
+from histoseek.index.build import IndexItem, why_unreadable
+from histoseek.index.search import OpenIndex, nearest_items
+from histoseek.metrics import majority_label
+from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+from histoseek.serve.batcher import MicroBatcher
+from histoseek.serve.defaults import (
+    DEFAULT_BATCH_WINDOW_MS,
+    DEFAULT_K,
+    DEFAULT_MAX_UPLOAD_MB,
+    MAX_K,
+    MAX_SEARCH_K,
+    THUMBNAIL_CACHE,
+    THUMBNAIL_SIZE,
+)
+
+
+class RequestError(HistoseekError):
+    """A request the service refuses: the HTTP status to answer with and a one-line reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(" ".join(str(message).split()))
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search: results wanted, Annoy candidates or exact search, the query left out."""
+
+    k: int = DEFAULT_K
+    search_k: int | None = None
+    exact: bool = False
+    exclude_self: bool = True
+
+
+@dataclass
+class QueryRecord:
+    """What was searched for: an upload (with its file name) or an indexed item."""
+
+    kind: str
+    item: int | None = None
+    name: str | None = None
+
+
+@dataclass
+class HitRecord:
+    """One result: its rank, item id, cosine similarity, label and path in the indexed folder."""
+
+    rank: int
+    item: int
+    similarity: float
+    label: str
+    path: str
+    matches_majority: bool
+
+
+@dataclass
+class MajorityRecord:
+    """The most common label among the results (a hint, not a classification)."""
+
+    label: str
+    count: int
+    of: int
+
+
+@dataclass
+class Timings:
+    """Where the time of one search went, in milliseconds."""
+
+    decode_ms: float
+    embed_ms: float
+    search_ms: float
+    total_ms: float
+
+
+@dataclass
+class SearchAnswer:
+    """The answer to one search, with what answered it: index, model, backend, search mode."""
+
+    query: QueryRecord
+    hits: list[HitRecord]
+    majority: MajorityRecord | None
+    k: int
+    mode: str
+    search_k: int | None
+    index: str
+    model: str
+    backend: str
+    timings: Timings
+
+
+@dataclass
+class ServiceInfo:
+    """The index (its manifest), the model and backend serving it, its counts and limits."""
+
+    index: str
+    items: int
+    labels: dict[str, int]
+    model: str
+    backend: str
+    image_size: int
+    manifest: dict
+    limits: dict[str, int]
+    batching: dict[str, int | float]
+
+
+def _milliseconds(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
+
+
+class SearchService:
+    """Searches one open index with one embedder; safe to call from many threads at once."""
+
+    def __init__(
+        self,
+        index: OpenIndex,
+        embedder: ImageEmbedder,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1_000_000,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        batch_window_s: float = DEFAULT_BATCH_WINDOW_MS / 1e3,
+    ):
+        if max_upload_bytes < 1 or max_pixels < 1:
+            raise HistoseekError("the upload limits must be 1 or more")
+        if embedder.fingerprint != index.manifest.model_fingerprint:
+            raise HistoseekError(
+                f"the index {display_path(index.path)} was built with another model "
+                f"({index.manifest.model_reference})"
+            )
+        self.index = index
+        self.embedder = embedder
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        config = embedder.config
+        self.transform = EvalTransform(config.image_size, config.mean, config.std)
+        self.batcher = MicroBatcher(
+            embedder.backend.embed_batch, embedder.batch_size, batch_window_s
+        )
+        self.source = Path(index.manifest.source_dir).resolve()
+        self.item_thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE)(self._item_thumbnail)
+
+    def close(self) -> None:
+        """Finish the queries already waiting and stop the batcher."""
+        self.batcher.close()
+
+    def info(self) -> ServiceInfo:
+        """What this service searches and with what."""
+        labels = Counter(display_path(item.label) for item in self.index.items)
+        return ServiceInfo(
+            index=display_path(self.index.path),
+            items=len(self.index.items),
+            labels=dict(sorted(labels.items())),
+            model=self.embedder.reference,
+            backend=self.embedder.name,
+            image_size=self.embedder.config.image_size,
+            manifest=self.index.manifest.to_dict(),
+            limits={
+                "max_k": MAX_K,
+                "max_search_k": MAX_SEARCH_K,
+                "max_upload_bytes": self.max_upload_bytes,
+                "max_pixels": self.max_pixels,
+            },
+            batching={
+                "max_batch": self.batcher.max_batch,
+                "window_ms": _milliseconds(self.batcher.window_s),
+            },
+        )
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """An uploaded image file decoded and preprocessed as indexed files were (CHW float32)."""
+        if len(data) > self.max_upload_bytes:
+            raise RequestError(
+                413, f"the upload is {len(data):,} bytes; the limit is {self.max_upload_bytes:,}"
+            )
+        if not data:
+            raise RequestError(400, "the upload is empty")
+        try:
+            with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+                width, height = probe.size
+        except UnidentifiedImageError:
+            raise RequestError(415, "the upload is not an image file Pillow can read") from None
+        except Image.DecompressionBombError as error:
+            raise RequestError(413, f"the image is too large: {error}") from None
+        except (OSError, ValueError, SyntaxError) as error:
+            raise RequestError(400, f"cannot read the uploaded image: {error}") from None
+        if width * height > self.max_pixels:
+            raise RequestError(
+                413,
+                f"the image is {width}×{height} = {width * height:,} pixels; "
+                f"the limit is {self.max_pixels:,}",
+            )
+        try:
+            image = load_rgb(io.BytesIO(data))
+        except UnreadableImageError as error:
+            cause = error.__cause__ or error
+            raise RequestError(400, f"cannot decode the uploaded image: {cause}") from None
+        return self.transform(image)
+
+    def search_upload(self, data: bytes, name: str | None, options: SearchOptions) -> SearchAnswer:
+        """Search with an uploaded image file (its embedding computed in a shared batch)."""
+        started = time.perf_counter()
+        image = self.preprocess(data)
+        decoded = time.perf_counter()
+        vector = self.batcher.embed(image)
+        embedded = time.perf_counter()
+        query = QueryRecord(kind="upload", name=name)
+        return self._answer(query, vector, set(), options, started, decoded, embedded)
+
+    def search_item(self, item_id: int, options: SearchOptions) -> SearchAnswer:
+        """Search with an indexed item's stored embedding ("more like this")."""
+        started = time.perf_counter()
+        self.item(item_id)
+        vector = np.asarray(self.index.vectors.embeddings[item_id], dtype=np.float32)
+        left_out = {item_id} if options.exclude_self else set()
+        ready = time.perf_counter()
+        query = QueryRecord(kind="item", item=item_id)
+        return self._answer(query, vector, left_out, options, started, ready, ready)
+
+    def _answer(
+        self,
+        query: QueryRecord,
+        vector: np.ndarray,
+        left_out: set[int],
+        options: SearchOptions,
+        started: float,
+        decoded: float,
+        embedded: float,
+    ) -> SearchAnswer:
+        ((ids, similarities),) = nearest_items(
+            self.index, vector[None, :], options.k, options.search_k, options.exact, [left_out]
+        )
+        labels = [display_path(self.index.items[int(item)].label) for item in ids]
+        majority = majority_label(labels) if labels else None
+        hits = [
+            HitRecord(
+                rank=rank,
+                item=int(item),
+                similarity=round(float(similarity), 6),
+                label=label,
+                path=display_path(self.index.items[int(item)].path),
+                matches_majority=label == majority[0],
+            )
+            for rank, (item, similarity, label) in enumerate(
+                zip(ids, similarities, labels, strict=True), 1
+            )
+        ]
+        done = time.perf_counter()
+        return SearchAnswer(
+            query=query,
+            hits=hits,
+            majority=MajorityRecord(majority[0], majority[1], len(hits)) if majority else None,
+            k=options.k,
+            mode="exact" if options.exact else "annoy",
+            search_k=None if options.exact else options.search_k,
+            index=display_path(self.index.path),
+            model=self.embedder.reference,
+            backend=self.embedder.name,
+            timings=Timings(
+                decode_ms=_milliseconds(decoded - started),
+                embed_ms=_milliseconds(embedded - decoded),
+                search_ms=_milliseconds(done - embedded),
+                total_ms=_milliseconds(done - started),
+            ),
+        )
+
+    def item(self, item_id: int) -> IndexItem:
+        """The indexed item with this id, or a 404."""
+        if not 0 <= item_id < len(self.index.items):
+            raise RequestError(
+                404,
+                f"no item {item_id} in this index (its ids are 0 to {len(self.index.items) - 1})",
+            )
+        return self.index.items[item_id]
+
+    def item_file(self, item_id: int) -> Path:
+        """The image file of an item, refused when it would resolve outside the indexed folder."""
+        path = self.index.file_of(self.item(item_id)).resolve()
+        if not path.is_relative_to(self.source):
+            raise RequestError(403, f"item {item_id}'s file lies outside the indexed folder")
+        return path
+
+    def item_image(self, item_id: int) -> Image.Image:
+        """An item's image at full resolution, decoded to RGB."""
+        path = self.item_file(item_id)
+        try:
+            return load_rgb(path)
+        except UnreadableImageError:
+            reason = why_unreadable(path) if path.exists() else "the file is missing"
+            raise RequestError(404, f"cannot read item {item_id}'s image: {reason}") from None
+
+    def item_png(self, item_id: int) -> bytes:
+        """An item's image at full resolution as PNG (any indexed format shows in a browser)."""
+        buffer = io.BytesIO()
+        self.item_image(item_id).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def _item_thumbnail(self, item_id: int) -> bytes:
+        """An item's image fitted into THUMBNAIL_SIZE pixels, as JPEG (cached)."""
+        image = self.item_image(item_id)
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        return buffer.getvalue()

@@ -1,0 +1,98 @@
+"""The micro-batcher: concurrent queries share model calls and get exactly their own rows back."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from serve_helpers import WIDE_WINDOW_S
+
+from histoseek.errors import HistoseekError
+from histoseek.serve.batcher import MicroBatcher
+
+
+class CountingModel:
+    """embed_batch that records each batch's size; row i's embedding is image i's pixel sums."""
+
+    def __init__(self):
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(images))
+        return images.reshape(len(images), 3, -1).sum(axis=2)
+
+
+def images(count: int) -> list[np.ndarray]:
+    return [np.full((3, 4, 4), value, np.float32) for value in range(count)]
+
+
+def embed_together(batcher: MicroBatcher, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Embed every input from its own thread, all released at once."""
+    start = threading.Barrier(len(inputs))
+
+    def one(image: np.ndarray) -> np.ndarray:
+        start.wait()
+        return batcher.embed(image)
+
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        return list(pool.map(one, inputs))
+
+
+def test_concurrent_queries_share_one_batch_and_get_their_own_rows():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=8, window_s=WIDE_WINDOW_S)
+    inputs = images(8)
+    results = embed_together(batcher, inputs)
+    batcher.close()
+    assert model.batch_sizes == [8]
+    for image, result in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(result, image.reshape(3, -1).sum(axis=1))
+
+
+def test_batches_never_exceed_the_batch_size():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=3, window_s=WIDE_WINDOW_S)
+    embed_together(batcher, images(7))
+    batcher.close()
+    assert sum(model.batch_sizes) == 7 and max(model.batch_sizes) == 3
+
+
+def test_a_lone_query_with_no_window_is_embedded_alone():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=8, window_s=0.0)
+    for image in images(3):
+        batcher.embed(image)
+    batcher.close()
+    assert model.batch_sizes == [1, 1, 1]
+
+
+def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
+    calls = []
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise ValueError("backend broke")
+        return batch.reshape(len(batch), -1)
+
+    batcher = MicroBatcher(flaky, max_batch=4, window_s=0.0)
+    with pytest.raises(ValueError, match="backend broke"):
+        batcher.embed(images(1)[0])
+    assert batcher.embed(images(2)[1]).shape == (48,)
+    batcher.close()
+
+
+def test_after_close_it_refuses_new_queries():
+    batcher = MicroBatcher(CountingModel(), max_batch=2, window_s=0.0)
+    batcher.close()
+    batcher.close()  # closing twice is harmless
+    with pytest.raises(HistoseekError, match="shutting down"):
+        batcher.embed(images(1)[0])
+
+
+@pytest.mark.parametrize("max_batch, window_s", [(0, 0.0), (4, -0.001)])
+def test_impossible_settings_are_refused(max_batch, window_s):
+    with pytest.raises(HistoseekError):
+        MicroBatcher(CountingModel(), max_batch, window_s)

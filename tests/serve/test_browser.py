@@ -1,0 +1,158 @@
+"""The web page in headless Chromium: upload an image, see k results, search again from one."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serve_helpers import stub_embedder
+
+from histoseek.index.build import build_index
+from histoseek.index.search import open_index
+
+K = 5
+#: A class folder whose name is markup: the page must show it as text.
+ODD_LABEL = "<i>odd & label"
+
+
+def _browser_binaries() -> tuple[str, str]:
+    browser = next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)),
+        None,
+    )
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip(
+            "headless Chromium and chromedriver not installed "
+            "(Debian: apt-get install chromium chromium-driver)"
+        )
+    return browser, driver
+
+
+@pytest.fixture
+def page_url(kather_small, tmp_path) -> Iterator[str]:
+    """A real server (uvicorn on 127.0.0.1) over an index of real tiles, one label odd."""
+    import uvicorn
+
+    from histoseek.serve.app import create_app
+    from histoseek.serve.server import listen, url_of
+    from histoseek.serve.service import SearchService
+
+    source = tmp_path / "tiles"
+    shutil.copytree(kather_small, source)
+    (source / "04_LYMPHO").rename(source / ODD_LABEL)
+    build_index(source, tmp_path / "index", stub_embedder(), trees=5)
+    service = SearchService(open_index(tmp_path / "index"), stub_embedder())
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture
+def driver():
+    """Headless Chromium driven by the system's chromedriver (no download)."""
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install '.[dev]')")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, chromedriver = _browser_binaries()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def _set_k(driver, k: int) -> None:
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.ID, "k")
+    box.clear()
+    box.send_keys(str(k))
+
+
+def _upload_and_wait(driver, tile: Path) -> list:
+    """Choose `tile` in the page's file input and wait for the new results."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    answer = driver.find_element(By.ID, "answer")
+    driver.execute_script("arguments[0].dataset.state = 'sent'", answer)
+    driver.find_element(By.ID, "file-input").send_keys(str(tile))
+    WebDriverWait(driver, 60).until(lambda d: answer.get_attribute("data-state") == "done")
+    return driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+
+
+@pytest.mark.browser
+def test_upload_see_k_results_and_search_again_from_one(page_url, driver, kather_small):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(page_url)
+    wait.until(lambda d: "24 items" in d.find_element(By.ID, "served-by").text)
+    _set_k(driver, K)
+    tile = sorted((kather_small / "01_TUMOR").iterdir())[3]
+    cards = _upload_and_wait(driver, tile)
+    assert len(cards) == K
+    assert cards[0].find_element(By.CLASS_NAME, "similarity").text == "1.0000"
+    assert f"01_TUMOR/{tile.name}" in cards[0].find_element(By.CLASS_NAME, "path").text
+    status = driver.find_element(By.ID, "status").text
+    assert "stub (cpu)" in status and " ms" in status and "builtin" in status
+    assert driver.find_element(By.ID, "majority").text.startswith(f"Majority label among the {K}")
+    assert driver.find_element(By.ID, "query-image").get_attribute("src").startswith("blob:")
+    _check_majority_marks(driver)
+
+    answer = driver.find_element(By.ID, "answer")
+    chosen = cards[1].get_attribute("data-item")
+    cards[1].find_element(By.CLASS_NAME, "more").click()
+    wait.until(lambda d: answer.get_attribute("data-query") == f"item:{chosen}")
+    wait.until(lambda d: answer.get_attribute("data-state") == "done")
+    again = driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+    assert len(again) == K
+    assert chosen not in [card.get_attribute("data-item") for card in again]
+    _check_majority_marks(driver)
+
+    again[0].find_element(By.CLASS_NAME, "view").click()
+    full = driver.find_element(By.ID, "viewer-image")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", full) == 150)
+    assert driver.find_element(By.ID, "viewer").get_attribute("open") is not None
+    all_loaded = "return [...document.querySelectorAll('#results img')].every(i => i.naturalWidth)"
+    wait.until(lambda d: d.execute_script(all_loaded))
+    driver.find_element(By.ID, "viewer-close").click()
+
+    _set_k(driver, 24)  # every item, the odd label among them
+    labels = [
+        card.find_element(By.CLASS_NAME, "label").text for card in _upload_and_wait(driver, tile)
+    ]
+    assert len(labels) == 24
+    assert sum(label.startswith(ODD_LABEL) for label in labels) == 8
+    assert not driver.find_elements(By.CSS_SELECTOR, "#results i")  # text, not markup
+
+
+def _check_majority_marks(driver) -> None:
+    """Cards whose label differs from the majority label are marked, the others not."""
+    from selenium.webdriver.common.by import By
+
+    hint = driver.find_element(By.ID, "majority").text
+    majority = hint.split(": ", 1)[1].rsplit(" (", 1)[0]
+    for card in driver.find_elements(By.CSS_SELECTOR, "#results .hit"):
+        label = card.find_element(By.CLASS_NAME, "label")
+        shown = label.text.replace("≠ majority", "").strip()
+        marked = "mismatch" in card.get_attribute("class").split()
+        assert marked == (shown != majority), (shown, majority)
+        assert bool(label.find_elements(By.CLASS_NAME, "flag")) == marked
