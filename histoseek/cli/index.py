@@ -35,6 +35,11 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
     is_flag=True,
     help="Replace an index of another folder or model at -o (and re-embed every image).",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another index run is writing -o, wait for it to finish instead of refusing.",
+)
 def index(
     directory,
     model_path,
@@ -48,6 +53,7 @@ def index(
     batch_size,
     workers,
     overwrite,
+    wait,
 ):
     """Embed every image under DIRECTORY and build an Annoy index of them.
 
@@ -74,6 +80,7 @@ def index(
             seed=seed,
             strict=strict,
             overwrite=overwrite,
+            wait=wait,
             progress=progress,
             notify=notify,
         )

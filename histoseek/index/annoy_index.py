@@ -5,6 +5,11 @@ For unit vectors Annoy's angular distance is d = sqrt(2 - 2 cos), so cos = 1 - d
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,40 @@ def build_annoy(embeddings: np.ndarray, trees: int, seed: int, path: Path) -> No
     for item, vector in enumerate(embeddings):
         index.add_item(item, vector)
     index.build(trees, n_jobs=1)
-    index.save(str(path))
+    try:
+        with _annoy_stderr_silenced():
+            index.save(str(path))
+    except OSError as error:
+        raise _with_errno(error) from None
+
+
+@contextlib.contextmanager
+def _annoy_stderr_silenced() -> Iterator[None]:
+    """Annoy prints each error to stderr before raising it; the caller reports it once."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _with_errno(error: OSError) -> OSError:
+    """Annoy's OSError, with the errno it only writes into its message ("... (28)")."""
+    number = re.search(r"\((\d+)\)$", str(error))
+    if error.errno is None and number:
+        return OSError(int(number[1]), os.strerror(int(number[1])))
+    return error
+
+
+def node_bytes(dim: int) -> int:
+    """Bytes per node of an angular Annoy file: two int32 children and an int32 count, then
+    the float32 vector. A file of any other size cannot be an index of `dim`-d vectors."""
+    return 12 + 4 * dim
 
 
 def cosine_from_angular(distances: np.ndarray) -> np.ndarray:
@@ -37,9 +75,24 @@ class VectorIndex:
     """A saved Annoy file (memory-mapped) and the embeddings it was built from."""
 
     def __init__(self, annoy_path: Path, embeddings: np.ndarray):
+        """Load the Annoy file built from `embeddings`, refusing one that does not match them
+        (ValueError saying how; OSError when it cannot be read)."""
+        rows, dim = embeddings.shape
+        size = os.stat(annoy_path).st_size
+        if size == 0 or size % node_bytes(dim):
+            raise ValueError(f"{size} bytes cannot hold an Annoy index of {dim}-d vectors")
         self.embeddings = embeddings
-        self.annoy = AnnoyIndex(embeddings.shape[1], METRIC)
-        self.annoy.load(str(annoy_path))  # Annoy memory-maps the file: loading is instant
+        self.annoy = AnnoyIndex(dim, METRIC)
+        with _annoy_stderr_silenced():
+            self.annoy.load(str(annoy_path))  # Annoy memory-maps the file: loading is instant
+        if self.annoy.get_n_items() != rows:
+            raise ValueError(
+                f"holds {self.annoy.get_n_items()} items, but the embeddings have {rows} rows"
+            )
+        for item in sorted({0, rows // 2, rows - 1}):
+            stored = np.asarray(self.annoy.get_item_vector(item), np.float32)
+            if not np.array_equal(stored, embeddings[item]):
+                raise ValueError(f"item {item} is not row {item} of the embeddings")
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]

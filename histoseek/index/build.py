@@ -17,7 +17,7 @@ from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import display_path, list_images
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_dir
+from histoseek.fsutil import atomic_dir, check_replaceable, dir_lock
 from histoseek.index.annoy_index import build_annoy
 from histoseek.index.defaults import DEFAULT_SEED, DEFAULT_TREES
 from histoseek.index.manifest import (
@@ -26,26 +26,15 @@ from histoseek.index.manifest import (
     ITEMS_NAME,
     MANIFEST_NAME,
     SKIPPED_NAME,
+    DamagedIndexError,
     Manifest,
     read_manifest,
     write_manifest,
 )
+from histoseek.index.store import IndexItem, OpenIndex, load_index, recover_index
 
 if TYPE_CHECKING:
     from histoseek.embedder import ImageEmbedder
-
-
-@dataclass(frozen=True)
-class IndexItem:
-    """One indexed image. `path` is relative to the indexed folder, '/'-separated; bytes that
-    are not UTF-8 are kept as surrogate escapes (JSON stores them as \\udcXX)."""
-
-    path: str
-    label: str
-    width: int
-    height: int
-    size: int
-    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -68,12 +57,6 @@ class BuildReport:
     skipped: list[SkippedFile]
     backend: str
     seconds: float
-
-
-def read_items(index_dir: Path) -> list[IndexItem]:
-    """The per-item metadata of an index, in item order."""
-    with open(Path(index_dir) / ITEMS_NAME, encoding="utf-8") as lines:
-        return [IndexItem(**json.loads(line)) for line in lines if line.strip()]
 
 
 def _write_items(path: Path, items: list[IndexItem]) -> None:
@@ -116,9 +99,10 @@ def _scan(source: Path) -> tuple[list[_Found], list[SkippedFile]]:
 
 
 def _previous_index(
-    index_dir: Path, source: Path, fingerprint: str, overwrite: bool
-) -> tuple[list[IndexItem], np.ndarray] | None:
-    """The reusable items and embeddings of the index already at `index_dir`, if any."""
+    index_dir: Path, source: Path, embedder: ImageEmbedder, overwrite: bool, notify: Notify
+) -> OpenIndex | None:
+    """The index already at `index_dir` if it is of this folder and model and whole; a
+    damaged one is never reused in part, but rebuilt from scratch with a note."""
     shown = display_path(index_dir)
     if not index_dir.exists():
         return None
@@ -130,6 +114,13 @@ def _previous_index(
         return None
     try:
         manifest = read_manifest(index_dir)
+    except DamagedIndexError as error:
+        if overwrite:
+            return None
+        raise HistoseekError(
+            f"{error}; it cannot say which folder and model it indexes, so pass --overwrite "
+            "to rebuild it"
+        ) from None
     except HistoseekError:
         if overwrite:
             return None
@@ -141,13 +132,19 @@ def _previous_index(
             f"{shown} holds an index of another folder ({display_path(manifest.source_dir)}); "
             "pass --overwrite to replace it, or choose another -o"
         )
-    if manifest.model_fingerprint != fingerprint:
+    if (manifest.model_fingerprint, manifest.model_config) != (
+        embedder.fingerprint,
+        embedder.config.to_dict(),
+    ):
         raise HistoseekError(
             f"{shown} was built with another model ({manifest.model_reference}); "
             "pass --overwrite to replace it, or choose another -o"
         )
-    embeddings = np.load(index_dir / EMBEDDINGS_NAME)
-    return read_items(index_dir), np.asarray(embeddings, np.float32)
+    try:
+        return load_index(index_dir, manifest, in_memory=True)
+    except DamagedIndexError as error:
+        notify(f"{error}; rebuilding it from scratch")
+        return None
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -166,43 +163,34 @@ def why_unreadable(path: Path) -> str:
     return "could not be decoded"
 
 
-def build_index(
-    source_dir: Path,
-    index_dir: Path,
+@dataclass
+class _Update:
+    """The index a run will write: items and embeddings in scan order, and how it got them."""
+
+    items: list[IndexItem]
+    embeddings: np.ndarray
+    skipped: list[SkippedFile]
+    embedded: int
+    reused: int
+    dropped: int
+    backend: str
+
+
+def _update(
+    source: Path,
+    found: list[_Found],
+    skipped: list[SkippedFile],
+    previous: OpenIndex | None,
     embedder: ImageEmbedder,
-    trees: int = DEFAULT_TREES,
-    seed: int = DEFAULT_SEED,
-    strict: bool = False,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    notify: Notify = lambda message: None,
-) -> BuildReport:
-    """Index every image below `source_dir` into `index_dir`, reusing an earlier index of it.
-
-    Files whose (relative path, size, mtime) match the earlier index keep their stored
-    embedding; new and changed files are embedded; deleted ones are dropped. The whole
-    index is written to a temporary folder and swapped in, so a run killed midway leaves
-    the earlier index as it was.
-    """
-    started = time.perf_counter()
-    source = Path(source_dir)
-    if not source.exists():
-        raise HistoseekError(f"folder not found: {display_path(source)}")
-    source = source.resolve()
-    found, skipped = _scan(source)
-    if not found and not skipped:
-        raise HistoseekError(f"no images found in {display_path(source)}")
-    if strict and skipped:
-        raise HistoseekError(
-            f"--strict: {display_path(skipped[0].path)} cannot be indexed ({skipped[0].reason})"
-        )
-    index_dir = Path(index_dir)
-    previous = _previous_index(index_dir, source, embedder.fingerprint, overwrite)
-
+    strict: bool,
+    progress: Progress | None,
+    notify: Notify,
+) -> _Update:
+    """Reuse the embeddings of unchanged files from `previous`, embed the rest."""
     stored: dict[str, tuple[IndexItem, np.ndarray]] = {}
     if previous is not None:
-        old_items, old_embeddings = previous
-        stored = {item.path: (item, old_embeddings[i]) for i, item in enumerate(old_items)}
+        old_embeddings = previous.vectors.embeddings
+        stored = {item.path: (item, old_embeddings[i]) for i, item in enumerate(previous.items)}
     reusable = {
         entry.item_key
         for entry in found
@@ -244,36 +232,94 @@ def build_index(
             f"none of the {len(skipped)} image file(s) in {display_path(source)} could be read "
             f"(first: {display_path(first.path)}: {first.reason})"
         )
-    items = [item for item, _ in ordered]
-    embeddings = np.stack([vector for _, vector in ordered]).astype(np.float32)
     skipped.sort(key=lambda entry: os.fsencode(entry.path))
-    dropped = len(set(stored) - {entry.item_key for entry in found})
+    return _Update(
+        items=[item for item, _ in ordered],
+        embeddings=np.stack([vector for _, vector in ordered]).astype(np.float32),
+        skipped=skipped,
+        embedded=len(fresh),
+        reused=len(reusable),
+        dropped=len(set(stored) - {entry.item_key for entry in found}),
+        backend=backend_name,
+    )
 
+
+def _write_index(
+    index_dir: Path,
+    source: Path,
+    embedder: ImageEmbedder,
+    update: _Update,
+    trees: int,
+    seed: int,
+) -> None:
+    """Write the index into a temporary folder and swap it in at `index_dir`."""
     manifest = Manifest(
         source_dir=str(source),
         model_reference=embedder.reference,
         model_fingerprint=embedder.fingerprint,
         model_config=embedder.config.to_dict(),
-        backend=backend_name,
-        dim=int(embeddings.shape[1]),
+        backend=update.backend,
+        dim=int(update.embeddings.shape[1]),
         trees=trees,
         seed=seed,
-        items=len(items),
-        skipped=len(skipped),
+        items=len(update.items),
+        skipped=len(update.skipped),
     )
     with atomic_dir(index_dir) as tmp:
-        np.save(tmp / EMBEDDINGS_NAME, embeddings)
-        _write_items(tmp / ITEMS_NAME, items)
-        _write_skipped(tmp / SKIPPED_NAME, source, skipped)
-        build_annoy(embeddings, trees, seed, tmp / ANNOY_NAME)
+        np.save(tmp / EMBEDDINGS_NAME, update.embeddings)
+        _write_items(tmp / ITEMS_NAME, update.items)
+        _write_skipped(tmp / SKIPPED_NAME, source, update.skipped)
+        build_annoy(update.embeddings, trees, seed, tmp / ANNOY_NAME)
         write_manifest(tmp, manifest)
+
+
+def build_index(
+    source_dir: Path,
+    index_dir: Path,
+    embedder: ImageEmbedder,
+    trees: int = DEFAULT_TREES,
+    seed: int = DEFAULT_SEED,
+    strict: bool = False,
+    overwrite: bool = False,
+    wait: bool = False,
+    progress: Progress | None = None,
+    notify: Notify = lambda message: None,
+) -> BuildReport:
+    """Index every image below `source_dir` into `index_dir`, reusing an earlier index of it.
+
+    Files whose (relative path, size, mtime) match the earlier index keep their stored
+    embedding; new and changed files are embedded; deleted ones are dropped. The earlier
+    index is reused only if it passes every check query makes. The whole index is written to
+    a temporary folder and swapped in, so a run killed midway leaves the earlier index as it
+    was (or beside it, for the next run to put back). One run at a time writes an index: a
+    second refuses, or with `wait` waits for the first.
+    """
+    started = time.perf_counter()
+    source = Path(source_dir)
+    if not source.exists():
+        raise HistoseekError(f"folder not found: {display_path(source)}")
+    source = source.resolve()
+    index_dir = Path(index_dir)
+    check_replaceable(index_dir, keep=[source])
+    with dir_lock(index_dir, wait=wait, purpose="histoseek index run", notify=notify):
+        recover_index(index_dir, notify)
+        found, skipped = _scan(source)
+        if not found and not skipped:
+            raise HistoseekError(f"no images found in {display_path(source)}")
+        if strict and skipped:
+            raise HistoseekError(
+                f"--strict: {display_path(skipped[0].path)} cannot be indexed ({skipped[0].reason})"
+            )
+        previous = _previous_index(index_dir, source, embedder, overwrite, notify)
+        update = _update(source, found, skipped, previous, embedder, strict, progress, notify)
+        _write_index(index_dir, source, embedder, update, trees, seed)
     return BuildReport(
         index_dir=index_dir,
-        items=len(items),
-        embedded=len(fresh),
-        reused=len(reusable),
-        dropped=dropped,
-        skipped=skipped,
-        backend=backend_name,
+        items=len(update.items),
+        embedded=update.embedded,
+        reused=update.reused,
+        dropped=update.dropped,
+        skipped=update.skipped,
+        backend=update.backend,
         seconds=time.perf_counter() - started,
     )

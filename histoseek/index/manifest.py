@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import typing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,7 +12,6 @@ from pathlib import Path
 from histoseek import __version__
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_file
 from histoseek.index.defaults import DEFAULT_INDEX_DIR
 
 INDEX_FORMAT = "histoseek-index"
@@ -22,6 +23,7 @@ EMBEDDINGS_NAME = "embeddings.npy"
 ITEMS_NAME = "items.jsonl"
 SKIPPED_NAME = "skipped.txt"
 METRIC = "angular"
+EMBEDDINGS_DTYPE = "float32"
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Manifest:
     items: int
     skipped: int
     metric: str = METRIC
-    embeddings_dtype: str = "float32"
+    embeddings_dtype: str = EMBEDDINGS_DTYPE
     format_version: int = FORMAT_VERSION
     histoseek_version: str = __version__
     created: str = field(
@@ -51,14 +53,59 @@ class Manifest:
         return {"format": INDEX_FORMAT, **asdict(self)}
 
 
+class DamagedIndexError(HistoseekError):
+    """An index whose files are missing, unreadable or disagree: it can be rebuilt, not used.
+
+    `manifest` is the index's manifest when that is whole (so it says what was indexed).
+    """
+
+    def __init__(self, index_dir: Path, file: Path, problem: str, manifest: Manifest | None = None):
+        super().__init__(
+            f"the index {display_path(index_dir)} is damaged: {display_path(file)}: {problem}"
+        )
+        self.manifest = manifest
+
+
+def json_type(value: object) -> str:
+    """What a JSON value is, in the words of an error message."""
+    for kind, name in (
+        (bool, "true/false"),
+        (int, "an integer"),
+        (float, "a number"),
+        (str, "a string"),
+        (list, "a list"),
+        (dict, "an object"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def field_problem(name: str, value: object, kind: type) -> str | None:
+    """Why a JSON field's value is not of `kind` (str, int or dict), or None when it is."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return None
+    return f'"{name}" must be {json_type(kind())}, not {json_type(value)}'
+
+
+# format_version first: another version may well have other fields.
+_MANIFEST_TYPES = {"format_version": int, **typing.get_type_hints(Manifest)}
+_POSITIVE = ("dim", "trees", "items")
+
+
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
-    """Write manifest.json into `index_dir` atomically."""
-    with atomic_file(Path(index_dir) / MANIFEST_NAME) as tmp:
-        tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    """Write manifest.json into an index folder being built (atomic_dir swaps it in whole)."""
+    (Path(index_dir) / MANIFEST_NAME).write_text(
+        json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def read_manifest(index_dir: Path) -> Manifest:
-    """Read and validate an index's manifest; any problem is one clear HistoseekError."""
+    """Read and check an index's manifest field by field.
+
+    Not an index, or one of another format version: HistoseekError. A manifest that is not
+    valid JSON, lacks a field or has one of the wrong type or value: DamagedIndexError.
+    """
     index_dir = Path(index_dir)
     path = index_dir / MANIFEST_NAME
     shown = display_path(index_dir)
@@ -66,22 +113,44 @@ def read_manifest(index_dir: Path) -> Manifest:
         raise HistoseekError(f"{shown} is not a histoseek index (it has no {MANIFEST_NAME})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HistoseekError(f"cannot read {display_path(path)}: {error}") from None
-    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+    except OSError as error:
+        raise DamagedIndexError(index_dir, path, f"cannot be read ({error.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedIndexError(index_dir, path, f"not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise DamagedIndexError(index_dir, path, f"{json_type(data)}, not an object")
+    if data.get("format") != INDEX_FORMAT:
         raise HistoseekError(f"{shown} is not a histoseek index (unknown manifest format)")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise HistoseekError(
-            f"{shown} has index format version {version}, but this histoseek "
-            f"({__version__}) reads version {FORMAT_VERSION}; rebuild it with "
-            f"`histoseek index DIR -o {shown} --overwrite`"
-        )
-    known = {k: v for k, v in data.items() if k in Manifest.__dataclass_fields__}
-    try:
-        return Manifest(**known)
-    except TypeError as error:
-        raise HistoseekError(f"{display_path(path)} is incomplete: {error}") from None
+
+    def damaged(problem: str) -> DamagedIndexError:
+        return DamagedIndexError(index_dir, path, problem)
+
+    for name, kind in _MANIFEST_TYPES.items():
+        if name not in data:
+            raise damaged(f'"{name}" is missing')
+        problem = field_problem(name, data[name], kind)
+        if problem is not None:
+            raise damaged(problem)
+        if name == "format_version" and data[name] != FORMAT_VERSION:
+            raise HistoseekError(
+                f"{shown} has index format version {data[name]}, but this histoseek "
+                f"({__version__}) reads version {FORMAT_VERSION}; rebuild it with "
+                f"`histoseek index DIR -o {shown} --overwrite`"
+            )
+    manifest = Manifest(**{name: data[name] for name in _MANIFEST_TYPES})
+    for name in _POSITIVE:
+        if getattr(manifest, name) < 1:
+            raise damaged(f'"{name}" must be 1 or more, not {getattr(manifest, name)}')
+    if manifest.skipped < 0:
+        raise damaged(f'"skipped" must be 0 or more, not {manifest.skipped}')
+    if not os.path.isabs(manifest.source_dir):
+        raise damaged(f'"source_dir" must be an absolute path, not {manifest.source_dir!r}')
+    for name, only in (("metric", METRIC), ("embeddings_dtype", EMBEDDINGS_DTYPE)):
+        if getattr(manifest, name) != only:
+            raise damaged(
+                f'"{name}" is {getattr(manifest, name)!r}; histoseek indexes use {only!r}'
+            )
+    return manifest
 
 
 def locate_index(index_dir: Path | None) -> Path:

@@ -13,52 +13,14 @@ import numpy as np
 from histoseek.callbacks import Progress
 from histoseek.data.folder import display_path, list_images
 from histoseek.errors import HistoseekError
-from histoseek.index.annoy_index import VectorIndex
-from histoseek.index.build import IndexItem, read_items, why_unreadable
+from histoseek.index.build import why_unreadable
 from histoseek.index.defaults import DEFAULT_SEARCH_K
-from histoseek.index.manifest import (
-    ANNOY_NAME,
-    EMBEDDINGS_NAME,
-    Manifest,
-    locate_index,
-    read_manifest,
-)
+from histoseek.index.store import OpenIndex
+from histoseek.index.store import open_index as open_index
 from histoseek.metrics import majority_label
 
 if TYPE_CHECKING:
     from histoseek.embedder import ImageEmbedder
-
-
-@dataclass
-class OpenIndex:
-    """A validated index on disk: its manifest, item metadata and vectors."""
-
-    path: Path
-    manifest: Manifest
-    items: list[IndexItem]
-    vectors: VectorIndex
-
-    def file_of(self, item: IndexItem) -> Path:
-        """Where an item's image file lives."""
-        return Path(self.manifest.source_dir) / item.path
-
-
-def open_index(index_dir: Path | None) -> OpenIndex:
-    """Open the index at `index_dir` (default ./histoseek-index) and check it is whole."""
-    path = locate_index(index_dir)
-    manifest = read_manifest(path)
-    shown = display_path(path)
-    try:
-        items = read_items(path)
-        embeddings = np.load(path / EMBEDDINGS_NAME, mmap_mode="r")
-        vectors = VectorIndex(path / ANNOY_NAME, embeddings)
-    except (OSError, ValueError, TypeError) as error:
-        raise HistoseekError(f"the index {shown} is damaged: {error}") from None
-    if not (len(items) == manifest.items == embeddings.shape[0] == vectors.annoy.get_n_items()):
-        raise HistoseekError(
-            f"the index {shown} is damaged: its item list, embeddings and trees disagree"
-        )
-    return OpenIndex(path, manifest, items, vectors)
 
 
 def load_index_model(index: OpenIndex, model: str | Path | None = None) -> tuple:

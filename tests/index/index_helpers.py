@@ -1,13 +1,19 @@
-"""Helpers for the index tests: real Kather 2016 tiles and an in-process CLI runner."""
+"""Helpers for the index tests: real Kather 2016 tiles, an in-process CLI runner, and
+`histoseek` runs in another process that a patch stops where a test needs them."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+REPO = Path(__file__).resolve().parents[2]
 KATHER = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kather2016"
 CLASSES = ("01_TUMOR", "02_STROMA", "05_DEBRIS", "07_ADIPOSE")
 PER_CLASS = 2
@@ -62,3 +68,81 @@ def error_line(result: Result) -> str:
     assert sum(line.startswith("Error") for line in lines) == 1, result.stderr
     assert "Traceback" not in result.output
     return lines[-1]
+
+
+#: Patch for start_run: the run announces HOLDING and waits for a line on its stdin before
+#: it embeds anything, so it holds the index's lock for exactly as long as a test needs.
+HOLD_BEFORE_EMBEDDING = """
+import sys
+from histoseek.embedder import ImageEmbedder
+_embed_files = ImageEmbedder.embed_files
+def embed_files(self, paths, progress=None):
+    print("HOLDING", file=sys.stderr, flush=True)
+    sys.stdin.readline()
+    return _embed_files(self, paths, progress)
+ImageEmbedder.embed_files = embed_files
+"""
+
+
+def kill_at_rename(condition: str) -> str:
+    """Patch for start_run: the run kills itself (SIGKILL) at the first os.replace(src, dst)
+    for which the Python expression `condition` (of src and dst, as str) is true."""
+    return f"""
+import os, signal
+_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    src, dst = os.fsdecode(src), os.fsdecode(dst)
+    if {condition}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _replace(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+def start_run(args: list[str | Path], patch: str = "") -> subprocess.Popen:
+    """Start `histoseek ARGS` in another process, with the Python code `patch` run first."""
+    code = f"{patch}\nfrom histoseek.cli import main\nmain()\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "250"},
+    )
+
+
+def read_until(process: subprocess.Popen, marker: str) -> str:
+    """The stderr of `process` up to and including the first line holding `marker`."""
+    seen = ""
+    while marker not in seen:
+        line = process.stderr.readline()
+        assert line, f"the run ended (exit {process.wait()}) before {marker!r}:\n{seen}"
+        seen += line
+    return seen
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    """(exit code, rest of stderr) of a started run, letting a held one go on first."""
+    with contextlib.suppress(BrokenPipeError):  # a run that holds nothing may be done
+        process.stdin.write("go\n")
+        process.stdin.close()
+    rest = process.stderr.read()
+    process.stderr.close()
+    return process.wait(timeout=300), rest
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Make sure a started run is gone and its pipes closed (for a test's `finally`)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for pipe in (process.stdin, process.stderr):
+        with contextlib.suppress(BrokenPipeError):
+            pipe.close()
+
+
+def leftovers_beside(index_dir: Path) -> list[str]:
+    """Names beside `index_dir` that runs writing it create: temporary folders and the lock."""
+    return sorted(
+        name for name in os.listdir(index_dir.parent) if name.startswith(f".{index_dir.name}.")
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,24 @@ def test_cosine_from_angular_distance():
     np.testing.assert_allclose(
         cosine_from_angular(np.array([0.0, np.sqrt(2.0), 2.0])), [1.0, 0.0, -1.0], atol=1e-12
     )
+
+
+def test_a_failed_save_is_an_oserror_with_its_errno_and_annoy_prints_nothing(
+    vectors, tmp_path, capfd
+):
+    (tmp_path / "a.ann").mkdir()  # Annoy cannot open it for writing: "... (21)"
+    with pytest.raises(OSError) as raised:
+        build_annoy(vectors[:10], trees=2, seed=0, path=tmp_path / "a.ann")
+    assert raised.value.errno == errno.EISDIR
+    assert capfd.readouterr().err == ""
+
+
+def test_an_annoy_file_that_does_not_match_its_embeddings_is_refused(vectors, tmp_path):
+    path = tmp_path / "a.ann"
+    build_annoy(vectors[:10], trees=2, seed=0, path=path)
+    with pytest.raises(ValueError, match="cannot hold an Annoy index of 31-d vectors"):
+        VectorIndex(path, vectors[:10, :31])
+    with pytest.raises(ValueError, match="holds 10 items, but the embeddings have 11 rows"):
+        VectorIndex(path, vectors[:11])
+    with pytest.raises(ValueError, match="item 0 is not row 0 of the embeddings"):
+        VectorIndex(path, vectors[10:20])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import pytest
 from index_helpers import error_line, index_args, kather_tiles, run_cli
 
 from histoseek import __version__
+from histoseek.index import build
 from histoseek.index.manifest import FORMAT_VERSION, read_manifest
 from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
 
@@ -244,3 +246,42 @@ def test_builtin_model_is_the_default_and_is_recorded(tmp_path, monkeypatch):
     assert query.exit_code == 0, query.output
     assert "1.0000" in query.stdout
     assert "hint: majority label among the 2 results" in query.stdout
+
+
+def test_the_current_folder_or_the_indexed_one_cannot_be_the_output(
+    tiles, checkpoint, tmp_path, monkeypatch
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    line = error_line(run_cli(*index_args(tiles, checkpoint, "-o", ".")))
+    assert line == (
+        "Error: . is the current folder or holds it, so it cannot be replaced as a whole; "
+        "choose an output folder of its own"
+    )
+    line = error_line(run_cli(*index_args(tiles, checkpoint, "-o", tiles)))
+    assert f"{tiles} is or holds {tiles.resolve()}, so it cannot be replaced" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles", "work"]
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("failing", ["embeddings", "annoy"])
+def test_a_full_disk_is_one_line_and_the_previous_index_stays(
+    failing, tiles, checkpoint, tmp_path, monkeypatch
+):
+    index_dir = tmp_path / "idx"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", index_dir)).exit_code == 0
+    before = {path.name: path.read_bytes() for path in index_dir.iterdir()}
+    shutil.copyfile(sorted(tiles.rglob("*.tif"))[0], tiles / "01_TUMOR" / "new.tif")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if failing == "embeddings":
+        monkeypatch.setattr(np, "save", disk_full)
+    else:
+        monkeypatch.setattr(build, "build_annoy", disk_full)
+    line = error_line(run_cli(*index_args(tiles, checkpoint, "-o", index_dir)))
+    assert line == f"Error: no space left on device while writing {index_dir}"
+    assert {path.name: path.read_bytes() for path in index_dir.iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == ["idx", "tiles"]

@@ -1,0 +1,272 @@
+"""An index on disk: reading every file of it back strictly, and recovering it after a kill.
+
+`load_index` is the one check of an index folder, used by query before searching it and by
+an incremental `index` run before reusing any of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histoseek.callbacks import Notify
+from histoseek.data.folder import display_path
+from histoseek.errors import HistoseekError
+from histoseek.fsutil import leftovers, lock_if_free, recover_dir
+from histoseek.index.annoy_index import VectorIndex
+from histoseek.index.defaults import DEFAULT_INDEX_DIR
+from histoseek.index.manifest import (
+    ANNOY_NAME,
+    EMBEDDINGS_NAME,
+    ITEMS_NAME,
+    DamagedIndexError,
+    Manifest,
+    field_problem,
+    json_type,
+    locate_index,
+    read_manifest,
+)
+
+T = typing.TypeVar("T")
+
+#: Rows checked for non-finite values at a time, so a big index needs no big temporary array.
+_FINITE_CHECK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class IndexItem:
+    """One indexed image. `path` is relative to the indexed folder, '/'-separated; bytes that
+    are not UTF-8 are kept as surrogate escapes (JSON stores them as \\udcXX)."""
+
+    path: str
+    label: str
+    width: int
+    height: int
+    size: int
+    mtime_ns: int
+
+
+_ITEM_TYPES = typing.get_type_hints(IndexItem)
+
+
+@dataclass
+class OpenIndex:
+    """A checked index on disk: its manifest, item metadata and vectors."""
+
+    path: Path
+    manifest: Manifest
+    items: list[IndexItem]
+    vectors: VectorIndex
+
+    def file_of(self, item: IndexItem) -> Path:
+        """Where an item's image file lives (item paths never leave the indexed folder)."""
+        return Path(self.manifest.source_dir) / item.path
+
+
+def _path_problem(path: str) -> str | None:
+    """Why an item path is not a plain relative path inside the indexed folder, if it is not."""
+    if not path:
+        return "is empty"
+    if path.startswith("/"):
+        return "is absolute"
+    if "\0" in path:
+        return "holds a NUL character"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "is not a plain relative path (it has an empty, '.' or '..' part)"
+    return None
+
+
+def _parse_item(line: str) -> IndexItem:
+    """One items.jsonl line as an IndexItem; ValueError says what is wrong with it."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_type(data)}, not an object")
+    if set(data) != set(_ITEM_TYPES):
+        missing, unknown = set(_ITEM_TYPES) - set(data), set(data) - set(_ITEM_TYPES)
+        name = sorted(missing or unknown)[0]
+        raise ValueError(f'"{name}" is {"missing" if missing else "not an item field"}')
+    for name, kind in _ITEM_TYPES.items():
+        problem = field_problem(name, data[name], kind)
+        if problem is not None:
+            raise ValueError(problem)
+    problem = _path_problem(data["path"])
+    if problem is not None:
+        raise ValueError(f'"path" {problem}: {data["path"]!r}')
+    for name in ("width", "height", "size"):
+        if data[name] < 0:
+            raise ValueError(f'"{name}" must be 0 or more, not {data[name]}')
+    return IndexItem(**data)
+
+
+def _read_items(index_dir: Path, manifest: Manifest) -> list[IndexItem]:
+    """The per-item metadata of an index, in item order, every line checked."""
+    path = Path(index_dir) / ITEMS_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DamagedIndexError(
+            index_dir, path, f"cannot be read ({error.strerror})", manifest
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DamagedIndexError(
+            index_dir, path, f"not UTF-8 (byte {error.start})", manifest
+        ) from None
+    items: list[IndexItem] = []
+    seen: set[str] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = _parse_item(line)
+            if item.path in seen:
+                raise ValueError(f"{item.path!r} is listed twice")
+        except ValueError as error:
+            raise DamagedIndexError(index_dir, path, f"line {number}: {error}", manifest) from None
+        seen.add(item.path)
+        items.append(item)
+    return items
+
+
+def _dtype_text(dtype: np.dtype) -> str:
+    return dtype.name if dtype.isnative else dtype.str
+
+
+def _read_embeddings(path: Path, manifest: Manifest, in_memory: bool) -> np.ndarray:
+    """embeddings.npy as a (manifest.items, manifest.dim) array of the manifest's dtype with
+    finite values; ValueError says what is wrong. Its header is checked before any data is
+    read, and pickled (object) arrays are never loaded."""
+    with open(path, "rb") as file:
+        try:
+            version = np.lib.format.read_magic(file)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _, dtype = read_header(file)
+        except ValueError as error:
+            raise ValueError(f"not a NumPy array file ({error})") from None
+        data_start = file.tell()
+    expected_dtype = np.dtype(manifest.embeddings_dtype)
+    if dtype != expected_dtype:
+        raise ValueError(
+            f"holds {_dtype_text(dtype)} values, but the manifest says {manifest.embeddings_dtype}"
+        )
+    if len(shape) != 2:
+        raise ValueError(f"a {len(shape)}-D array (shape {shape}), not one row per item")
+    if shape[1] != manifest.dim:
+        raise ValueError(f"rows of {shape[1]} values, but the manifest says dim {manifest.dim}")
+    if shape[0] != manifest.items:
+        raise ValueError(f"has {shape[0]} rows, but the manifest lists {manifest.items} items")
+    size = os.stat(path).st_size
+    expected = data_start + shape[0] * shape[1] * dtype.itemsize
+    if size != expected:
+        raise ValueError(
+            f"{'truncated' if size < expected else 'longer than its array'} "
+            f"({size} bytes, {expected} expected)"
+        )
+    embeddings = np.load(path, mmap_mode=None if in_memory else "r", allow_pickle=False)
+    for start in range(0, shape[0], _FINITE_CHECK_ROWS):
+        finite = np.isfinite(embeddings[start : start + _FINITE_CHECK_ROWS]).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise ValueError(f"row {row} holds a value that is not a finite number")
+    return embeddings
+
+
+def load_index(
+    index_dir: Path, manifest: Manifest | None = None, in_memory: bool = False
+) -> OpenIndex:
+    """Read the index at `index_dir` and check every file of it against the others.
+
+    The manifest field by field; items.jsonl line by line (types, and paths that stay inside
+    the indexed folder); embeddings.npy (2-D, the manifest's dtype, finite, one row per item,
+    the manifest's dim); annoy.ann (loads, one item per row, vectors matching the rows).
+    Any fault is one DamagedIndexError naming the file and what is wrong; an index of another
+    format version, or no index at all, is a HistoseekError. `manifest` skips re-reading an
+    already checked one; `in_memory` loads the embeddings instead of memory-mapping them.
+    """
+    index_dir = Path(index_dir)
+    if manifest is None:
+        manifest = read_manifest(index_dir)
+    items = _read_items(index_dir, manifest)
+    if len(items) != manifest.items:
+        raise DamagedIndexError(
+            index_dir,
+            index_dir / ITEMS_NAME,
+            f"lists {len(items)} items, but the manifest says {manifest.items}",
+            manifest,
+        )
+    embeddings = _checked_file(
+        index_dir,
+        EMBEDDINGS_NAME,
+        manifest,
+        lambda path: _read_embeddings(path, manifest, in_memory),
+    )
+    vectors = _checked_file(
+        index_dir, ANNOY_NAME, manifest, lambda path: VectorIndex(path, embeddings)
+    )
+    return OpenIndex(index_dir, manifest, items, vectors)
+
+
+def _checked_file(index_dir: Path, name: str, manifest: Manifest, load: Callable[[Path], T]) -> T:
+    """load(index_dir / name), its OSError or ValueError turned into a DamagedIndexError."""
+    path = index_dir / name
+    try:
+        return load(path)
+    except OSError as error:
+        problem = f"cannot be read ({error.strerror or error})"
+        raise DamagedIndexError(index_dir, path, problem, manifest) from None
+    except ValueError as error:
+        raise DamagedIndexError(index_dir, path, str(error), manifest) from None
+
+
+def is_whole_index(index_dir: Path) -> bool:
+    """Whether `index_dir` holds an index that passes every check of load_index."""
+    try:
+        load_index(index_dir)
+    except HistoseekError:
+        return False
+    return True
+
+
+def recover_index(index_dir: Path, notify: Notify = lambda message: None) -> None:
+    """Put back an index that a run killed while swapping it left beside `index_dir`, and
+    remove what killed runs left there. Call it holding dir_lock(index_dir)."""
+    recover_dir(index_dir, accept=is_whole_index, notify=notify)
+
+
+def open_index(index_dir: Path | None, notify: Notify = lambda message: None) -> OpenIndex:
+    """Open the index at `index_dir` (default ./histoseek-index) for searching, checked whole.
+
+    What a killed `index` run left beside it is recovered first, unless a live run holds its
+    lock (that one will); reading never waits for a writer.
+    """
+    target = DEFAULT_INDEX_DIR if index_dir is None else Path(index_dir)
+    if leftovers(target):
+        with lock_if_free(target) as locked:
+            if locked:
+                recover_index(target, notify)
+    path = locate_index(index_dir)
+    try:
+        return load_index(path)
+    except DamagedIndexError as error:
+        shown = display_path(path)
+        built = error.manifest
+        rebuild = (
+            f"`histoseek index DIR -o {shown} --overwrite`"
+            if built is None
+            else f"`histoseek index {display_path(built.source_dir)} -o {shown} "
+            f"--model {display_path(built.model_reference)}`"
+        )
+        raise HistoseekError(f"{error}; rebuild it with {rebuild}") from None
