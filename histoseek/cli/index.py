@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import embedding_options, model_option, output_option
+from histoseek.cli.options import (
+    embedding_options,
+    group_regex_option,
+    labels_option,
+    model_option,
+    output_option,
+    tiling_options,
+)
 from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TREES
 
 
@@ -18,6 +25,12 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
     default=DEFAULT_INDEX_DIR,
     help="Index folder (query looks for ./histoseek-index by default).",
 )
+@tiling_options()
+@group_regex_option(
+    help="Group slides and images by this regex on their path below DIRECTORY (its first "
+    "group, else the whole match), e.g. a patient id [default for a slide: the slide]."
+)
+@labels_option()
 @click.option(
     "--trees",
     type=click.IntRange(min=1),
@@ -33,7 +46,7 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Replace an index of another folder or model at -o (and re-embed every image).",
+    help="Replace an index of another folder or model at -o.",
 )
 @click.option(
     "--wait",
@@ -44,6 +57,12 @@ def index(
     directory,
     model_path,
     index_dir,
+    mpp,
+    slide_mpp,
+    patch_size,
+    min_tissue,
+    group_regex,
+    labels_csv,
     trees,
     seed,
     strict,
@@ -55,23 +74,28 @@ def index(
     overwrite,
     wait,
 ):
-    """Embed every image under DIRECTORY and build an Annoy index of them.
+    """Embed every slide and image under DIRECTORY and build an Annoy index of them.
 
-    Re-running it on the same folder embeds only new or changed files.
+    Slides (.svs, .ndpi, .mrxs, tiled .tif, ...) become their tissue tiles; other images stay
+    one item each. Re-running it on the same folder embeds only new or changed slides and
+    images, and a killed run picks up where it stopped.
     """
     from rich.console import Console
 
     from histoseek.data.folder import display_path
     from histoseek.embedder import load_image_embedder
     from histoseek.index.build import build_index
-    from histoseek.report.progress import progress_bar
+    from histoseek.index.slides import TilingOptions
+    from histoseek.report.progress import progress_bars
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     notify = console.print
+    tiling = TilingOptions(mpp, patch_size, min_tissue, slide_mpp)
     embedder = load_image_embedder(
         model_path, backend, device, exported, batch_size, workers, notify=notify
     )
-    with progress_bar("embedding") as progress:
+    bars = [("finding tissue", "slide"), ("embedding", "tile")]
+    with progress_bars(bars) as (tissue_progress, progress):
         report = build_index(
             directory,
             index_dir,
@@ -81,15 +105,28 @@ def index(
             strict=strict,
             overwrite=overwrite,
             wait=wait,
+            tiling=tiling,
+            group_regex=group_regex,
+            labels_csv=labels_csv,
             progress=progress,
+            tissue_progress=tissue_progress,
             notify=notify,
         )
     shown = display_path(report.index_dir)
+    images = report.items - report.tiles
+    what = f"{images} image(s)"
+    if report.slides:
+        what = f"{report.tiles} tile(s) of {report.slides} slide(s) and {what}"
     console.print(
-        f"indexed {report.items} image(s) into {shown} in {report.seconds:.1f} s: "
+        f"indexed {what} into {shown} in {report.seconds:.1f} s: "
         f"{report.embedded} embedded, {report.reused} reused, {report.dropped} dropped; "
         f"{trees} trees; backend {report.backend}"
     )
+    if report.slides:
+        console.print(
+            f"slides: {report.slides_embedded} embedded, {report.slides_reused} reused "
+            f"(shards in {shown}/shards)"
+        )
     if report.skipped:
         console.print(
             f"skipped {len(report.skipped)} unreadable file(s); the list is in {shown}/skipped.txt"

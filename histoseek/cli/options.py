@@ -192,7 +192,9 @@ def tiling_options(
                 mpp_option(),
                 slide_mpp_option(),
                 patch_size_option(help=patch_help),
-                min_tissue_option(),
+                min_tissue_option(
+                    help="Smallest fraction of tissue a slide tile needs to be kept."
+                ),
             ]
         ):
             func = option(func)

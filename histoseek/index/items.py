@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import typing
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -18,6 +19,7 @@ from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError
 from histoseek.data.sources import ImageSource, load_source, source_name, unreadable_reason
 from histoseek.errors import HistoseekError
+from histoseek.index.manifest import field_problem, json_type
 from histoseek.slide.sources import SlideTile
 from histoseek.slide.tiling import Tile
 
@@ -78,54 +80,63 @@ def item_json(item: IndexItem) -> str:
     return json.dumps({name: value for name, value in asdict(item).items() if value is not None})
 
 
-_REQUIRED = {"path": str, "label": str, "width": int, "height": int, "size": int, "mtime_ns": int}
-_OPTIONAL = {"slide_id": str, "group": str, "x": int, "y": int, "tile_size": int, "mpp": float}
+_ITEM_TYPES = typing.get_type_hints(IndexItem)
+_REQUIRED = [
+    name for name, spec in IndexItem.__dataclass_fields__.items() if spec.default is MISSING
+]
 
 
-def _type_problem(name: str, value: object, kind: type) -> str | None:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, kind) and not isinstance(value, bool):
-        return None
-    return f'"{name}" must be {"a string" if kind is str else "a number"}, not {value!r}'
+def _path_problem(path: str) -> str | None:
+    """Why an item path is not a plain relative path inside the indexed folder, if it is not."""
+    if not path:
+        return "is empty"
+    if path.startswith("/"):
+        return "is absolute"
+    if "\0" in path:
+        return "holds a NUL character"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "is not a plain relative path (it has an empty, '.' or '..' part)"
+    return None
 
 
 def parse_item(line: str) -> IndexItem:
-    """One items.jsonl line as an IndexItem; ValueError says what is wrong with it."""
+    """One items.jsonl line as an IndexItem, every field checked; ValueError says what is
+    wrong. The fields of a slide tile come all together or not at all (`item_json` leaves
+    out those of a plain image)."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"not valid JSON ({error})") from None
     if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    for name in data:
-        if name not in _REQUIRED and name not in _OPTIONAL:
-            raise ValueError(f'"{name}" is not an item field')
-    for name in _REQUIRED:
-        if name not in data:
-            raise ValueError(f'"{name}" is missing')
-    for name, kind in {**_REQUIRED, **_OPTIONAL}.items():
-        if name in data:
-            problem = _type_problem(name, data[name], kind)
-            if problem is not None:
-                raise ValueError(problem)
-    tile_fields = [name for name in TILE_FIELDS if name in data]
-    if tile_fields and len(tile_fields) != len(TILE_FIELDS):
-        missing = sorted(set(TILE_FIELDS) - set(tile_fields))
-        raise ValueError(f"a slide tile needs {', '.join(TILE_FIELDS)} (missing: {missing[0]})")
-    if tile_fields and "group" not in data:
-        raise ValueError('a slide tile needs "group"')
-    for name in ("width", "height", "tile_size"):
-        if name in data and data[name] < 1:
-            raise ValueError(f'"{name}" must be 1 or more, not {data[name]}')
-    for name in ("size", "x", "y"):
-        if name in data and data[name] < 0:
+        raise ValueError(f"{json_type(data)}, not an object")
+    unknown = sorted(set(data) - set(_ITEM_TYPES))
+    if unknown:
+        raise ValueError(f'"{unknown[0]}" is not an item field')
+    missing = [name for name in _REQUIRED if name not in data]
+    if missing:
+        raise ValueError(f'"{missing[0]}" is missing')
+    for name, value in data.items():
+        problem = field_problem(name, value, _ITEM_TYPES[name])
+        if problem is not None:
+            raise ValueError(problem)
+    problem = _path_problem(data["path"])
+    if problem is not None:
+        raise ValueError(f'"path" {problem}: {data["path"]!r}')
+    for name in ("width", "height", "size", "x", "y"):
+        if (data.get(name) or 0) < 0:
             raise ValueError(f'"{name}" must be 0 or more, not {data[name]}')
-    if "mpp" in data and not (math.isfinite(data["mpp"]) and data["mpp"] > 0):
-        raise ValueError(f'"mpp" must be a positive number, not {data["mpp"]}')
-    if tile_fields and data["width"] != data["height"]:
-        raise ValueError(f"a slide tile is square, not {data['width']}×{data['height']}")
-    if "mpp" in data:
+    tile_fields = [name for name in TILE_FIELDS if data.get(name) is not None]
+    if tile_fields:
+        missing = [name for name in (*TILE_FIELDS, "group") if data.get(name) is None]
+        if missing:
+            raise ValueError(f'a slide tile needs "{missing[0]}" too')
+        if not data["width"] == data["height"] >= 1 or data["tile_size"] < 1:
+            raise ValueError(
+                f"a slide tile is a square of 1 pixel or more, not {data['width']}×"
+                f"{data['height']} of a {data['tile_size']}-pixel square"
+            )
+        if not (math.isfinite(data["mpp"]) and data["mpp"] > 0):
+            raise ValueError(f'"mpp" must be a positive number, not {data["mpp"]}')
         data["mpp"] = float(data["mpp"])
     return IndexItem(**data)
 

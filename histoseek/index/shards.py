@@ -32,8 +32,8 @@ import numpy as np
 from histoseek import __version__
 from histoseek.fsutil import atomic_dir
 from histoseek.index.items import IndexItem, item_json, parse_item
+from histoseek.index.store import read_matrix
 
-SHARDS_DIR = "shards"
 SHARD_FORMAT = "histoseek-shard"
 SHARD_VERSION = 1
 SHARD_INFO = "shard.json"
@@ -42,7 +42,7 @@ SHARD_EMBEDDINGS = "embeddings.npy"
 #: The shard of the plain images below the folder (slide shards end in a hash, so never this).
 IMAGES_SHARD = "images"
 SHARD_DTYPE = "float32"
-# Rows checked at a time for finite unit vectors, so a big shard needs no big temporary array.
+# Rows checked at a time for unit length, so a big shard needs no big temporary array.
 _CHECK_ROWS = 65_536
 # How far from 1 an embedding's length may be: float32 rounding stays far below this.
 _UNIT_TOLERANCE = 1e-3
@@ -159,9 +159,11 @@ def _slide_record(data: dict) -> SlideRecord:
     return SlideRecord(**{name: _typed(name, data[name], _SLIDE_TYPES[name]) for name in data})
 
 
-def _read_info(path: Path) -> ShardInfo:
+def read_shard_info(path: Path) -> ShardInfo:
+    """The checked shard.json of the shard folder at `path` alone: enough to tell whether a
+    shard fits before reading the rest of it (read_shard checks it all)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads((Path(path) / SHARD_INFO).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ShardError("it has no shard.json") from None
     except OSError as error:
@@ -188,45 +190,22 @@ def _read_info(path: Path) -> ShardInfo:
     return info
 
 
-def check_npy(path: Path, rows: int, dim: int, dtype: str) -> np.ndarray:
-    """A .npy file as a memory-mapped (rows, dim) array of `dtype`, checked before and while
-    reading: its header, its length, and that every value is finite. ShardError says what
-    is wrong. Pickled (object) arrays are never loaded."""
+def _read_embeddings(path: Path, info: ShardInfo) -> np.ndarray:
+    """embeddings.npy as a memory-mapped (items, dim) array of unit vectors, checked as the
+    index's own (header, length, finite values) and for unit length; ShardError if not."""
     try:
-        with open(path, "rb") as file:
-            version = np.lib.format.read_magic(file)
-            read_header = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }.get(version)
-            if read_header is None:
-                raise ValueError(f"unsupported .npy format version {version}")
-            shape, fortran, found = read_header(file)
-            data_start = file.tell()
+        array = read_matrix(path, info.items, info.dim, info.dtype, "shard.json")
+        for start in range(0, info.items, _CHECK_ROWS):
+            chunk = np.asarray(array[start : start + _CHECK_ROWS], np.float64)
+            off = np.abs(np.linalg.norm(chunk, axis=1) - 1.0) > _UNIT_TOLERANCE
+            if off.any():
+                raise ValueError(f"row {start + int(np.argmax(off))} is not of unit length")
     except FileNotFoundError:
         raise ShardError(f"it has no {path.name}") from None
-    except (OSError, ValueError) as error:
-        raise ShardError(f"{path.name} is not a NumPy array file ({error})") from None
-    if found != np.dtype(dtype) or fortran:
-        raise ShardError(f"{path.name} holds {found} values, not {dtype}")
-    if shape != (rows, dim):
-        raise ShardError(f"{path.name} has shape {shape}, not ({rows}, {dim})")
-    expected = data_start + rows * dim * found.itemsize
-    size = os.stat(path).st_size
-    if size != expected:
-        state = "truncated" if size < expected else "longer than its array"
-        raise ShardError(f"{path.name} is {state} ({size} bytes, {expected} expected)")
-    if rows == 0:
-        return np.zeros((0, dim), dtype)
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-    for start in range(0, rows, _CHECK_ROWS):
-        chunk = np.asarray(array[start : start + _CHECK_ROWS], np.float64)
-        finite = np.isfinite(chunk).all(axis=1)
-        if not finite.all():
-            raise ShardError(f"{path.name}: row {start + int(np.argmin(finite))} is not finite")
-        off = np.abs(np.linalg.norm(chunk, axis=1) - 1.0) > _UNIT_TOLERANCE
-        if off.any():
-            raise ShardError(f"{path.name}: row {start + int(np.argmax(off))} is not unit length")
+    except OSError as error:
+        raise ShardError(f"{path.name} cannot be read ({error.strerror or error})") from None
+    except ValueError as error:
+        raise ShardError(f"{path.name}: {error}") from None
     return array
 
 
@@ -276,10 +255,10 @@ def _check_items(name: str, info: ShardInfo, items: list[IndexItem]) -> None:
 def read_shard(path: Path) -> Shard:
     """Read and check the shard folder at `path`; ShardError says what is wrong with it."""
     path = Path(path)
-    info = _read_info(path / SHARD_INFO)
+    info = read_shard_info(path)
     items = _read_items(path / SHARD_ITEMS, info.items)
     _check_items(path.name, info, items)
-    embeddings = check_npy(path / SHARD_EMBEDDINGS, info.items, info.dim, info.dtype)
+    embeddings = _read_embeddings(path / SHARD_EMBEDDINGS, info)
     return Shard(path, info, items, embeddings)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from histoseek.errors import HistoseekError
 from histoseek.index.items import IndexItem
 from histoseek.index.labels import SlideIdentity
-from histoseek.index.shards import Shard, ShardInfo, SlideRecord
+from histoseek.index.shards import ShardInfo, SlideRecord
 from histoseek.prepare.defaults import DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
 from histoseek.slide.defaults import DEFAULT_MPP
 from histoseek.slide.folder import SlideFile
@@ -101,20 +101,19 @@ def find_tissue(file: SlideFile, size: int, mtime_ns: int, options: TilingOption
 
 
 def shard_fits(
-    shard: Shard,
-    file: SlideFile,
+    info: ShardInfo,
+    relative: str,
     size: int,
     mtime_ns: int,
     fingerprint: str,
     model_config: dict,
     options: TilingOptions,
 ) -> bool:
-    """Whether a checked shard holds this slide as it is now, embedded as this run would."""
-    info: ShardInfo = shard.info
+    """Whether a shard holds the slide at `relative` as it is now, embedded as this run would."""
     slide = info.slide
     return (
         slide is not None
-        and (slide.path, slide.size, slide.mtime_ns) == (file.relative, size, mtime_ns)
+        and (slide.path, slide.size, slide.mtime_ns) == (relative, size, mtime_ns)
         and (info.model_fingerprint, info.model_config) == (fingerprint, model_config)
         and info.tiling == options.shard_tiling()
         and (

@@ -42,15 +42,16 @@ def test_plain_items_keep_their_old_form_and_tiles_add_their_fields():
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"x": None}, "a slide tile needs slide_id, x, y, tile_size, mpp"),
-        ({"group": None}, 'a slide tile needs "group"'),
-        ({"height": 32}, "a slide tile is square"),
+        ({"x": None}, 'a slide tile needs "x" too'),
+        ({"group": None}, 'a slide tile needs "group" too'),
+        ({"height": 32}, "a slide tile is a square of 1 pixel or more, not 64×32"),
         ({"x": -1}, '"x" must be 0 or more'),
-        ({"tile_size": 0}, '"tile_size" must be 1 or more'),
+        ({"tile_size": 0}, "not 64×64 of a 0-pixel square"),
         ({"mpp": 0}, '"mpp" must be a positive number'),
-        ({"mpp": "0.5"}, '"mpp" must be a number'),
-        ({"y": True}, '"y" must be a number'),
-        ({"slide_id": 3}, '"slide_id" must be a string'),
+        ({"mpp": "0.5"}, '"mpp" must be a number or null, not a string'),
+        ({"y": True}, '"y" must be an integer or null, not true/false'),
+        ({"slide_id": 3}, '"slide_id" must be a string or null, not an integer'),
+        ({"path": "../x.tif"}, '"path" is not a plain relative path'),
     ],
 )
 def test_bad_tile_items_are_refused_saying_why(change, problem):

@@ -136,11 +136,11 @@ def _damage(shard: Path, how: str) -> None:
 @pytest.mark.parametrize(
     ("how", "problem"),
     [
-        ("truncated", "embeddings.npy is truncated"),
-        ("nan", "row 1 is not finite"),
-        ("not unit", "row 0 is not unit length"),
-        ("float64", "holds float64 values, not float32"),
-        ("rows", r"shape \(4, 8\), not \(3, 8\)"),
+        ("truncated", "embeddings.npy: truncated"),
+        ("nan", "embeddings.npy: row 1 holds a value that is not a finite number"),
+        ("not unit", "embeddings.npy: row 0 is not of unit length"),
+        ("float64", "embeddings.npy: holds float64 values, but shard.json says float32"),
+        ("rows", "embeddings.npy: has 4 rows, but shard.json lists 3 items"),
         ("pickled", "holds object values"),
         ("no items", "it has no items.jsonl"),
         ("item count", "lists 2 items, shard.json says 3"),
