@@ -105,14 +105,15 @@ def synthetic_slide(
     return AssembledSlide(path, rgb, SLIDE_MPP, (0, 0, *size))
 
 
-def corrupt_level0(path: Path, target: Path) -> None:
-    """A copy of `path` whose level-0 tile data is overwritten with zeros, headers intact: it
-    opens, and its lower levels read, but no level-0 region does."""
+def corrupt_levels(path: Path, target: Path, levels: tuple[int, ...] = (0,)) -> None:
+    """A copy of the pyramidal TIFF `path` whose tile data in `levels` is overwritten with
+    zeros, headers intact: it opens, and its other levels read, but no region of those does."""
     data = bytearray(path.read_bytes())
     with tifffile.TiffFile(path) as tiff:
-        page = tiff.pages[0]
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-            data[offset : offset + count] = bytes(count)
+        for level in levels:
+            page = tiff.pages[level]
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+                data[offset : offset + count] = bytes(count)
     target.write_bytes(bytes(data))
 
 

@@ -15,7 +15,7 @@ from assembled_slides import (
     KATHER,
     KATHER_MPP,
     assemble_kather_slide,
-    corrupt_level0,
+    corrupt_levels,
     synthetic_slide,
 )
 from PIL import Image
@@ -213,7 +213,7 @@ def test_corrupt_and_truncated_slides_raise_one_clear_error(tmp_path, synthetic)
         assert path.name in str(caught.value) and "\n" not in str(caught.value)
 
     broken = tmp_path / "broken_tiles.tif"
-    corrupt_level0(synthetic.path, broken)
+    corrupt_levels(synthetic.path, broken)
     with open_slide(broken) as slide:  # the headers are fine; the pixels are not
         slide.thumbnail(128)  # low levels are intact
         with pytest.raises(SlideError, match="broken_tiles.tif: cannot read"):

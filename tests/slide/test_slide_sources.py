@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-from assembled_slides import corrupt_level0, synthetic_slide
+from assembled_slides import corrupt_levels, synthetic_slide
 from PIL import Image
 
 from histoseek.data.dataset import ImageDataset, make_loader
@@ -57,7 +57,7 @@ def test_loader_workers_open_the_slide_themselves_and_agree(tmp_path, tiles):
 
 def test_after_one_failed_read_every_tile_of_the_slide_fails_at_once(tmp_path, synthetic, tiles):
     broken = tmp_path / "broken.tif"
-    corrupt_level0(synthetic.path, broken)
+    corrupt_levels(synthetic.path, broken)
     broken_tiles = [SlideTile(broken, source.tile) for source in tiles]
     with pytest.raises(UnreadableImageError) as first:
         broken_tiles[0].load()
