@@ -59,7 +59,7 @@ class TiledSlide:
     tile_size: int
     """Side of every tile in level-0 pixels."""
     origins: np.ndarray
-    """(tiles, 2) level-0 (x, y) of each tile's top left, row by row: 16 bytes a tile."""
+    """(tiles, 2) level-0 (x, y) of each tile's top left, row by row: 8 bytes a tile."""
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -95,7 +95,7 @@ def find_tissue(file: SlideFile, size: int, mtime_ns: int, options: TilingOption
         tiles = tissue_tiles(slide, options.patch_size, options.mpp, options.min_tissue)
         slide_mpp = slide.require_mpp()
         record = SlideRecord(file.relative, size, mtime_ns, slide_mpp, slide.mpp_from_option)
-    origins = np.array([(tile.x, tile.y) for tile in tiles], dtype=np.int64).reshape(-1, 2)
+    origins = np.array([(tile.x, tile.y) for tile in tiles], dtype=np.int32).reshape(-1, 2)
     side = tile_size(slide_mpp, options.mpp, options.patch_size)
     return TiledSlide(file, record, side, origins)
 
