@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class EvaluationResult:
     query_size: int
     protocol: str
     skipped: list[str]
+    #: Queries with no image of their own class left to find in the gallery: not scored.
+    left_out: int = 0
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -38,88 +41,201 @@ class EvaluationResult:
             "metrics": self.metrics,
             "gallery_size": self.gallery_size,
             "query_size": self.query_size,
+            "queries_left_out": self.left_out,
             "protocol": self.protocol,
             "skipped_unreadable": self.skipped,
         }
 
 
-def _embed_folder(embedder: ImageEmbedder, images: LabelledImages, progress: Progress | None):
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Checked evaluation folders, ready to embed (queries None: leave-one-out in the gallery)."""
+
+    gallery: LabelledImages
+    queries: LabelledImages | None
+    group_regex: str | None = None
+
+
+def _labels(images: LabelledImages) -> list[str]:
+    return [images.class_names[label] for label in images.labels]
+
+
+def _names(images: LabelledImages) -> list[str]:
+    return [path.name for path in images.paths]
+
+
+def _relevant_counts(
+    query_labels: Sequence[str],
+    gallery_labels: Sequence[str],
+    leave_one_out: bool,
+    query_groups: Sequence[str] | None,
+    gallery_groups: Sequence[str] | None,
+) -> np.ndarray:
+    """Same-label gallery items each query may retrieve, after the exclusions."""
+    per_label = Counter(gallery_labels)
+    if gallery_groups is None:
+        return np.array([per_label[q] - int(leave_one_out) for q in query_labels], dtype=np.int64)
+    per_label_group = Counter(zip(gallery_labels, gallery_groups, strict=True))
+    return np.array(
+        [
+            per_label[q] - per_label_group[(q, g)]
+            for q, g in zip(query_labels, query_groups, strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
+def _check_scorable(
+    gallery_dir: Path,
+    gallery_labels: Sequence[str],
+    query_labels: Sequence[str],
+    relevant: np.ndarray,
+    leave_one_out: bool,
+    group_regex: str | None,
+) -> None:
+    """Refuse galleries whose metrics would mean nothing: one class (every metric 1.0), or no
+    query with an image of its own class to find (every metric undefined)."""
+    classes = sorted(set(gallery_labels))
+    if len(classes) < 2:
+        raise HistoseekError(
+            f"the gallery {display_path(gallery_dir)} holds one class ({display_path(classes[0])})"
+            ": every neighbour shares the query's label, so every metric would be 1.0; "
+            "evaluate needs at least 2 class folders"
+        )
+    if (relevant > 0).any():
+        return
+    if group_regex:
+        why = f"every same-class gallery image is in the query's own group ({group_regex})"
+    elif leave_one_out:
+        why = "every class holds a single image, so no query has another of its class to find"
+    else:
+        missing = sorted(set(query_labels) - set(gallery_labels))
+        shown = ", ".join(display_path(label) for label in missing[:5])
+        why = f"the query classes are not in the gallery ({shown})"
+    raise HistoseekError(f"no query can be scored: {why}")
+
+
+def check_evaluation_set(
+    gallery_dir: Path, query_dir: Path | None = None, group_regex: str | None = None
+) -> EvaluationSet:
+    """List and check the folders before anything is embedded.
+
+    Refused: missing or empty folders, a bad --group-regex, a one-class gallery, and a set
+    in which no query has a gallery image of its own class to find.
+    """
+    gallery = scan_labelled_folder(gallery_dir)
+    queries = None if query_dir is None else scan_labelled_folder(query_dir)
+    query_set = gallery if queries is None else queries
+    gallery_groups = query_groups = None
+    if group_regex:
+        gallery_groups = group_ids_from_regex(_names(gallery), group_regex)
+        query_groups = group_ids_from_regex(_names(query_set), group_regex)
+    leave_one_out = queries is None
+    relevant = _relevant_counts(
+        _labels(query_set), _labels(gallery), leave_one_out, query_groups, gallery_groups
+    )
+    _check_scorable(
+        gallery.root, _labels(gallery), _labels(query_set), relevant, leave_one_out, group_regex
+    )
+    return EvaluationSet(gallery, queries, group_regex)
+
+
+@dataclass
+class _Embedded:
+    embeddings: np.ndarray
+    labels: list[str]
+    names: list[str]
+    skipped: list[str]
+
+
+def _embed_folder(
+    embedder: ImageEmbedder, images: LabelledImages, progress: Progress | None
+) -> _Embedded:
     result = embedder.embed_files(images.paths, progress)
     labels = [images.class_names[images.labels[i]] for i in result.indices]
     names = [images.paths[i].name for i in result.indices]
-    skipped = [display_path(images.paths[i]) for i in result.failed]
-    return result.embeddings, labels, names, skipped
+    skipped = [display_path(entry.path) for entry in images.skipped]
+    skipped += [display_path(images.paths[i]) for i in result.failed]
+    return _Embedded(result.embeddings, labels, names, skipped)
 
 
 def evaluate(
     embedder: ImageEmbedder,
-    gallery_dir: Path,
-    query_dir: Path | None = None,
+    evaluation_set: EvaluationSet,
     recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS,
     map_k: int = DEFAULT_MAP_K,
     vote_k: int = DEFAULT_VOTE_K,
     precision_k: int = DEFAULT_PRECISION_K,
-    group_regex: str | None = None,
     progress: Progress | None = None,
 ) -> EvaluationResult:
-    """Embed the folders and score exact cosine retrieval by folder label.
+    """Embed the checked folders and score exact cosine retrieval by folder label.
 
-    Without a query folder every gallery image queries the rest (leave-one-out). With
-    `group_regex`, neighbours from the query's own group (e.g. slide) are excluded. Both
-    folders are checked before anything is embedded.
+    Without a query folder every gallery image queries the rest (leave-one-out). With a
+    group regex, neighbours from the query's own group (e.g. slide) are excluded. Queries
+    with no gallery image of their own class left to find are left out of every metric
+    (and counted); none left at all is refused, so no metric is ever NaN.
     """
-    gallery_images = scan_labelled_folder(gallery_dir)
-    query_images = None if query_dir is None else scan_labelled_folder(query_dir)
-    gallery, gallery_labels, gallery_names, skipped = _embed_folder(
-        embedder, gallery_images, progress
-    )
-    if query_images is None:
-        queries, query_labels, query_names = gallery, gallery_labels, gallery_names
+    gallery = _embed_folder(embedder, evaluation_set.gallery, progress)
+    skipped = list(gallery.skipped)
+    leave_one_out = evaluation_set.queries is None
+    if leave_one_out:
+        queries = gallery
         protocol = "leave-one-out within the gallery"
     else:
-        queries, query_labels, query_names, skipped_q = _embed_folder(
-            embedder, query_images, progress
-        )
-        skipped += skipped_q
+        queries = _embed_folder(embedder, evaluation_set.queries, progress)
+        skipped += queries.skipped
         protocol = "query folder against gallery"
-    leave_one_out = query_dir is None
-    if len(gallery) - int(leave_one_out) < 1 or len(queries) == 0:
+    if len(gallery.labels) - int(leave_one_out) < 1 or not queries.labels:
         raise HistoseekError("too few readable images to evaluate")
 
+    group_regex = evaluation_set.group_regex
     query_groups = gallery_groups = None
     if group_regex:
-        gallery_groups = group_ids_from_regex(gallery_names, group_regex)
-        query_groups = group_ids_from_regex(query_names, group_regex)
+        gallery_groups = group_ids_from_regex(gallery.names, group_regex)
+        query_groups = group_ids_from_regex(queries.names, group_regex)
         protocol += f"; neighbours from the query's own group excluded ({group_regex})"
+    relevant = _relevant_counts(
+        queries.labels, gallery.labels, leave_one_out, query_groups, gallery_groups
+    )
+    _check_scorable(
+        evaluation_set.gallery.root,
+        gallery.labels,
+        queries.labels,
+        relevant,
+        leave_one_out,
+        group_regex,
+    )
 
     k = max(*recall_ks, map_k, vote_k, precision_k)
     neighbours = exact_neighbours(
-        queries, gallery, k, leave_one_out, query_groups=query_groups, gallery_groups=gallery_groups
+        queries.embeddings,
+        gallery.embeddings,
+        k,
+        leave_one_out,
+        query_groups=query_groups,
+        gallery_groups=gallery_groups,
     )
+    scored = relevant > 0
     label_codes = {
-        name: i for i, name in enumerate(sorted(set(gallery_labels) | set(query_labels)))
+        name: i for i, name in enumerate(sorted(set(gallery.labels) | set(queries.labels)))
     }
-    gallery_codes = np.array([label_codes[x] for x in gallery_labels])
-    query_codes = np.array([label_codes[x] for x in query_labels])
-    relevant = _relevant_counts(
-        query_codes, gallery_codes, leave_one_out, query_groups, gallery_groups
-    )
+    gallery_codes = np.array([label_codes[x] for x in gallery.labels])
+    query_codes = np.array([label_codes[x] for x in queries.labels])
     metrics = retrieval_metrics(
-        neighbours, query_codes, gallery_codes, recall_ks, map_k, vote_k, precision_k, relevant
+        neighbours.subset(scored),
+        query_codes[scored],
+        gallery_codes,
+        recall_ks,
+        map_k,
+        vote_k,
+        precision_k,
+        relevant[scored],
     )
-    return EvaluationResult(metrics, len(gallery), len(queries), protocol, skipped)
-
-
-def _relevant_counts(query_codes, gallery_codes, leave_one_out, query_groups, gallery_groups):
-    """Same-label gallery items each query may retrieve, after the exclusions."""
-    if gallery_groups is None:
-        per_label = Counter(gallery_codes.tolist())
-        return np.array([per_label[q] - int(leave_one_out) for q in query_codes])
-    per_label_group = Counter(zip(gallery_codes.tolist(), gallery_groups, strict=True))
-    per_label = Counter(gallery_codes.tolist())
-    return np.array(
-        [
-            per_label[q] - per_label_group[(q, g)]
-            for q, g in zip(query_codes.tolist(), query_groups, strict=True)
-        ]
+    return EvaluationResult(
+        metrics,
+        len(gallery.labels),
+        len(queries.labels),
+        protocol,
+        skipped,
+        left_out=int((~scored).sum()),
     )

@@ -303,3 +303,17 @@ def lock_if_free(target: Path) -> Iterator[bool]:
     finally:
         if fd is not None:
             _release(target, fd)
+
+
+@contextlib.contextmanager
+def write_errors(target: Path) -> Iterator[None]:
+    """Turn an OSError in the block, which writes `target`, into one clear HistoseekError line.
+
+    A full disk is named as such; the atomic writers have already removed their partial file.
+    """
+    shown = display_path(target)
+    try:
+        with _full_disk_is_one_line(shown):
+            yield
+    except OSError as error:
+        raise HistoseekError(f"cannot write {shown}: {error.strerror or error}") from None

@@ -26,6 +26,10 @@ class Neighbours:
     indices: np.ndarray
     similarities: np.ndarray
 
+    def subset(self, rows: np.ndarray) -> Neighbours:
+        """The neighbours of the queries that `rows` (a boolean mask or indices) selects."""
+        return Neighbours(self.indices[rows], self.similarities[rows])
+
 
 def exact_neighbours(
     queries: np.ndarray,

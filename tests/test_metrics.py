@@ -76,3 +76,11 @@ def test_relevant_counts_change_the_ap_denominator():
 def test_majority_label_breaks_ties_by_rank():
     assert majority_label(["b", "a", "a", "b"]) == ("b", 2)
     assert majority_label(["c", "a", "a"]) == ("a", 2)
+
+
+def test_neighbours_subset_keeps_the_selected_queries():
+    gallery = _unit(0, 10, 50, 90)
+    found = exact_neighbours(_unit(12, 88, 45), gallery, k=2)
+    kept = found.subset(np.array([True, False, True]))
+    assert kept.indices.tolist() == [found.indices[0].tolist(), found.indices[2].tolist()]
+    assert np.array_equal(kept.similarities, found.similarities[[0, 2]])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import embedding_options, model_option
+from histoseek.cli.options import embedding_options, max_pixels_option, model_option
 from histoseek.errors import HistoseekError
 from histoseek.metrics_defaults import (
     DEFAULT_MAP_K,
@@ -62,6 +62,7 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     "match with the query's (e.g. the same slide or source image).",
 )
 @embedding_options()
+@max_pixels_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def evaluate(
     model_path,
@@ -77,26 +78,42 @@ def evaluate(
     device,
     batch_size,
     workers,
+    max_pixels,
     as_json,
 ):
-    """Measure retrieval quality: Recall@K, mAP@k, mMV@k and precision@k by exact search."""
+    """Measure retrieval quality: Recall@K, mAP@k, mMV@k and precision@k by exact search.
+
+    Queries with no gallery image of their own class to find are left out of every metric,
+    with a note; a one-class gallery, or one in which no query can be scored, is refused.
+    """
     import json
 
     from rich.console import Console
 
+    from histoseek.data.images import pixel_limit
     from histoseek.embedder import load_image_embedder
+    from histoseek.evaluate import check_evaluation_set
     from histoseek.evaluate import evaluate as run_evaluation
     from histoseek.report.progress import progress_bar
     from histoseek.report.tables import evaluation_table
 
     recall_ks = _parse_ks(recall_k)
-    embedder = load_image_embedder(model_path, backend, device, exported, batch_size, workers)
-    with progress_bar("embedding", enabled=not as_json) as progress:
-        result = run_evaluation(
-            embedder, gallery, query, recall_ks, map_k, vote_k, precision_k, group_regex, progress
+    evaluation_set = check_evaluation_set(gallery, query, group_regex)
+    # Paths print as they are: markup off, so names with [brackets] are shown, not styled.
+    notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    with pixel_limit(max_pixels):
+        embedder = load_image_embedder(model_path, backend, device, exported, batch_size, workers)
+        with progress_bar("embedding", enabled=not as_json) as progress:
+            result = run_evaluation(
+                embedder, evaluation_set, recall_ks, map_k, vote_k, precision_k, progress
+            )
+    if result.left_out:
+        notes.print(
+            f"note: {result.left_out} of {result.query_size} queries have no gallery image of "
+            "their own class to find and are left out of every metric"
         )
     document = {"model": embedder.reference, "backend": embedder.name, **result.to_dict()}
     if as_json:
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json.dumps(document, indent=2, allow_nan=False))
     else:
         Console().print(evaluation_table(document))

@@ -10,6 +10,7 @@ from histoseek.cli.options import (
     embedding_options,
     group_regex_option,
     labels_option,
+    max_pixels_option,
     model_option,
     output_option,
     tiling_options,
@@ -43,6 +44,7 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
     "--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping."
 )
 @embedding_options()
+@max_pixels_option()
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -71,6 +73,7 @@ def index(
     device,
     batch_size,
     workers,
+    max_pixels,
     overwrite,
     wait,
 ):
@@ -83,19 +86,21 @@ def index(
     from rich.console import Console
 
     from histoseek.data.folder import display_path
+    from histoseek.data.images import pixel_limit
     from histoseek.embedder import load_image_embedder
     from histoseek.index.build import build_index
     from histoseek.index.slides import TilingOptions
     from histoseek.report.progress import progress_bars
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Markup off: paths may hold square brackets, which rich would read as styles.
+    console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     notify = console.print
     tiling = TilingOptions(mpp, patch_size, min_tissue, slide_mpp)
     embedder = load_image_embedder(
         model_path, backend, device, exported, batch_size, workers, notify=notify
     )
     bars = [("finding tissue", "slide"), ("embedding", "tile")]
-    with progress_bars(bars) as (tissue_progress, progress):
+    with pixel_limit(max_pixels), progress_bars(bars) as (tissue_progress, progress):
         report = build_index(
             directory,
             index_dir,

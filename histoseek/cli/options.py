@@ -14,7 +14,7 @@ import click
 
 from histoseek.inference import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES
 from histoseek.model.defaults import DEFAULT_IMAGE_SIZE
-from histoseek.prepare.defaults import DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
+from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
 from histoseek.slide.defaults import DEFAULT_MPP, MPP_RANGE
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -110,6 +110,20 @@ def image_size_option(
         "--image-size",
         type=click.IntRange(min=32),
         default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+def max_pixels_option(
+    help: str = "Largest image (width × height) to decode; larger ones are skipped as "
+    "unreadable, with the reason.",
+) -> Decorator:
+    """`--max-pixels N`: the decompression-bomb limit, checked from the header before decoding."""
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_PIXELS,
         show_default=True,
         help=help,
     )

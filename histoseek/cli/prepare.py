@@ -8,6 +8,7 @@ import click
 
 from histoseek.cli.options import (
     group_regex_option,
+    max_pixels_option,
     min_tissue_option,
     output_option,
     overwrite_option,
@@ -52,11 +53,9 @@ from histoseek.prepare.defaults import DEFAULT_SPLIT, LAYOUTS, STAIN_METHODS
     default=None,
     help="Image whose staining --normalize matches.",
 )
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Largest image (width x height) to decode [default: Pillow's limit, 89,478,485].",
+@max_pixels_option(
+    help="Largest image (width × height) to decode; a larger one stops the run before any "
+    "work, naming the value that reads it."
 )
 @overwrite_option()
 @workers_option()
@@ -73,7 +72,7 @@ def prepare(
     group_regex: str | None,
     normalize: str | None,
     reference: Path | None,
-    max_pixels: int | None,
+    max_pixels: int,
     overwrite: bool,
     workers: int | None,
 ) -> None:
@@ -83,8 +82,9 @@ def prepare(
     prepare.json; OUTPUT/train, OUTPUT/val and OUTPUT/test feed train, evaluate and index.
     """
     from rich.console import Console
+    from rich.text import Text
 
-    from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+    from histoseek.data.folder import display_path
     from histoseek.prepare.prepare_dataset import PrepareOptions, prepare_dataset
     from histoseek.report.progress import progress_bar
     from histoseek.report.tables import patch_count_table
@@ -99,16 +99,17 @@ def prepare(
         seed=seed,
         normalize=normalize,
         reference=reference,
-        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        max_pixels=max_pixels,
         group_regex=group_regex,
     )
-    console = Console()
+    # Markup off: paths and class names may hold square brackets.
+    console = Console(markup=False)
     with progress_bar("tiling source images", unit="image", transient=True) as progress:
         summary = prepare_dataset(
             src, output, options, workers=workers, overwrite=overwrite, progress=progress
         )
     for note in summary.notes:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"), highlight=False)
     console.print(
         patch_count_table(summary.output, summary.splits, summary.classes, summary.counts)
     )
@@ -119,7 +120,9 @@ def prepare(
     )
     if summary.skipped:
         console.print(
-            f"[yellow]skipped {len(summary.skipped)} unreadable image(s)[/yellow], listed in "
-            f"{summary.output / 'skipped.txt'}",
+            Text.assemble(
+                (f"skipped {len(summary.skipped)} unreadable image(s)", "yellow"),
+                f", listed in {display_path(summary.output / 'skipped.txt')}",
+            ),
             highlight=False,
         )

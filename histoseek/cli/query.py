@@ -7,7 +7,32 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import embedding_options
+from histoseek.cli.options import embedding_options, max_pixels_option, overwrite_option
+from histoseek.errors import HistoseekError
+from histoseek.index.defaults import MAX_SEARCH_K
+
+
+def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, output files that cannot or may not be written."""
+    import os
+
+    from histoseek.data.folder import display_path
+
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise HistoseekError(f"--html and --sheet both name {display_path(outputs[0])}")
+    for path in outputs:
+        shown = display_path(path)
+        if path.is_dir():
+            raise HistoseekError(f"{shown} is a folder; name a file to write")
+        if path.exists() and not overwrite:
+            raise HistoseekError(f"{shown} already exists; pass --overwrite to replace it")
+        folder = path.absolute().parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise HistoseekError(
+                f"cannot write {shown}: {display_path(folder)} is not a writable folder"
+            )
 
 
 @click.command()
@@ -25,21 +50,28 @@ from histoseek.cli.options import embedding_options
     type=click.IntRange(min=1),
     default=10,
     show_default=True,
-    help="Results per query image.",
+    help="Results per query image; above the index size, every indexed image (with a note).",
 )
 @click.option(
     "--search-k",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_SEARCH_K),
     default=None,
     help="Annoy candidates to inspect per query: more is slower and finds more of the true "
     "nearest [default: 10000, or k × trees if more].",
 )
 @click.option("--exact", is_flag=True, help="Exact search over the stored embeddings.")
+@click.option(
+    "--include-self",
+    is_flag=True,
+    help="Keep a query image that is itself in the index (same path or same bytes) among its "
+    "own results [default: leave it out, with a note].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a gallery page.")
 @click.option(
     "--sheet", "sheet_path", type=click.Path(path_type=Path), help="Write a contact sheet PNG."
 )
+@overwrite_option(help="Replace existing --html/--sheet files instead of refusing.")
 @click.option(
     "--model",
     "model_path",
@@ -48,27 +80,39 @@ from histoseek.cli.options import embedding_options
     help="The index's model checkpoint, if it has moved [default: the one the index records].",
 )
 @embedding_options()
+@max_pixels_option(
+    help="Largest image (width × height) to decode: a larger query image is refused, a larger "
+    "result is shown as a grey thumbnail."
+)
 def query(
     images,
     index_dir,
     k,
     search_k,
     exact,
+    include_self,
     as_json,
     html_path,
     sheet_path,
+    overwrite,
     model_path,
     backend,
     exported,
     device,
     batch_size,
     workers,
+    max_pixels,
 ):
-    """Find the K most similar indexed patches to each IMAGE (a folder: every image in it)."""
+    """Find the K most similar indexed patches to each IMAGE (a folder: every image in it).
+
+    A query image that is itself in the index is left out of its own results.
+    """
     import json
 
     from rich.console import Console
 
+    from histoseek.data.folder import display_path
+    from histoseek.data.images import pixel_limit
     from histoseek.embedder import embedder_for_model
     from histoseek.index.search import (
         collect_query_images,
@@ -77,33 +121,60 @@ def query(
         search_images,
     )
     from histoseek.report.progress import progress_bar
-    from histoseek.report.results import print_results, results_document
-
-    opened = open_index(index_dir)
-    paths = collect_query_images(images)
-    notes = Console(stderr=True, highlight=False, soft_wrap=True)
-    network, class_names, reference = load_index_model(opened, model_path)
-    embedder = embedder_for_model(
-        network, reference, class_names, backend, device, exported, batch_size, workers, notes.print
+    from histoseek.report.results import (
+        print_results,
+        results_document,
+        search_header,
+        search_notes,
     )
-    if k > len(opened.items):
-        notes.print(f"note: the index holds only {len(opened.items)} images; showing all of them")
-    with progress_bar("embedding queries", enabled=sys.stderr.isatty()) as progress:
-        results = search_images(
-            opened, embedder, paths, k, search_k=search_k, exact=exact, progress=progress
+
+    # Paths print as they are: markup off, so names with [brackets] are shown, not styled.
+    notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    with pixel_limit(max_pixels):
+        _check_outputs([path for path in (html_path, sheet_path) if path is not None], overwrite)
+        opened = open_index(index_dir, notify=notes.print)
+        paths = collect_query_images(images, notify=notes.print)
+        network, class_names, reference = load_index_model(opened, model_path)
+        embedder = embedder_for_model(
+            network,
+            reference,
+            class_names,
+            backend,
+            device,
+            exported,
+            batch_size,
+            workers,
+            notes.print,
         )
-    if html_path is not None:
-        from histoseek.report.gallery import write_gallery
+        with progress_bar("embedding queries", enabled=sys.stderr.isatty()) as progress:
+            report = search_images(
+                opened,
+                embedder,
+                paths,
+                k,
+                search_k=search_k,
+                exact=exact,
+                include_self=include_self,
+                progress=progress,
+            )
+        if html_path is not None:
+            from histoseek.report.gallery import write_gallery
 
-        write_gallery(html_path, results)
-    if sheet_path is not None:
-        from histoseek.report.sheet import write_sheet
+            write_gallery(html_path, report)
+        if sheet_path is not None:
+            from histoseek.report.sheet import write_sheet
 
-        write_sheet(sheet_path, results)
+            write_sheet(sheet_path, report.results)
+    if not as_json:
+        notes.print(search_header(report))
+    for note in search_notes(report):
+        notes.print(note)
     if as_json:
-        click.echo(json.dumps(results_document(opened, results), indent=2))
+        click.echo(json.dumps(results_document(report), indent=2, allow_nan=False))
     else:
-        print_results(Console(highlight=False), results)
-    for path, what in ((html_path, "gallery"), (sheet_path, "contact sheet")):
-        if path is not None:
-            notes.print(f"wrote the {what} to {path}")
+        print_results(Console(highlight=False), report.results)
+    if html_path is not None:
+        url = html_path.resolve().as_uri()
+        notes.print(f"wrote the gallery to {display_path(html_path)}: {url}")
+    if sheet_path is not None:
+        notes.print(f"wrote the contact sheet to {display_path(sheet_path)}")

@@ -83,7 +83,8 @@ def serve(
     from histoseek.serve.server import listen, run_server, url_of
     from histoseek.serve.service import SearchService
 
-    notes = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Markup off: paths may hold square brackets, which rich would read as styles.
+    notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     opened = open_index(index_dir)
     sock = listen(host, port)
     if host != DEFAULT_HOST:

@@ -10,6 +10,7 @@ from histoseek.cli.options import (
     batch_size_option,
     device_option,
     image_size_option,
+    max_pixels_option,
     output_option,
     overwrite_option,
     workers_option,
@@ -130,8 +131,9 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     "--amp/--no-amp", default=False, show_default=True, help="Mixed precision (CUDA only)."
 )
 @workers_option()
+@max_pixels_option()
 @overwrite_option()
-def train(data_dir, run_dir, resume, overwrite, **options):
+def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):
     """Train a CGD model on DATA_DIR (one sub-folder per class) into RUN_DIR.
 
     --resume RUN_DIR continues a run as it was configured; only DATA_DIR (if the folder
@@ -139,6 +141,7 @@ def train(data_dir, run_dir, resume, overwrite, **options):
     """
     from rich.console import Console
 
+    from histoseek.data.images import pixel_limit
     from histoseek.report.progress import progress_bar
     from histoseek.train import resume_config
     from histoseek.train import train as run_training
@@ -160,8 +163,9 @@ def train(data_dir, run_dir, resume, overwrite, **options):
             raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
         options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
         config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    with progress_bar("training", transient=True) as progress:
+    # Markup off: log lines carry paths, which may hold square brackets.
+    console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    with pixel_limit(max_pixels), progress_bar("training", transient=True) as progress:
         run_training(
             config,
             resume=resume is not None,

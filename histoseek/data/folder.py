@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from histoseek.data.images import is_image_name
@@ -15,8 +17,26 @@ def display_path(path: Path | str) -> str:
     return os.fsencode(str(path)).decode("utf-8", errors="replace")
 
 
-def list_images(root: Path | str) -> list[Path]:
-    """Every image file below `root`, recursively, sorted by relative path.
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A file with an image name that is not listed, and why (a FIFO, a broken link...)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class FoundImages:
+    """The image files below a folder, and the image-named entries that are not regular files."""
+
+    paths: list[Path]
+    skipped: list[SkippedEntry]
+
+
+def walk_folders(root: Path | str) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """(folder, its sub-folder names, its file names) for `root` and every folder below it,
+    top down, names sorted and hidden file names left out; prune the sub-folder list in
+    place to skip some.
 
     Symbolic links to folders are followed once each: a link that points back up the tree
     would otherwise make the walk endless.
@@ -25,19 +45,55 @@ def list_images(root: Path | str) -> list[Path]:
     if not root.is_dir():
         raise HistoseekError(f"not a folder: {display_path(root)}")
     seen_dirs: set[tuple[int, int]] = set()
-    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        stat = os.stat(dirpath)
-        key = (stat.st_dev, stat.st_ino)
+        info = os.stat(dirpath)
+        key = (info.st_dev, info.st_ino)
         if key in seen_dirs:
             dirnames.clear()
             continue
         seen_dirs.add(key)
         dirnames.sort()
-        for name in filenames:
-            if not name.startswith(".") and is_image_name(name):
-                found.append(Path(dirpath) / name)
-    return sorted(found, key=lambda p: os.fsencode(p.relative_to(root)))
+        yield Path(dirpath), dirnames, sorted(n for n in filenames if not n.startswith("."))
+
+
+def irregular(path: Path) -> str | None:
+    """Why `path` is no regular file (FIFOs would block the reader forever; sockets, devices,
+    broken links), or None when it is one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return error.strerror or str(error)
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def find_images(root: Path | str) -> FoundImages:
+    """Every regular image file below `root`, recursively, sorted by relative path (see
+    `walk_folders`); entries that are not regular files are skipped with a reason."""
+    root = Path(root)
+    found: list[Path] = []
+    skipped: list[SkippedEntry] = []
+    for folder, _, names in walk_folders(root):
+        for name in names:
+            if not is_image_name(name):
+                continue
+            path = folder / name
+            problem = irregular(path)
+            if problem is None:
+                found.append(path)
+            else:
+                skipped.append(SkippedEntry(path, problem))
+
+    def order(path: Path) -> bytes:
+        return os.fsencode(path.relative_to(root))
+
+    return FoundImages(
+        sorted(found, key=order), sorted(skipped, key=lambda entry: order(entry.path))
+    )
+
+
+def list_images(root: Path | str) -> list[Path]:
+    """The regular image files below `root` (see `find_images`), without the skipped entries."""
+    return find_images(root).paths
 
 
 @dataclass(frozen=True)
@@ -48,6 +104,7 @@ class LabelledImages:
     paths: list[Path]
     labels: list[int]
     class_names: list[str]
+    skipped: list[SkippedEntry] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,7 +119,8 @@ def scan_labelled_folder(
     labelled -1 rather than refused, so a gallery may hold classes the model never saw.
     """
     root = Path(root)
-    paths = list_images(root)
+    found = find_images(root)
+    paths = found.paths
     if not paths:
         raise HistoseekError(f"no images found in {display_path(root)}")
     folder_names = [path.parent.name for path in paths]
@@ -74,4 +132,6 @@ def scan_labelled_folder(
         )
     index = {name: i for i, name in enumerate(names)}
     labels = [index.get(name, -1) for name in folder_names]
-    return LabelledImages(root=root, paths=paths, labels=labels, class_names=list(names))
+    return LabelledImages(
+        root=root, paths=paths, labels=labels, class_names=list(names), skipped=found.skipped
+    )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+
+#: Images with more pixels than this are refused before decoding; see `pixel_limit`.
+_max_pixels = DEFAULT_MAX_PIXELS
 
 
 class UnreadableImageError(Exception):
@@ -37,11 +44,50 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@contextlib.contextmanager
+def pixel_limit(limit: int) -> Iterator[None]:
+    """Within the block, refuse images of more than `limit` pixels (width × height).
+
+    It holds in this process and in the decoding workers it forks. Pillow's own check, which
+    warns above its limit and refuses only above twice that, is off meanwhile: ours replaces it.
+    """
+    global _max_pixels
+    previous = _max_pixels, Image.MAX_IMAGE_PIXELS
+    _max_pixels, Image.MAX_IMAGE_PIXELS = limit, None
+    try:
+        yield
+    finally:
+        _max_pixels, Image.MAX_IMAGE_PIXELS = previous
+
+
+def _check_pixel_limit(size: tuple[int, int]) -> None:
+    """Raise ValueError if an image of `size` (from its header) is above the pixel limit."""
+    width, height = size
+    if width * height > _max_pixels:
+        raise ValueError(
+            f"{width}×{height} = {width * height:,} pixels is above the limit of "
+            f"{_max_pixels:,} (--max-pixels)"
+        )
+
+
 def load_rgb(path: Path | str) -> Image.Image:
-    """Open an image file fully decoded as 8-bit RGB, or raise UnreadableImageError."""
+    """Open an image file fully decoded as 8-bit RGB, or raise UnreadableImageError.
+
+    Images above the pixel limit are refused from their header, before anything is decoded.
+    """
     try:
         with Image.open(path) as image:
+            _check_pixel_limit(image.size)
             image.load()
             return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"{path}: {error}") from error
+
+
+def check_image_header(path: Path | str) -> None:
+    """Read only the header: raise UnreadableImageError unless a within-limit image follows."""
+    try:
+        with Image.open(path) as image:
+            _check_pixel_limit(image.size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"{path}: {error}") from error

@@ -121,13 +121,16 @@ def _scan(source: Path) -> tuple[list[_Slide], list[_Image], list[SkippedFile]]:
     """The slides and plain images below `source` with their sizes and mtimes; entries that
     are not regular files, or that cannot be stat'ed, are skipped with the reason."""
     found = find_slides_and_images(source)
-    skipped = [SkippedFile(entry.relative, entry.reason) for entry in found.skipped]
+    skipped = [
+        SkippedFile(entry.path.relative_to(source).as_posix(), entry.reason)
+        for entry in found.skipped
+    ]
     images, slides = [], []
     for path in found.images:
         key = path.relative_to(source).as_posix()
         try:
             info = os.stat(path)
-        except OSError as error:
+        except OSError as error:  # removed since the walk
             skipped.append(SkippedFile(key, error.strerror or str(error)))
             continue
         images.append(_Image(path, key, info.st_size, info.st_mtime_ns))

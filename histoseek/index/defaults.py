@@ -11,3 +11,5 @@ DEFAULT_SEED = 0
 #: Annoy candidates inspected per query, at least (Annoy's own default, k × trees, finds only
 #: about 80% of the true top 10 on histology embeddings; see the README's benchmark).
 DEFAULT_SEARCH_K = 10_000
+#: The most candidates Annoy can be asked to inspect (its search_k is a C int).
+MAX_SEARCH_K = 2**31 - 1

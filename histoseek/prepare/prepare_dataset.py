@@ -21,6 +21,7 @@ from PIL import Image
 
 from histoseek import __version__
 from histoseek.data.folder import display_path
+from histoseek.data.images import pixel_limit
 from histoseek.data.split import parse_fractions, stratified_group_split
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
@@ -35,7 +36,7 @@ from histoseek.prepare.layouts import Discovery, SourceImage, discover
 from histoseek.prepare.stain import StainNormalizer, fit_normalizer
 from histoseek.prepare.tiling import tile_origins, tissue_fractions
 from histoseek.prepare.tissue import tissue_mask
-from histoseek.slide.reader import Slide, SlideError, is_slide_file, open_slide, plain_image_size
+from histoseek.slide.reader import Slide, SlideError, is_slide_file, open_slide
 
 SPLIT_NAMES = {1: ("train",), 2: ("train", "test"), 3: ("train", "val", "test")}
 MAX_DEFAULT_WORKERS = 8
@@ -296,8 +297,9 @@ def _check_sizes(images: list[SourceImage], max_pixels: int) -> None:
         if is_slide_file(image.path):
             continue
         try:
-            width, height = plain_image_size(image.path)
-        except SlideError:
+            with pixel_limit(max_pixels), Image.open(image.path) as opened:
+                width, height = opened.size
+        except (OSError, ValueError, SyntaxError):
             continue  # the worker lists it as unreadable
         if width * height > max_pixels:
             too_large.append((width * height, width, height, image.relative))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from histoseek.fsutil import atomic_file
+from histoseek.fsutil import atomic_file, write_errors
 from histoseek.index.search import QueryResult
 from histoseek.report.results import shown_label
 from histoseek.report.thumbnails import load_thumbnail
@@ -64,6 +64,7 @@ def contact_sheet(results: list[QueryResult]) -> Image.Image:
 
 
 def write_sheet(path: Path, results: list[QueryResult]) -> None:
-    """Write the contact sheet as PNG atomically."""
-    with atomic_file(Path(path)) as tmp:
-        contact_sheet(results).save(tmp, format="PNG")
+    """Write the contact sheet as PNG atomically; a failed write is one HistoseekError line."""
+    sheet = contact_sheet(results)
+    with write_errors(path), atomic_file(Path(path)) as tmp:
+        sheet.save(tmp, format="PNG")

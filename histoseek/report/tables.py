@@ -6,7 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
+from histoseek.data.folder import display_path
 from histoseek.model.cgd import ModelConfig
 from histoseek.model.summary import ModelSummary
 
@@ -38,7 +40,7 @@ def model_table(
     if fingerprint is not None:
         rows.append(("fingerprint", fingerprint[:16]))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, Text(value))  # not markup: a path may hold square brackets
     return table
 
 
@@ -50,11 +52,15 @@ def evaluation_table(document: dict) -> Table:
     for name, value in document["metrics"].items():
         table.add_row(name, f"{value:.4f}")
     table.add_section()
-    table.add_row("queries", str(document["query_size"]))
+    queries = str(document["query_size"])
+    if document["queries_left_out"]:
+        queries += f" ({document['queries_left_out']} left out: nothing of their class to find)"
+    table.add_row("queries", queries)
     table.add_row("gallery", str(document["gallery_size"]))
-    table.add_row("protocol", document["protocol"])
-    table.add_row("model", document["model"])
-    table.add_row("backend", document["backend"])
+    # Text, not markup: a path or a --group-regex may hold square brackets.
+    table.add_row("protocol", Text(document["protocol"]))
+    table.add_row("model", Text(display_path(document["model"])))
+    table.add_row("backend", Text(document["backend"]))
     if document["skipped_unreadable"]:
         table.add_row("skipped", f"{len(document['skipped_unreadable'])} unreadable image(s)")
     return table
@@ -67,14 +73,14 @@ def patch_count_table(
     counts: Mapping[str, Mapping[str, int]],
 ) -> Table:
     """Patches written per class (rows) and split (columns; counts[split][class]), with totals."""
-    table = Table(title=f"patches in {output}")
+    table = Table(title=Text(f"patches in {display_path(output)}"))
     table.add_column("class")
     for name in splits:
         table.add_column(name, justify="right")
     table.add_column("total", justify="right")
     for name in classes:
         row = [counts[s].get(name, 0) for s in splits]
-        table.add_row(name, *map(str, row), str(sum(row)))
+        table.add_row(Text(name), *map(str, row), str(sum(row)))
     totals = [sum(counts[s].values()) for s in splits]
     table.add_row("total", *map(str, totals), str(sum(totals)), style="bold")
     return table

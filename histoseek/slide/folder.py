@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import configparser
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from histoseek.data.folder import display_path
+from histoseek.data.folder import SkippedEntry, irregular, walk_folders
 from histoseek.data.images import is_image_name
-from histoseek.errors import HistoseekError
 from histoseek.slide.reader import VENDOR_EXTENSIONS, is_slide_file
 
 # Keys of a .vms/.vmu file that name its companion files (ImageFile, ImageFile(x,y), ...).
@@ -47,14 +45,6 @@ class SlideFile:
         return sum(info.st_size for info in infos), max(info.st_mtime_ns for info in infos)
 
 
-@dataclass(frozen=True)
-class SkippedEntry:
-    """A slide or image name below the folder that cannot be read as one, and why."""
-
-    relative: str
-    reason: str
-
-
 @dataclass
 class FoundSources:
     """The slides and plain images below a folder, each sorted by relative path."""
@@ -62,15 +52,6 @@ class FoundSources:
     slides: list[SlideFile]
     images: list[Path]
     skipped: list[SkippedEntry]
-
-
-def _regular(path: Path) -> str | None:
-    """Why `path` is no regular file (a FIFO would block a reader forever), or None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as error:
-        return error.strerror or str(error)
-    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def _vms_companions(path: Path) -> set[str]:
@@ -98,27 +79,17 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def find_slides_and_images(root: Path | str) -> FoundSources:
-    """Every slide and plain image below `root`, recursively; hidden names are left out.
+    """Every slide and plain image below `root`, recursively (the walk of
+    data.folder.walk_folders: hidden files left out, links to folders followed once each).
 
-    Symbolic links to folders are followed once each. A .tif/.tiff is a slide when OpenSlide
-    recognises it (tiled), else a plain image. Entries that are not regular files are skipped
-    with the reason.
+    A .tif/.tiff is a slide when OpenSlide recognises it (tiled), else a plain image. Entries
+    that are not regular files are skipped with the reason.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise HistoseekError(f"not a folder: {display_path(root)}")
     slides: list[SlideFile] = []
     images: list[Path] = []
     skipped: list[SkippedEntry] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        info = os.stat(dirpath)
-        if (info.st_dev, info.st_ino) in seen_dirs:
-            dirnames.clear()
-            continue
-        seen_dirs.add((info.st_dev, info.st_ino))
-        folder = Path(dirpath)
-        names = sorted(name for name in filenames if not name.startswith("."))
+    for folder, dirnames, names in walk_folders(root):
         parts: dict[str, tuple[Path, ...]] = {}
         companions: set[str] = set()
         for name in names:
@@ -126,11 +97,10 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
             if suffix == ".mrxs" and Path(name).stem in dirnames:
                 dirnames.remove(Path(name).stem)  # its data folder, not more slides
                 parts[name] = (path, *_files_below(folder / Path(name).stem))
-            elif suffix in (".vms", ".vmu") and _regular(path) is None:
+            elif suffix in (".vms", ".vmu") and irregular(path) is None:
                 listed = _vms_companions(path) & set(names)
                 companions |= listed
                 parts[name] = (path, *(folder / part for part in sorted(listed)))
-        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
         dicom = [folder / name for name in names if Path(name).suffix.lower() == _DICOM]
         for name in names:
             path = folder / name
@@ -138,9 +108,9 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
             candidate = suffix in VENDOR_EXTENSIONS or is_image_name(name)
             if name in companions or not candidate or (suffix == _DICOM and path != dicom[0]):
                 continue
-            problem = _regular(path)
+            problem = irregular(path)
             if problem is not None:
-                skipped.append(SkippedEntry(_relative(path, root), problem))
+                skipped.append(SkippedEntry(path, problem))
                 if suffix == _DICOM:
                     dicom.pop(0)  # the next .dcm file stands for the series
             elif suffix == _DICOM:
@@ -158,11 +128,11 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
             else:
                 images.append(path)
 
-    def order(relative: str) -> bytes:
-        return os.fsencode(relative)
+    def order(path: Path) -> bytes:
+        return os.fsencode(path.relative_to(root))
 
     return FoundSources(
-        slides=sorted(slides, key=lambda slide: order(slide.relative)),
-        images=sorted(images, key=lambda path: order(_relative(path, root))),
-        skipped=sorted(skipped, key=lambda entry: order(entry.relative)),
+        slides=sorted(slides, key=lambda slide: order(slide.path)),
+        images=sorted(images, key=order),
+        skipped=sorted(skipped, key=lambda entry: order(entry.path)),
     )

@@ -9,9 +9,7 @@ OpenSlide opens is only ever read region by region.
 from __future__ import annotations
 
 import abc
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -19,7 +17,13 @@ from types import ModuleType, TracebackType
 from PIL import Image
 
 from histoseek.data.folder import display_path
-from histoseek.data.images import IMAGE_EXTENSIONS, UnreadableImageError, load_rgb, to_rgb
+from histoseek.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    load_rgb,
+    pixel_limit,
+    to_rgb,
+)
 from histoseek.errors import HistoseekError
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
 from histoseek.slide.defaults import MPP_RANGE
@@ -354,17 +358,6 @@ class _OpenSlideSlide(Slide):
         self._handle.close()
 
 
-@contextlib.contextmanager
-def _no_pixel_limit() -> Iterator[None]:
-    """Lift Pillow's decompression-bomb check for the block: the size is checked here instead."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
 def _tiff_tag_mpp(image: Image.Image, name: str) -> tuple[float | None, str]:
     """The mpp from a TIFF's XResolution/YResolution/ResolutionUnit, or why there is none."""
     tags = getattr(image, "tag_v2", None)
@@ -380,23 +373,13 @@ def _tiff_tag_mpp(image: Image.Image, name: str) -> tuple[float | None, str]:
     return _plausible(mpp, "its TIFF resolution tags")
 
 
-def plain_image_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) of a plain image from its header alone, however large; SlideError if
-    it is no readable image."""
-    try:
-        with _no_pixel_limit(), Image.open(path) as header:
-            return header.size
-    except (OSError, ValueError, SyntaxError) as error:
-        raise SlideError(f"{display_path(path)}: not a readable image ({error})") from None
-
-
 class _ImageSlide(Slide):
     """A plain image (png, jpg, bmp, stripped tif), decoded whole: a slide of one level."""
 
     def __init__(self, path: Path, slide_mpp: float | None, max_pixels: int) -> None:
         name = display_path(path)
         try:
-            with _no_pixel_limit():
+            with pixel_limit(max_pixels):  # also lifts Pillow's own check
                 with Image.open(path) as header:
                     width, height = header.size
                     found = _or_fallback(_tiff_tag_mpp(header, name), slide_mpp)

@@ -3,7 +3,7 @@ import os
 import pytest
 from PIL import Image
 
-from histoseek.data.folder import display_path, list_images, scan_labelled_folder
+from histoseek.data.folder import display_path, find_images, list_images, scan_labelled_folder
 from histoseek.errors import HistoseekError
 
 
@@ -61,3 +61,26 @@ def test_missing_empty_and_single_class_folders_are_refused(tmp_path):
     _image(tmp_path / "only" / "1.png")
     with pytest.raises(HistoseekError, match="at least 2"):
         scan_labelled_folder(tmp_path, min_classes=2)
+
+
+def test_fifos_and_broken_links_are_skipped_with_a_reason(tmp_path, fifo_guard):
+    _image(tmp_path / "a" / "1.png")
+    fifo_guard.make(tmp_path / "a" / "pipe.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "a" / "broken.png")
+    found = find_images(tmp_path)
+    assert [p.name for p in found.paths] == ["1.png"]
+    assert [(e.path.name, e.reason) for e in found.skipped] == [
+        ("broken.png", "No such file or directory"),
+        ("pipe.png", "not a regular file"),
+    ]
+    assert list_images(tmp_path) == found.paths
+
+
+def test_the_labelled_scan_training_uses_skips_fifos(tmp_path, fifo_guard):
+    _image(tmp_path / "a" / "1.png")
+    _image(tmp_path / "b" / "2.png")
+    fifo_guard.make(tmp_path / "b" / "pipe.png")
+    images = scan_labelled_folder(tmp_path, min_classes=2)
+    assert [p.name for p in images.paths] == ["1.png", "2.png"]
+    assert [entry.path.name for entry in images.skipped] == ["pipe.png"]
+    assert fifo_guard.opened == []

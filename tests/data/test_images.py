@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histoseek.data.images import UnreadableImageError, is_image_name, load_rgb
+from histoseek.data.images import (
+    UnreadableImageError,
+    check_image_header,
+    is_image_name,
+    load_rgb,
+    pixel_limit,
+)
 
 
 @pytest.mark.parametrize("name", ["a.png", "b.JPG", "c.Jpeg", "d.TIF", "e.tiff", "f.BMP"])
@@ -59,3 +65,60 @@ def test_truncated_and_garbage_files_raise(tmp_path):
     for path in (truncated, garbage, tmp_path / "missing.png"):
         with pytest.raises(UnreadableImageError):
             load_rgb(path)
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width × height pixels, with no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+
+    bomb = _png_header_only(tmp_path / "bomb.png", 12_000, 9_000)  # 108 megapixels
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
+    with pixel_limit(DEFAULT_MAX_PIXELS), pytest.raises(UnreadableImageError) as refused:
+        load_rgb(bomb)
+    assert "12000×9000 = 108,000,000 pixels is above the limit of 89,478,485" in str(refused.value)
+    with pixel_limit(DEFAULT_MAX_PIXELS), pytest.raises(UnreadableImageError, match="above"):
+        check_image_header(bomb)
+    assert decoded == []
+
+
+def test_the_pixel_limit_is_configurable_and_replaces_pillows_own(tmp_path, monkeypatch):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (50, 40)).save(path)
+    with pixel_limit(1999), pytest.raises(UnreadableImageError, match="2,000 pixels"):
+        load_rgb(path)
+    # Pillow alone would refuse above twice its limit; a raised limit of ours still reads it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pixel_limit(2000):
+        assert load_rgb(path).size == (50, 40)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored after the block
+
+
+def test_forked_decoding_workers_keep_the_pixel_limit(tmp_path):
+    from histoseek.data.dataset import ImageDataset, make_loader
+
+    paths = []
+    for i, size in enumerate([(8, 8), (64, 64), (8, 8), (64, 64)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", size).save(paths[-1])
+    dataset = ImageDataset(paths, [0] * len(paths), lambda image: np.asarray(image)[:8, :8])
+    with pixel_limit(100):
+        failed = [
+            i for batch in make_loader(dataset, workers=2, batch_size=1) for i in batch.failed
+        ]
+    assert sorted(failed) == [1, 3]

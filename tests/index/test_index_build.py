@@ -172,13 +172,14 @@ def test_symlink_loops_and_non_utf8_names(tiles, checkpoint, tmp_path):
     assert os.fsdecode(b"05_DEBRIS/bad\xff name.tif") in paths
     assert not any("loop" in path or "self" in path for path in paths)
 
-    query = run_cli("query", odd.decode("utf-8", "surrogateescape"), "--index", index_dir, "--json")
+    odd_name = odd.decode("utf-8", "surrogateescape")
+    query = run_cli("query", odd_name, "--index", index_dir, "--json", "--include-self")
     assert query.exit_code == 0, query.output
     document = json.loads(query.stdout)
     top = document["queries"][0]["results"][0]
     assert top["path"].endswith("05_DEBRIS/bad\ufffd name.tif")
     assert top["similarity"] == pytest.approx(1.0, abs=1e-4)
-    table = run_cli("query", odd.decode("utf-8", "surrogateescape"), "--index", index_dir)
+    table = run_cli("query", odd_name, "--index", index_dir, "--include-self")
     assert "bad\ufffd name.tif" in table.stdout
 
 
@@ -247,7 +248,8 @@ def test_builtin_model_is_the_default_and_is_recorded(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     manifest = read_manifest(Path("histoseek-index"))
     assert (manifest.model_reference, manifest.dim) == ("builtin", 1536)
-    query = run_cli("query", next(root.rglob("*.tif")), "-k", "2", "--backend", "torch")
+    image = next(root.rglob("*.tif"))
+    query = run_cli("query", image, "-k", "2", "--backend", "torch", "--include-self")
     assert query.exit_code == 0, query.output
     assert "1.0000" in query.stdout
     assert "hint: majority label among the 2 results" in query.stdout

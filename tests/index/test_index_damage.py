@@ -133,7 +133,9 @@ def test_reindexing_after_a_deleted_items_line_rebuilds_and_answers_right(
     assert result.exit_code == 0, result.output
     assert "0 embedded, 8 reused" in result.stderr
     for image in sorted(tiles.rglob("*.tif")):
-        query = run_cli("query", image, "--index", index_dir, "--exact", "--json", "-k", "2")
+        query = run_cli(
+            "query", image, "--index", index_dir, "--exact", "--json", "-k", "2", "--include-self"
+        )
         assert query.exit_code == 0, query.output
         top = json.loads(query.stdout)["queries"][0]["results"][0]
         assert top["path"].endswith(f"/{image.parent.name}/{image.name}")

@@ -28,7 +28,9 @@ def test_index_query_and_evaluate_use_the_named_export(tiles, checkpoint, onnx_e
     assert manifest["backend"].startswith("onnxruntime")
 
     query_image = sorted(tiles.rglob("*.tif"))[0]
-    found = run_cli("query", query_image, "--index", index_dir, "-k", "3", "--json", *common)
+    found = run_cli(
+        "query", query_image, "--index", index_dir, "-k", "3", "--json", "--include-self", *common
+    )
     assert found.exit_code == 0, found.output
     results = json.loads(found.stdout)["queries"][0]["results"]
     assert results[0]["similarity"] == pytest.approx(1.0, abs=1e-4)

@@ -59,7 +59,9 @@ def _swap_folders(index_dir: Path) -> list[str]:
 
 
 def _top_hit(image: Path, index_dir: Path) -> dict:
-    result = run_cli("query", image, "--index", index_dir, "--exact", "--json", "-k", "1")
+    result = run_cli(
+        "query", image, "--index", index_dir, "--exact", "--json", "-k", "1", "--include-self"
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)["queries"][0]["results"][0]
 

@@ -104,7 +104,7 @@ def test_entries_that_are_not_regular_files_are_skipped_with_a_reason(tmp_path):
     found = find_slides_and_images(root)
     assert [path.name for path in found.images] == ["ok.png"]
     assert found.slides == []
-    assert [(entry.relative, entry.reason) for entry in found.skipped] == [
+    assert [(entry.path.relative_to(root).as_posix(), entry.reason) for entry in found.skipped] == [
         ("a/gone.svs", "No such file or directory"),
         ("a/pipe.tif", "not a regular file"),
     ]
