@@ -119,11 +119,11 @@ def index(
         )
     shown = display_path(report.index_dir)
     images = report.items - report.tiles
-    what = f"{images} image(s)"
-    if report.slides:
-        what = f"{report.tiles} tile(s) of {report.slides} slide(s) and {what}"
+    what = [f"{report.tiles} tile(s) of {report.slides} slide(s)"] if report.slides else []
+    if images or not report.slides:
+        what.append(f"{images} image(s)")
     console.print(
-        f"indexed {what} into {shown} in {report.seconds:.1f} s: "
+        f"indexed {' and '.join(what)} into {shown} in {report.seconds:.1f} s: "
         f"{report.embedded} embedded, {report.reused} reused, {report.dropped} dropped; "
         f"{trees} trees; backend {report.backend}"
     )

@@ -68,8 +68,6 @@ from histoseek.slide.sources import close_slides
 if TYPE_CHECKING:
     from histoseek.embedder import ImageEmbedder
 
-__all__ = ["BuildReport", "IndexItem", "SkippedFile", "build_index"]
-
 
 @dataclass(frozen=True)
 class SkippedFile:
@@ -144,7 +142,9 @@ def _scan(source: Path) -> tuple[list[_Slide], list[_Image], list[SkippedFile]]:
     return slides, images, skipped
 
 
-def _check_previous(index_dir: Path, source: Path, embedder: ImageEmbedder, overwrite: bool):
+def _check_previous(
+    index_dir: Path, source: Path, embedder: ImageEmbedder, overwrite: bool
+) -> None:
     """Refuse to write over anything but an index of this folder and model (or the shards a
     killed first run left), unless --overwrite replaces an index of another."""
     shown = display_path(index_dir)
