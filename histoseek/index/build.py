@@ -62,7 +62,7 @@ from histoseek.index.shards import (
 from histoseek.index.slides import TiledSlide, TilingOptions, find_tissue, shard_fits
 from histoseek.index.store import recover_index
 from histoseek.slide.folder import SlideFile, find_slides_and_images
-from histoseek.slide.reader import SlideError
+from histoseek.slide.reader import SlideError, UnknownMppError
 from histoseek.slide.sources import close_slides
 
 if TYPE_CHECKING:
@@ -390,13 +390,20 @@ def _update_slides(
             shards[relative] = stored
             run.reused += len(stored.items)
     tiled = []
+    unknown_mpp = 0
     for done, slide in enumerate(pending, 1):
         try:
             tiled.append(find_tissue(slide.file, slide.size, slide.mtime_ns, run.options))
         except SlideError as error:
             run.skip(slide.file.relative, _without_name(str(error), slide.file.path))
+            unknown_mpp += isinstance(error, UnknownMppError)
         if tissue_progress is not None:
             tissue_progress(done, len(pending))
+    if unknown_mpp:
+        run.notify(
+            f"{unknown_mpp} slide(s) record no microns per pixel, so they are skipped; "
+            "pass --slide-mpp to give it"
+        )
     return shards, tiled
 
 

@@ -219,6 +219,10 @@ def test_corrupt_truncated_and_unknown_mpp_slides_are_skipped_and_listed(
     index_dir = tmp_path / "idx"
     result = _index(slides, checkpoint, index_dir)
     assert "skipped 4 unreadable file(s)" in result.stderr
+    assert (
+        "1 slide(s) record no microns per pixel, so they are skipped; pass --slide-mpp to give it"
+        in result.stderr
+    )
     listed = dict(
         line.split("\t") for line in (index_dir / "skipped.txt").read_text().splitlines()[1:]
     )
