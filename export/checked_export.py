@@ -1,4 +1,5 @@
-"""`histoseek export`: ONNX and TensorRT exports, each placed only after its parity check passes."""
+"""`histoseek export`: ONNX (FP32, INT8) and TensorRT exports, each placed only after its parity
+check passes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
 from histoseek.inference.exported import (
     ENGINE_SUFFIX,
+    INT8_SUFFIX,
     ONNX_SUFFIX,
+    cached_onnx_path,
     engine_metadata_path,
     import_onnxruntime,
     import_tensorrt,
@@ -20,27 +23,44 @@ from histoseek.inference.exported import (
 from histoseek.inference.onnx_backend import OnnxEmbedder
 from histoseek.inference.tensorrt_backend import TensorRTEmbedder, require_cuda
 from histoseek.inference.torch_backend import TorchEmbedder
-from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
-from histoseek_export.defaults import DEFAULT_MAX_BATCH, DEFAULT_OPSET
+from histoseek.model.cgd import CGD
+from histoseek.model.checkpoint import (
+    BUILTIN_MODEL,
+    load_model,
+    model_fingerprint,
+    read_checkpoint,
+)
+from histoseek_export.defaults import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_BATCH, DEFAULT_OPSET
+from histoseek_export.int8_export import (
+    Int8Quantizer,
+    calibration_images,
+    calibration_source,
+    quantize_until_parity,
+    record_parity,
+)
 from histoseek_export.onnx_export import export_onnx, import_onnx
 from histoseek_export.parity import (
     ENGINE_MIN_COSINE,
     ENGINE_MIN_OVERLAP,
+    INT8_MIN_COSINE,
+    INT8_MIN_OVERLAP,
     ONNX_MIN_COSINE,
     ParityResult,
     compare,
     embed_all,
     parity_images,
+    parity_paths,
 )
 from histoseek_export.tensorrt_build import build_engine
 
 
 def resolve_outputs(
-    checkpoint: Path | None, onnx: str | None, trt: str | None
+    checkpoint: Path | None, onnx: str | None, trt: str | None, int8_only: bool = False
 ) -> tuple[Path | None, Path | None]:
     """(ONNX path, engine path) to write. None: not asked for; "": the default beside the
-    checkpoint (the ONNX one also when neither is asked for); anything else: that path."""
-    if onnx is None and trt is None:
+    checkpoint (the ONNX one also when nothing is asked for, INT8 included); anything else:
+    that path."""
+    if onnx is None and trt is None and not int8_only:
         onnx = ""
     onnx_out = _default_or_given(onnx, checkpoint, ONNX_SUFFIX, "--onnx")
     base = onnx_out if onnx_out is not None else checkpoint
@@ -62,10 +82,30 @@ def _default_or_given(
     return base.with_suffix(suffix)
 
 
+def resolve_int8_output(int8: str | None, checkpoint: Path | None, model: CGD) -> Path | None:
+    """The INT8 model to write. None: not asked for; "": model.int8.onnx beside the checkpoint,
+    or for the built-in model the cache, where `--backend auto` finds it; else that path."""
+    if int8 is None:
+        return None
+    if int8:
+        if not int8.lower().endswith(INT8_SUFFIX):
+            raise HistoseekError(
+                f"--int8 {int8}: the name must end in {INT8_SUFFIX}, which tells the backends "
+                "it holds an INT8 model"
+            )
+        return Path(int8)
+    if checkpoint is None:
+        return cached_onnx_path(model_fingerprint(model), model.config.image_size, int8=True)
+    return checkpoint.with_suffix(INT8_SUFFIX)
+
+
 def run_export(
     model_ref: str | Path | None,
     onnx: str | None = None,
     trt: str | None = None,
+    int8: str | None = None,
+    calibration_dir: Path | None = None,
+    calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
     opset: int = DEFAULT_OPSET,
     dynamic_size: bool = False,
     fp16: bool = True,
@@ -75,11 +115,17 @@ def run_export(
     notify: Notify = print,
 ) -> list[ParityResult]:
     """Export a checkpoint (None or 'builtin': the built-in model); outputs failing parity
-    are not placed. Returns the parity results, which `notify` has already been given."""
+    are not placed. Returns the parity results, which `notify` has already been given.
+
+    `int8` (see resolve_int8_output) adds a static INT8 quantisation calibrated on
+    `calibration_count` images of `calibration_dir`, else of the checkpoint's training folder,
+    else synthetic patches (histoseek_export.int8_export).
+    """
     model, class_names, reference = load_model(model_ref)
     checkpoint = None if reference == BUILTIN_MODEL else Path(str(model_ref))
-    onnx_out, engine_out = resolve_outputs(checkpoint, onnx, trt)
-    targets = [p for p in (onnx_out, engine_out) if p is not None]
+    int8_out = resolve_int8_output(int8, checkpoint, model)
+    onnx_out, engine_out = resolve_outputs(checkpoint, onnx, trt, int8_only=int8 is not None)
+    targets = [p for p in (onnx_out, engine_out, int8_out) if p is not None]
     if engine_out is not None:
         targets.append(engine_metadata_path(engine_out))
     existing = [str(p) for p in targets if p.exists()]
@@ -91,6 +137,9 @@ def run_export(
     if engine_out is not None:
         import_tensorrt("--trt")
         require_cuda("--trt")
+    if int8_out is not None:
+        extra = read_checkpoint(checkpoint).get("extra") if checkpoint is not None else None
+        source = calibration_source(calibration_dir, extra if isinstance(extra, dict) else None)
     images = parity_images(model.config, parity_dir)
     fingerprint = model_fingerprint(model)
     results = []
@@ -109,6 +158,31 @@ def run_export(
             with atomic_file(onnx_out) as tmp:
                 shutil.copyfile(staged, tmp)
             notify(f"wrote {onnx_out}")
+        if int8_out is not None:
+            # The parity images never calibrate, so the check judges unseen images.
+            held_out = (
+                frozenset(parity_paths(parity_dir)) if parity_dir is not None else frozenset()
+            )
+            calibration = calibration_images(model.config, source, calibration_count, held_out)
+            notify(f"calibrating INT8 on {len(calibration)} images: {source.describe()}")
+
+            def judge(candidate: Path, label: str) -> ParityResult:
+                int8_embedder = OnnxEmbedder(candidate, "cpu", fingerprint, precision="int8")
+                return compare(
+                    label,
+                    expected,
+                    embed_all(int8_embedder, images),
+                    INT8_MIN_COSINE,
+                    INT8_MIN_OVERLAP,
+                )
+
+            staged_int8 = Path(scratch) / f"model{INT8_SUFFIX}"
+            quantizer = Int8Quantizer(staged, calibration)
+            results.append(quantize_until_parity(quantizer, staged_int8, judge, notify))
+            record_parity(staged_int8, results[-1])
+            with atomic_file(int8_out) as tmp:
+                shutil.copyfile(staged_int8, tmp)
+            notify(f"wrote {int8_out}")
         if engine_out is not None:
             built = build_engine(
                 staged,

@@ -17,6 +17,7 @@ from histoseek.inference.exported import (
     META_CLASS_NAMES,
     META_CONFIG,
     META_FINGERPRINT,
+    META_PRECISION,
     META_VERSION,
 )
 from histoseek.model.cgd import CGD, EmbeddingOnly
@@ -25,6 +26,10 @@ from histoseek_export.defaults import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
+# ONNX node names carry the module scope they were exported from; the backbone's is /trunk/.
+# Everything outside it (pooling, projections, normalisation) is the head that reduced-precision
+# builds keep in FP32.
+TRUNK_SCOPE = "/trunk/"
 
 
 def import_onnx():
@@ -79,6 +84,7 @@ def export_onnx(
         META_FINGERPRINT: model_fingerprint(model),
         META_CONFIG: json.dumps(model.config.to_dict(), sort_keys=True),
         META_CLASS_NAMES: json.dumps(list(class_names)),
+        META_PRECISION: "fp32",
     }
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

@@ -21,6 +21,8 @@ NEIGHBOURS = 10
 ONNX_MIN_COSINE = 0.9999
 ENGINE_MIN_COSINE = 0.999
 ENGINE_MIN_OVERLAP = 0.9
+INT8_MIN_COSINE = 0.99
+INT8_MIN_OVERLAP = 0.95
 
 
 @dataclass(frozen=True)
@@ -69,18 +71,25 @@ def parity_images(
             render_tissue(TISSUE_CLASSES[i % len(TISSUE_CLASSES)], size, rng) for i in range(count)
         ]
     else:
-        paths = list_images(folder)
-        # Evenly spaced picks cover every class folder of a sorted labelled tree.
-        picks = np.unique(np.linspace(0, len(paths) - 1, num=min(count, len(paths))).astype(int))
         images = []
-        for index in picks if paths else []:
+        for path in parity_paths(folder, count):
             try:
-                images.append(load_rgb(paths[index]))
+                images.append(load_rgb(path))
             except UnreadableImageError:
                 continue
     if len(images) < 2:
         raise HistoseekError(f"parity needs at least 2 readable images in {folder}")
     return np.stack([transform(image) for image in images])
+
+
+def parity_paths(folder: Path, count: int = PARITY_IMAGES) -> list[Path]:
+    """The files of `folder` that the parity check reads: up to `count`, evenly spaced over its
+    sorted files, which covers every class folder of a labelled tree."""
+    paths = list_images(folder)
+    if not paths:
+        return []
+    picks = np.unique(np.linspace(0, len(paths) - 1, num=min(count, len(paths))).astype(int))
+    return [paths[index] for index in picks]
 
 
 def embed_all(embedder: Embedder, images: np.ndarray) -> np.ndarray:

@@ -15,10 +15,9 @@ from histoseek.errors import HistoseekError
 from histoseek.inference.exported import import_tensorrt
 from histoseek.inference.tensorrt_backend import gpu_identity, require_cuda
 from histoseek_export.defaults import DEFAULT_MAX_BATCH
+from histoseek_export.onnx_export import TRUNK_SCOPE
 
 OPT_BATCH = 32
-# ONNX node names carry the module scope they were exported from; the backbone's is /trunk/.
-TRUNK_SCOPE = "/trunk/"
 
 
 @dataclass(frozen=True)

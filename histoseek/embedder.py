@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoseek.callbacks import Notify, Progress
-from histoseek.data.dataset import default_workers
 from histoseek.data.sources import ImageSource
 from histoseek.inference import DEFAULT_BATCH_SIZE
 from histoseek.inference.base import Embedder
+from histoseek.inference.cpu import cpu_plan
 from histoseek.inference.embed_files import EmbeddedFiles, embed_files
 from histoseek.inference.select import create_embedder, print_note
 from histoseek.model.cgd import CGD, ModelConfig
@@ -64,10 +64,16 @@ def embedder_for_model(
     workers: int | None = None,
     notify: Notify = print_note,
 ) -> ImageEmbedder:
-    """Put an already loaded model on its backend (see histoseek.inference.select)."""
+    """Put an already loaded model on its backend (see histoseek.inference.select), with the
+    decoding workers and inference threads of histoseek.inference.cpu."""
+    from histoseek.inference.onnx_backend import cpu_cores
+    from histoseek.inference.torch_backend import resolve_device
     from histoseek_export.onnx_export import export_onnx
 
     checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
+    # Decided without raising: a --device cuda that cannot run is the backend's to refuse.
+    on_cpu = backend == "onnx-int8" or device == "cpu" or resolve_device("auto").type == "cpu"
+    plan = cpu_plan(cpu_cores(), workers, inference_on_cpu=on_cpu)
     backend_embedder = create_embedder(
         network,
         backend,
@@ -76,6 +82,7 @@ def embedder_for_model(
         exported=exported,
         notify=notify,
         onnx_exporter=export_onnx,
+        cpu=plan,
     )
     return ImageEmbedder(
         backend=backend_embedder,
@@ -84,7 +91,7 @@ def embedder_for_model(
         fingerprint=model_fingerprint(network),
         class_names=list(class_names),
         batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
+        workers=plan.decoding_workers,
     )
 
 

@@ -1,4 +1,4 @@
-"""`histoseek export`: ONNX and TensorRT exports, each checked against PyTorch."""
+"""`histoseek export`: ONNX (FP32, INT8) and TensorRT exports, each checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import click
 
 from histoseek.cli.options import model_option, overwrite_option
 from histoseek.errors import HistoseekError
-from histoseek_export.defaults import DEFAULT_MAX_BATCH, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from histoseek_export.defaults import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+)
 
 
 @click.command()
@@ -21,7 +27,7 @@ from histoseek_export.defaults import DEFAULT_MAX_BATCH, DEFAULT_OPSET, MAX_OPSE
     default=None,
     metavar="[OUT.onnx]",
     help="Write an ONNX model (default path: beside the checkpoint, model.onnx). "
-    "This is the default when neither --onnx nor --trt is given.",
+    "This is the default when none of --onnx, --int8 and --trt is given.",
 )
 @click.option(
     "--opset",
@@ -52,6 +58,29 @@ from histoseek_export.defaults import DEFAULT_MAX_BATCH, DEFAULT_OPSET, MAX_OPSE
     help=f"Largest batch the TensorRT engine accepts [default: {DEFAULT_MAX_BATCH}].",
 )
 @click.option(
+    "--int8",
+    "int8_path",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[OUT.int8.onnx]",
+    help="Write a static INT8 ONNX model for fast CPU inference, calibrated on your patches "
+    "(default path: beside the checkpoint, model.int8.onnx; for the built-in model the cache).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of patches to calibrate --int8 on [default: the training folder the "
+    "checkpoint records, if it still exists, else synthetic H&E-like patches].",
+)
+@click.option(
+    "--calibration-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Calibration images, spread over the classes [default: {DEFAULT_CALIBRATION_IMAGES}].",
+)
+@click.option(
     "--parity-images",
     type=click.Path(path_type=Path),
     default=None,
@@ -66,18 +95,29 @@ def export(
     engine_path,
     fp16,
     max_batch,
+    int8_path,
+    calibration,
+    calibration_images,
     parity_images,
     overwrite,
 ):
-    """Export a model to ONNX and/or a TensorRT engine, each checked against PyTorch."""
+    """Export a model to ONNX (FP32 and/or INT8) and/or a TensorRT engine, each checked
+    against PyTorch."""
     if engine_path is None and (fp16 is not None or max_batch is not None):
         raise HistoseekError("--fp16/--fp32 and --max-batch only apply with --trt")
+    if int8_path is None and (calibration is not None or calibration_images is not None):
+        raise HistoseekError("--calibration and --calibration-images only apply with --int8")
     from histoseek_export.checked_export import run_export
 
     run_export(
         model_path,
         onnx=onnx_path,
         trt=engine_path,
+        int8=int8_path,
+        calibration_dir=calibration,
+        calibration_count=(
+            DEFAULT_CALIBRATION_IMAGES if calibration_images is None else calibration_images
+        ),
         opset=opset,
         dynamic_size=dynamic_size,
         fp16=fp16 is not False,

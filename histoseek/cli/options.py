@@ -31,7 +31,7 @@ def model_option(
 
 
 def backend_option() -> Decorator:
-    """`--backend auto|torch|onnx|tensorrt`."""
+    """`--backend auto|torch|onnx|onnx-int8|tensorrt`."""
     return click.option(
         "--backend",
         type=click.Choice(BACKENDS),
@@ -47,8 +47,8 @@ def exported_option() -> Decorator:
         "--exported",
         type=click.Path(path_type=Path),
         default=None,
-        help="ONNX model or TensorRT engine exported from the model "
-        "[default: model.onnx / model.engine beside the checkpoint].",
+        help="ONNX model (*.int8.onnx: INT8) or TensorRT engine exported from the model "
+        "[default: model.int8.onnx / model.onnx / model.engine beside the checkpoint].",
     )
 
 
@@ -71,8 +71,8 @@ def batch_size_option(
 
 
 def workers_option(
-    help: str = "Image-decoding worker processes [default: one per CPU core, at most 8; "
-    "0 = decode in the main process].",
+    help: str = "Image-decoding worker processes [default: one per 4 CPU cores when the model "
+    "runs on the CPU, else one per core, at most 8; 0 = decode in the main process].",
 ) -> Decorator:
     """`--workers N`."""
     return click.option("--workers", type=click.IntRange(min=0), default=None, help=help)

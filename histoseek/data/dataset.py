@@ -24,7 +24,9 @@ class ImageDataset(Dataset):
     By default an unreadable file gives (None, label, index, [index]), and the collate leaves
     it out. With `replace_unreadable` (training), it gives the next readable image of the same
     class instead, so every batch keeps its size: under DDP all processes then take the same
-    steps. The choice depends only on which files are readable, so it repeats.
+    steps. The choice depends only on which files are readable, so it repeats. With
+    `decode_size`, JPEGs larger than needed decode at reduced scale (load_rgb's min_size);
+    training leaves it None, as its random crops want every pixel.
 
     `paths` are image sources: file paths, or slide tiles that each worker reads itself.
     """
@@ -35,8 +37,10 @@ class ImageDataset(Dataset):
         labels: Sequence[int],
         transform: Callable,
         replace_unreadable: bool = False,
+        decode_size: int | None = None,
     ):
         self.paths = list(paths)
+        self.decode_size = decode_size
         self.labels = list(labels)
         self.transform = transform
         self.replace_unreadable = replace_unreadable
@@ -69,7 +73,7 @@ class ImageDataset(Dataset):
         if index in self._unreadable:
             return None
         try:
-            return load_source(self.paths[index])
+            return load_source(self.paths[index], min_size=self.decode_size)
         except UnreadableImageError:
             self._unreadable.add(index)
             return None

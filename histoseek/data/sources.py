@@ -27,10 +27,11 @@ class LoadableImage(Protocol):
 ImageSource = Path | str | LoadableImage
 
 
-def load_source(source: ImageSource) -> Image.Image:
-    """The source's pixels as 8-bit RGB, or UnreadableImageError."""
+def load_source(source: ImageSource, min_size: int | None = None) -> Image.Image:
+    """The source's pixels as 8-bit RGB, or UnreadableImageError. `min_size` lets a large
+    JPEG decode at reduced scale (see load_rgb); a slide tile is read at its own size."""
     if isinstance(source, (str, os.PathLike)):
-        return load_rgb(source)
+        return load_rgb(source, min_size=min_size)
     return source.load()
 
 

@@ -17,13 +17,6 @@ _HED_FROM_RGB = np.linalg.inv(
 _RGB_FROM_HED = np.linalg.inv(_HED_FROM_RGB)
 
 
-def pil_to_array(image: Image.Image, size: int) -> np.ndarray:
-    """Resize an RGB image to size×size and return it as float32 CHW in 0..1."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
-
-
 def normalize_array(array: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Per-channel (x - mean) / std on a CHW (or NCHW) float array."""
     shape = (3, 1, 1)
@@ -37,9 +30,24 @@ class EvalTransform:
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        # (x / 255 - mean) / std as one multiply-add per pixel: x * scale + offset.
+        std_a = np.asarray(std, dtype=np.float64).reshape(3, 1, 1)
+        self._scale = (1.0 / (255.0 * std_a)).astype(np.float32)
+        self._offset = (-np.asarray(mean, dtype=np.float64).reshape(3, 1, 1) / std_a).astype(
+            np.float32
+        )
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        return normalize_array(pil_to_array(image, self.size), self.mean, self.std)
+        """An RGB image → float32 CHW (size × size), normalised, in a single new array."""
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.BILINEAR)
+        pixels = np.asarray(image)  # HWC uint8
+        # The transposed view is read once, converted and scaled straight into the output,
+        # instead of a float copy, a transposed copy and two more for the normalisation.
+        out = np.empty((3, self.size, self.size), dtype=np.float32)
+        np.multiply(pixels.transpose(2, 0, 1), self._scale, out=out)
+        out += self._offset
+        return out
 
 
 def stain_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:

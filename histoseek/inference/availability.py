@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from histoseek.errors import HistoseekError
+from histoseek.inference.cpu import cpu_flags, int8_instructions
 from histoseek.inference.exported import INSTALL_GPU, import_onnxruntime, import_tensorrt
 from histoseek.inference.onnx_backend import CUDA_PROVIDER
 from histoseek.inference.torch_backend import resolve_device
@@ -27,17 +28,19 @@ class BackendStatus:
 
 
 def backend_statuses() -> list[BackendStatus]:
-    """torch, ONNX Runtime on CPU and on CUDA, and TensorRT, in that order."""
+    """torch, ONNX Runtime on CPU (FP32, INT8) and on CUDA, and TensorRT, in that order."""
     gpu = torch.cuda.is_available()
     statuses = [BackendStatus("torch", True, f"PyTorch {torch.__version__}")]
     try:
         ort = import_onnxruntime()
     except HistoseekError as error:
-        statuses.append(BackendStatus("onnx (CPU)", False, str(error)))
-        statuses.append(BackendStatus("onnx (CUDA)", False, str(error)))
+        for name in ("onnx (CPU)", "onnx-int8 (CPU)", "onnx (CUDA)"):
+            statuses.append(BackendStatus(name, False, str(error)))
     else:
         version = f"onnxruntime {ort.__version__}"
         statuses.append(BackendStatus("onnx (CPU)", True, version))
+        int8 = f"{version}, {int8_instructions(cpu_flags())}; needs histoseek export --int8"
+        statuses.append(BackendStatus("onnx-int8 (CPU)", True, int8))
         if CUDA_PROVIDER not in ort.get_available_providers():
             why = f"{version} has no CUDA support: {INSTALL_GPU}"
             statuses.append(BackendStatus("onnx (CUDA)", False, why))

@@ -40,7 +40,8 @@ def embed_files(
     """Embed image files or slide tiles with the model's test-time preprocessing; unreadable
     sources are skipped and listed by index. Each worker decodes (and opens slides) itself."""
     transform = EvalTransform(config.image_size, config.mean, config.std)
-    dataset = ImageDataset(sources, [0] * len(sources), transform)
+    # Large JPEGs decode straight to about the model's size; the transform resizes the rest.
+    dataset = ImageDataset(sources, [0] * len(sources), transform, decode_size=config.image_size)
     loader = make_loader(
         dataset, workers=decoding_workers(len(sources), batch_size, workers), batch_size=batch_size
     )

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from histoseek.model.cgd import ModelConfig
 
 ONNX_SUFFIX = ".onnx"
+# INT8 exports are ONNX files too; the name tells them apart before anything is loaded.
+INT8_SUFFIX = ".int8.onnx"
 ENGINE_SUFFIX = ".engine"
 
 # ONNX metadata_props keys, written by `histoseek export` and read by the backends.
@@ -28,6 +30,10 @@ META_VERSION = "histoseek.version"
 META_FINGERPRINT = "histoseek.fingerprint"
 META_CONFIG = "histoseek.config"
 META_CLASS_NAMES = "histoseek.class_names"
+# "fp32" or "int8"; exports older than INT8 support carry none and are FP32.
+META_PRECISION = "histoseek.precision"
+# The parity check an INT8 export passed, as JSON: figures, thresholds, image count.
+META_PARITY = "histoseek.parity"
 
 ENGINE_METADATA_KEYS = frozenset(
     {"fingerprint", "config", "precision", "tensorrt_version", "gpu_name", "compute_capability"}
@@ -71,20 +77,27 @@ def engine_metadata_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
 
-def exports_beside(checkpoint: Path) -> tuple[Path, Path]:
-    """(ONNX path, engine path) that `histoseek export` writes beside a checkpoint by default."""
-    return checkpoint.with_suffix(ONNX_SUFFIX), checkpoint.with_suffix(ENGINE_SUFFIX)
+EXPORT_SUFFIXES = {"onnx": ONNX_SUFFIX, "onnx-int8": INT8_SUFFIX, "tensorrt": ENGINE_SUFFIX}
+
+
+def export_beside(checkpoint: Path, kind: str) -> Path:
+    """Where `histoseek export` writes a checkpoint's export of `kind` ('onnx', 'onnx-int8' or
+    'tensorrt') by default: model.pt → model.onnx, model.int8.onnx, model.engine."""
+    return checkpoint.with_suffix(EXPORT_SUFFIXES[kind])
 
 
 def export_kind(path: Path) -> str:
-    """'onnx' or 'tensorrt' from an exported model's file name."""
-    suffix = path.suffix.lower()
-    if suffix == ONNX_SUFFIX:
+    """'onnx', 'onnx-int8' or 'tensorrt' from an exported model's file name."""
+    name = path.name.lower()
+    if name.endswith(INT8_SUFFIX):
+        return "onnx-int8"
+    if name.endswith(ONNX_SUFFIX):
         return "onnx"
-    if suffix == ENGINE_SUFFIX:
+    if name.endswith(ENGINE_SUFFIX):
         return "tensorrt"
     raise HistoseekError(
-        f"{path}: an exported model must end in {ONNX_SUFFIX} (ONNX) or {ENGINE_SUFFIX} (TensorRT)"
+        f"{path}: an exported model must end in {ONNX_SUFFIX} (ONNX) or {ENGINE_SUFFIX} "
+        f"(TensorRT), an INT8 ONNX model in {INT8_SUFFIX}"
     )
 
 
@@ -139,15 +152,17 @@ def cache_dir() -> Path:
 CACHED_ONNX_FOLDER = "onnx"
 # The names cached_onnx_path gives, and those of atomic_file's temporaries of them, which a
 # killed export leaves behind: only files named so are histoseek's to list and remove.
-_CACHED_ONNX_NAME = re.compile(r"[0-9a-f]{24}-[0-9]+px\.onnx")
-_UNFINISHED_ONNX_NAME = re.compile(r"\.[0-9a-f]{24}-[0-9]+px\.onnx\.[A-Za-z0-9_]+\.tmp")
+_CACHED_ONNX_NAME = re.compile(r"[0-9a-f]{24}-[0-9]+px(\.int8)?\.onnx")
+_UNFINISHED_ONNX_NAME = re.compile(r"\.[0-9a-f]{24}-[0-9]+px(\.int8)?\.onnx\.[A-Za-z0-9_]+\.tmp")
 #: An unfinished export younger than this may still be being written by a running command.
 UNFINISHED_GRACE_S = 3600
 
 
-def cached_onnx_path(fingerprint: str, image_size: int) -> Path:
-    """Where an automatically exported ONNX model for these weights is cached."""
-    return cache_dir() / CACHED_ONNX_FOLDER / f"{fingerprint[:24]}-{image_size}px{ONNX_SUFFIX}"
+def cached_onnx_path(fingerprint: str, image_size: int, int8: bool = False) -> Path:
+    """Where an ONNX export of these weights is cached: the FP32 one `auto` makes on the fly,
+    or the INT8 one `histoseek export --int8` writes for the built-in model."""
+    suffix = INT8_SUFFIX if int8 else ONNX_SUFFIX
+    return cache_dir() / CACHED_ONNX_FOLDER / f"{fingerprint[:24]}-{image_size}px{suffix}"
 
 
 @dataclass(frozen=True)

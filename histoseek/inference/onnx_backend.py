@@ -11,6 +11,7 @@ from histoseek.errors import HistoseekError
 from histoseek.inference.exported import (
     INSTALL_GPU,
     META_FINGERPRINT,
+    META_PRECISION,
     check_fingerprint,
     config_from_metadata,
     import_onnxruntime,
@@ -32,10 +33,26 @@ def ort_has_cuda() -> bool:
     return CUDA_PROVIDER in import_onnxruntime().get_available_providers()
 
 
-class OnnxEmbedder:
-    """Runs an exported ONNX model with ONNX Runtime (all graph optimisations, all CPU cores)."""
+PRECISIONS = ("fp32", "int8")
 
-    def __init__(self, path: Path, device: str = "cpu", fingerprint: str | None = None):
+
+class OnnxEmbedder:
+    """Runs an exported ONNX model, FP32 or INT8, with ONNX Runtime (all graph optimisations).
+
+    `fingerprint` and `precision`, when given, must match what the export records. `threads`
+    (default: every core) and `spinning` size ONNX Runtime's intra-op thread pool (see
+    histoseek.inference.cpu).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        device: str = "cpu",
+        fingerprint: str | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
+    ):
         ort = import_onnxruntime()
         path = Path(path)
         if device == "cuda" and not ort_has_cuda():
@@ -45,7 +62,8 @@ class OnnxEmbedder:
         providers = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = cpu_cores()
+        options.intra_op_num_threads = threads or cpu_cores()
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -53,8 +71,18 @@ class OnnxEmbedder:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else error
             raise HistoseekError(f"cannot load ONNX model {path}: {first_line}") from None
         props = self.session.get_modelmeta().custom_metadata_map
+        #: The export's metadata_props (fingerprint, config, precision, parity...).
+        self.metadata = dict(props)
         if fingerprint is not None:
             check_fingerprint(path, props.get(META_FINGERPRINT), fingerprint)
+        self.precision = props.get(META_PRECISION, "fp32")
+        if self.precision not in PRECISIONS:
+            raise HistoseekError(f"{path} records an unknown precision {self.precision!r}")
+        if precision is not None and precision != self.precision:
+            raise HistoseekError(
+                f"{path} is an {self.precision.upper()} export, not {precision.upper()}; "
+                f"use --backend {'onnx-int8' if self.precision == 'int8' else 'onnx'}"
+            )
         self.config = config_from_metadata(path, props)
         self.path = path
         self.dim = self.config.dim
@@ -64,7 +92,8 @@ class OnnxEmbedder:
         height, width = model_input.shape[2:]
         self.fixed_size = (height, width) if isinstance(height, int) else None
         self.provider = self.session.get_providers()[0]
-        self.name = f"onnxruntime ({self.provider})"
+        precision_label = " int8" if self.precision == "int8" else ""
+        self.name = f"onnxruntime{precision_label} ({self.provider})"
 
     def embed_batch(self, images: np.ndarray) -> np.ndarray:
         """Embed an NCHW float32 batch → (N, dim) float32."""

@@ -1,10 +1,13 @@
-"""Choosing an embedding backend for a model: `--backend auto|torch|onnx|tensorrt`.
+"""Choosing an embedding backend for a model: `--backend auto|torch|onnx|onnx-int8|tensorrt`.
 
-`auto` tries TensorRT, then ONNX Runtime on CUDA, then ONNX Runtime on CPU, then PyTorch, and
-takes the first that is installed, usable on the device (`--device auto` is CUDA when PyTorch
-sees a GPU: a GPU run never falls back to a CPU runtime while PyTorch could use the GPU) and has
-an export made from the same weights. Exports are found beside the checkpoint (`model.onnx`,
-`model.engine` next to `model.pt`) or named with `exported`. Where `auto` finds no usable
+`auto` tries TensorRT, then ONNX Runtime on CUDA, then (on the CPU) an INT8 export, then ONNX
+Runtime FP32 on CPU, then PyTorch, and takes the first that is installed, usable on the device
+(`--device auto` is CUDA when PyTorch sees a GPU: a GPU run never falls back to a CPU runtime
+while PyTorch could use the GPU, and never runs INT8) and has an export made from the same
+weights. Exports are found beside the checkpoint (`model.onnx`, `model.int8.onnx`,
+`model.engine` next to `model.pt`), named with `exported`, or, for the built-in model's INT8
+export, in the cache. An INT8 export is used by `auto` only if it records a passed parity
+check. Where `auto` finds no usable
 export and the caller passes an `onnx_exporter`, it exports the model to ONNX on the fly into
 the cache, as ONNX Runtime embeds several times faster than PyTorch on CPUs. The exporter is
 passed in (by histoseek.embedder) so that this layer never imports the export package, which
@@ -13,6 +16,7 @@ itself builds on this one.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +26,13 @@ from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
 from histoseek.inference import BACKENDS, DEVICES
 from histoseek.inference.base import Embedder
+from histoseek.inference.cpu import CpuPlan
 from histoseek.inference.exported import (
-    ENGINE_SUFFIX,
-    ONNX_SUFFIX,
+    EXPORT_SUFFIXES,
+    META_PARITY,
     cached_onnx_path,
+    export_beside,
     export_kind,
-    exports_beside,
     import_onnxruntime,
     import_tensorrt,
 )
@@ -52,14 +57,16 @@ def create_embedder(
     exported: Path | None = None,
     notify: Notify = print_note,
     onnx_exporter: OnnxExporter | None = None,
+    cpu: CpuPlan | None = None,
 ) -> Embedder:
     """Create the embedder for `model` on the requested backend ('auto': the fastest usable).
 
     `checkpoint` is where `model` was loaded from (None for the built-in model); `exported`
     names an ONNX file or TensorRT engine instead of looking beside the checkpoint. `notify`
-    receives a line for every export that `auto` finds but cannot use, and for a first
-    on-the-fly export. `onnx_exporter` lets `auto` (and `onnx` for the built-in model) export
-    into the cache. The embedder's `.name` says which backend was picked.
+    receives a line for every export that `auto` finds but cannot use, for the INT8 export it
+    picks, and for a first on-the-fly export. `onnx_exporter` lets `auto` (and `onnx` for the
+    built-in model) export into the cache. `cpu` sizes ONNX Runtime's CPU threads (default:
+    every core, spinning). The embedder's `.name` says which backend was picked.
     """
     if backend not in BACKENDS:
         raise HistoseekError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -68,9 +75,11 @@ def create_embedder(
     if backend == "torch":
         return TorchEmbedder(model, device=device)
     exported = Path(exported) if exported else None
-    finder = _ExportFinder(model, checkpoint, exported, onnx_exporter, notify)
+    finder = _ExportFinder(model, checkpoint, exported, onnx_exporter, notify, cpu)
     if backend == "onnx":
         return _onnx_embedder(finder, device)
+    if backend == "onnx-int8":
+        return _int8_embedder(finder, device)
     if backend == "tensorrt":
         return _tensorrt_embedder(finder, device)
     return _auto_embedder(finder, device)
@@ -86,12 +95,14 @@ class _ExportFinder:
         exported: Path | None,
         onnx_exporter: OnnxExporter | None,
         notify: Notify,
+        cpu: CpuPlan | None = None,
     ):
         self.model = model
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.exported = exported
         self.onnx_exporter = onnx_exporter
         self.notify = notify
+        self.cpu = cpu
         self.fingerprint = model_fingerprint(model)
         if exported is not None:
             export_kind(exported)
@@ -99,13 +110,16 @@ class _ExportFinder:
                 raise HistoseekError(f"exported model not found: {exported}")
 
     def find(self, kind: str) -> Path | None:
-        """The named export if it is of `kind`, else the one beside the checkpoint, if any."""
+        """The named export if it is of `kind`, else the one beside the checkpoint, if any (for
+        the built-in model: its INT8 export in the cache)."""
         if self.exported is not None:
             return self.exported if export_kind(self.exported) == kind else None
-        if self.checkpoint is None:
+        if self.checkpoint is not None:
+            path = export_beside(self.checkpoint, kind)
+        elif kind == "onnx-int8":
+            path = cached_onnx_path(self.fingerprint, self.model.config.image_size, int8=True)
+        else:
             return None
-        onnx_path, engine_path = exports_beside(self.checkpoint)
-        path = onnx_path if kind == "onnx" else engine_path
         return path if path.is_file() else None
 
     def require(self, kind: str) -> Path:
@@ -113,21 +127,43 @@ class _ExportFinder:
         found = self.find(kind)
         if found is not None:
             return found
-        what = "an ONNX model" if kind == "onnx" else "a TensorRT engine"
-        trt_flag = " --trt" if kind == "tensorrt" else ""
+        what, flag = {
+            "onnx": ("an ONNX model", "--onnx"),
+            "onnx-int8": ("an INT8 ONNX model", "--int8"),
+            "tensorrt": ("a TensorRT engine", "--trt"),
+        }[kind]
         if self.exported is not None:
-            raise HistoseekError(f"--backend {kind} needs {what}, but {self.exported} is not one")
+            raise HistoseekError(
+                f"--backend {kind} needs {what} (*{EXPORT_SUFFIXES[kind]}), but {self.exported} "
+                "is not one"
+            )
         if self.checkpoint is None:
-            suffix = ONNX_SUFFIX if kind == "onnx" else ENGINE_SUFFIX
-            flag = "--onnx" if kind == "onnx" else "--trt"
+            if kind == "onnx-int8":
+                raise HistoseekError(
+                    f"the built-in model needs {what} for --backend {kind}; make one with "
+                    "`histoseek export --int8` (it goes to the cache)"
+                )
+            suffix = EXPORT_SUFFIXES[kind]
             raise HistoseekError(
                 f"the built-in model needs {what} for --backend {kind}; make one with "
                 f"`histoseek export {flag} builtin{suffix}`, then pass --exported builtin{suffix}"
             )
-        beside = exports_beside(self.checkpoint)[0 if kind == "onnx" else 1]
+        beside = export_beside(self.checkpoint, kind)
+        extra_flag = "" if kind == "onnx" else f" {flag}"
         raise HistoseekError(
             f"--backend {kind} needs {what} of {self.checkpoint}, and there is none at {beside}; "
-            f"make one: histoseek export --model {self.checkpoint}{trt_flag}"
+            f"make one: histoseek export --model {self.checkpoint}{extra_flag}"
+        )
+
+    def onnx_embedder(self, path: Path, device: str, precision: str) -> Embedder:
+        """ONNX Runtime on `path`, checked against the model's weights and `precision`."""
+        from histoseek.inference.onnx_backend import OnnxEmbedder
+
+        threads = {}
+        if self.cpu is not None and device == "cpu":
+            threads = {"threads": self.cpu.inference_threads, "spinning": self.cpu.spinning}
+        return OnnxEmbedder(
+            path, device=device, fingerprint=self.fingerprint, precision=precision, **threads
         )
 
     def cached_onnx(self) -> Path:
@@ -154,13 +190,37 @@ def _ort_device(device: str) -> str:
 
 
 def _onnx_embedder(finder: _ExportFinder, device: str) -> Embedder:
-    from histoseek.inference.onnx_backend import OnnxEmbedder
-
     import_onnxruntime()
     builtin = finder.checkpoint is None and finder.exported is None
     cached = builtin and finder.onnx_exporter is not None
     path = finder.cached_onnx() if cached else finder.require("onnx")
-    return OnnxEmbedder(path, device=_ort_device(device), fingerprint=finder.fingerprint)
+    return finder.onnx_embedder(path, _ort_device(device), "fp32")
+
+
+def _int8_embedder(finder: _ExportFinder, device: str) -> Embedder:
+    import_onnxruntime("the onnx-int8 backend")
+    if device == "cuda":
+        raise HistoseekError("--backend onnx-int8 runs on the CPU; drop --device cuda")
+    return finder.onnx_embedder(finder.require("onnx-int8"), "cpu", "int8")
+
+
+def _passed_parity(embedder: Embedder) -> str:
+    """The parity figures an INT8 export records, or an error if it records no pass."""
+    recorded = embedder.metadata.get(META_PARITY)
+    try:
+        parity = json.loads(recorded) if recorded else {}
+        passed = parity.get("passed") is True
+        figures = (
+            f"cosine ≥ {float(parity['min_cosine']):.4f}, top-10 neighbour overlap "
+            f"{float(parity['neighbour_overlap']):.3f} on {int(parity['images'])} images"
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        passed = False
+    if not passed:
+        raise HistoseekError(
+            "it records no passed parity check; make it with histoseek export --int8"
+        )
+    return figures
 
 
 def _tensorrt_embedder(finder: _ExportFinder, device: str) -> Embedder:
@@ -184,14 +244,38 @@ def _auto_embedder(finder: _ExportFinder, device: str) -> Embedder:
                 return embedder
         else:
             notify(f"not using {engine_path}: TensorRT engines need a CUDA GPU")
+    int8_path = finder.find("onnx-int8")
+    if int8_path is not None:
+        if on_gpu:
+            notify(f"not using {int8_path}: INT8 exports run on the CPU, and this run uses CUDA")
+        else:
+            embedder = _auto_int8_embedder(finder, int8_path)
+            if embedder is not None:
+                return embedder
     embedder = _auto_onnx_embedder(finder, on_gpu)
     if embedder is not None:
         return embedder
     return TorchEmbedder(finder.model, device=device)
 
 
+def _auto_int8_embedder(finder: _ExportFinder, path: Path) -> Embedder | None:
+    """The INT8 export at `path` if it runs here and passed its parity check, saying so."""
+
+    def checked() -> tuple[Embedder, str]:
+        import_onnxruntime("the onnx-int8 backend")
+        embedder = finder.onnx_embedder(path, "cpu", "int8")
+        return embedder, _passed_parity(embedder)
+
+    found = _attempt(checked, path, finder.notify)
+    if found is None:
+        return None
+    embedder, figures = found
+    finder.notify(f"using the INT8 export {path} (parity at export: {figures})")
+    return embedder
+
+
 def _auto_onnx_embedder(finder: _ExportFinder, on_gpu: bool) -> Embedder | None:
-    from histoseek.inference.onnx_backend import OnnxEmbedder, ort_has_cuda
+    from histoseek.inference.onnx_backend import ort_has_cuda
 
     notify = finder.notify
 
@@ -210,9 +294,7 @@ def _auto_onnx_embedder(finder: _ExportFinder, on_gpu: bool) -> Embedder | None:
 
     def embedder_for(onnx_path: Path) -> Embedder | None:
         return _attempt(
-            lambda: OnnxEmbedder(onnx_path, device=ort_device, fingerprint=finder.fingerprint),
-            onnx_path,
-            notify,
+            lambda: finder.onnx_embedder(onnx_path, ort_device, "fp32"), onnx_path, notify
         )
 
     embedder = embedder_for(path) if path is not None else None

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
+from histoseek.inference.exported import INT8_SUFFIX
+
 if TYPE_CHECKING:  # availability imports torch, which `histoseek cache` must not load
     from histoseek.inference.availability import BackendStatus
     from histoseek.inference.exported import CachedFile
@@ -60,10 +62,16 @@ def cache_table(folder: Path, files: Sequence[CachedFile]) -> Table:
     for cached in files:
         table.add_row(
             cached.path.relative_to(folder).as_posix(),
-            "ONNX export" if cached.finished else "unfinished export",
+            _cache_kind(cached),
             format_size(cached.size),
             datetime.fromtimestamp(cached.modified).strftime("%Y-%m-%d %H:%M"),
         )
     total = sum(cached.size for cached in files)
     table.add_row(f"total: {len(files)} file(s)", "", format_size(total), "", style="bold")
     return table
+
+
+def _cache_kind(cached: CachedFile) -> str:
+    if not cached.finished:
+        return "unfinished export"
+    return "INT8 ONNX export" if cached.path.name.endswith(INT8_SUFFIX) else "ONNX export"

@@ -57,3 +57,11 @@ def test_cache_command_does_not_load_torch(cache):
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.stdout.strip().endswith("False"), completed.stdout + completed.stderr
+
+
+def test_cache_names_int8_exports(cache):
+    export = cached_onnx_path("cd" * 32, 224, int8=True)
+    export.parent.mkdir(parents=True)
+    export.write_bytes(b"\0" * 1000)
+    listing = run()
+    assert f"onnx/{export.name}" in listing and "INT8 ONNX export" in listing

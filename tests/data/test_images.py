@@ -122,3 +122,51 @@ def test_forked_decoding_workers_keep_the_pixel_limit(tmp_path):
             i for batch in make_loader(dataset, workers=2, batch_size=1) for i in batch.failed
         ]
     assert sorted(failed) == [1, 3]
+
+
+def _tissue_jpeg(path, size: tuple[int, int]):
+    from histoseek.data.synth import render_tissue
+
+    render_tissue("mucosa", size, np.random.default_rng(0)).save(path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize(
+    "size, decoded",
+    [((960, 720), (480, 360)), ((1000, 1000), (250, 250)), ((500, 460), (250, 230))],
+)
+def test_large_jpegs_decode_at_the_smallest_scale_that_still_covers_min_size(
+    tmp_path, size, decoded
+):
+    path = _tissue_jpeg(tmp_path / "big.jpg", size)
+    image = load_rgb(path, min_size=224)
+    assert image.mode == "RGB" and image.size == decoded
+    assert min(image.size) >= 224
+
+
+def test_reduced_decoding_gives_the_same_model_input_within_tolerance(tmp_path):
+    from histoseek.data.transforms import EvalTransform
+
+    path = _tissue_jpeg(tmp_path / "big.jpg", (1000, 900))
+    transform = EvalTransform(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    full = transform(load_rgb(path))
+    reduced = transform(load_rgb(path, min_size=224))
+    assert reduced.shape == full.shape == (3, 224, 224)
+    # Back to 0..255 pixel units: DCT-domain scaling differs from a bilinear reduction only
+    # in fine detail.
+    difference = np.abs(reduced - full) * 0.5 * 255
+    assert difference.mean() < 4.0
+    psnr = 20 * np.log10(255 / np.sqrt(np.mean(difference**2)))
+    assert psnr > 30
+
+
+def test_small_jpegs_and_other_formats_decode_in_full(tmp_path):
+    small = _tissue_jpeg(tmp_path / "small.jpg", (300, 300))
+    assert load_rgb(small, min_size=224).size == (300, 300)
+    png = tmp_path / "big.png"
+    Image.new("RGB", (1000, 1000), (200, 100, 150)).save(png)
+    assert load_rgb(png, min_size=224).size == (1000, 1000)
+    grey = tmp_path / "grey.jpg"
+    Image.new("L", (1000, 1000), 90).save(grey)
+    image = load_rgb(grey, min_size=224)
+    assert image.mode == "RGB" and image.size == (250, 250)

@@ -72,3 +72,13 @@ def test_clear_removes_exports_and_stale_leftovers_only(cache, tmp_path):
     assert not export.exists() and not stale.exists() and running.exists()
     assert link.is_symlink() and outside.read_bytes() == b"keep"
     assert all(other.read_text() == "not histoseek's" for other in others)
+
+
+def test_int8_exports_of_the_builtin_model_are_listed_and_cleared(cache):
+    fp32, int8 = cached_onnx_path("ab" * 32, 224), cached_onnx_path("ab" * 32, 224, int8=True)
+    assert int8.name.endswith("-224px.int8.onnx") and int8.parent == fp32.parent
+    for path in (fp32, int8):
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(b"model")
+    assert {cached.path for cached in cached_files()} == {fp32, int8}
+    assert len(clear_cache()) == 2 and not int8.exists()
