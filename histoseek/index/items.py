@@ -148,8 +148,9 @@ def item_source(index_root: Path | str, item: IndexItem) -> ImageSource:
 
 
 def read_item_image(index_root: Path | str, item: IndexItem) -> Image.Image:
-    """The pixels an item was embedded from, as RGB: the image file, or the tile read again
-    from its slide at the same place and resolution (a patch_size × patch_size image).
+    """An item's pixels as RGB: its image file decoded whole, or its tile read again from its
+    slide at the same place, level and resolution as when it was embedded (a patch_size ×
+    patch_size image, the very pixels embedded).
 
     `index_root` is the indexed folder (the manifest's source_dir). A file that cannot be
     read any more is one HistoseekError.
