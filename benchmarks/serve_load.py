@@ -44,8 +44,8 @@ from rich.table import Table
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
 from histoseek.index.annoy_index import build_annoy
-from histoseek.index.build import IndexItem
 from histoseek.index.defaults import DEFAULT_SEED, DEFAULT_TREES
+from histoseek.index.items import IndexItem
 from histoseek.index.manifest import (
     ANNOY_NAME,
     EMBEDDINGS_NAME,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoseek.callbacks import Notify, Progress
+from histoseek.data.sources import ImageSource
 from histoseek.inference import DEFAULT_BATCH_SIZE
 from histoseek.inference.base import Embedder
 from histoseek.inference.cpu import cpu_plan
@@ -43,10 +44,12 @@ class ImageEmbedder:
         """The checkpoint file the model came from (None for the built-in model)."""
         return None if self.reference == BUILTIN_MODEL else Path(self.reference)
 
-    def embed_files(self, paths: Sequence[Path], progress: Progress | None = None) -> EmbeddedFiles:
-        """Embed image files; unreadable ones are reported in `.failed`, not raised."""
+    def embed_files(
+        self, sources: Sequence[ImageSource], progress: Progress | None = None
+    ) -> EmbeddedFiles:
+        """Embed image files or slide tiles; unreadable ones are reported in `.failed`."""
         return embed_files(
-            self.backend, self.config, paths, self.batch_size, self.workers, progress
+            self.backend, self.config, sources, self.batch_size, self.workers, progress
         )
 
 

@@ -79,5 +79,5 @@ def test_prepare_and_slide_reading_decode_up_to_their_own_max_pixels(tmp_path, m
     result = CliRunner().invoke(cli, [*args, *options, "--max-pixels", "20000"])
     assert result.exit_code == 0, result.output
     assert "skipped" not in result.stdout
-    with open_slide(tmp_path / "src" / "a" / "0.png", mpp=0.5, max_pixels=20_000) as slide:
+    with open_slide(tmp_path / "src" / "a" / "0.png", slide_mpp=0.5, max_pixels=20_000) as slide:
         assert slide.dimensions == (128, 128)

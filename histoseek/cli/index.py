@@ -8,9 +8,12 @@ import click
 
 from histoseek.cli.options import (
     embedding_options,
+    group_regex_option,
+    labels_option,
     max_pixels_option,
     model_option,
     output_option,
+    tiling_options,
 )
 from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TREES
 
@@ -23,6 +26,12 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
     default=DEFAULT_INDEX_DIR,
     help="Index folder (query looks for ./histoseek-index by default).",
 )
+@tiling_options()
+@group_regex_option(
+    help="Group slides and images by this regex on their path below DIRECTORY (its first "
+    "group, else the whole match), e.g. a patient id [default for a slide: the slide]."
+)
+@labels_option()
 @click.option(
     "--trees",
     type=click.IntRange(min=1),
@@ -39,7 +48,7 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Replace an index of another folder or model at -o (and re-embed every image).",
+    help="Replace an index of another folder or model at -o.",
 )
 @click.option(
     "--wait",
@@ -50,6 +59,12 @@ def index(
     directory,
     model_path,
     index_dir,
+    mpp,
+    slide_mpp,
+    patch_size,
+    min_tissue,
+    group_regex,
+    labels_csv,
     trees,
     seed,
     strict,
@@ -62,9 +77,11 @@ def index(
     overwrite,
     wait,
 ):
-    """Embed every image under DIRECTORY and build an Annoy index of them.
+    """Embed every slide and image under DIRECTORY and build an Annoy index of them.
 
-    Re-running it on the same folder embeds only new or changed files.
+    Slides (.svs, .ndpi, .mrxs, tiled .tif, ...) become their tissue tiles; other images stay
+    one item each. Re-running it on the same folder embeds only new or changed slides and
+    images, and a killed run picks up where it stopped.
     """
     from rich.console import Console
 
@@ -72,15 +89,18 @@ def index(
     from histoseek.data.images import pixel_limit
     from histoseek.embedder import load_image_embedder
     from histoseek.index.build import build_index
-    from histoseek.report.progress import progress_bar
+    from histoseek.index.slides import TilingOptions
+    from histoseek.report.progress import progress_bars
 
     # Markup off: paths may hold square brackets, which rich would read as styles.
     console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     notify = console.print
+    tiling = TilingOptions(mpp, patch_size, min_tissue, slide_mpp)
     embedder = load_image_embedder(
         model_path, backend, device, exported, batch_size, workers, notify=notify
     )
-    with pixel_limit(max_pixels), progress_bar("embedding") as progress:
+    bars = [("finding tissue", "slide"), ("embedding", "tile")]
+    with pixel_limit(max_pixels), progress_bars(bars) as (tissue_progress, progress):
         report = build_index(
             directory,
             index_dir,
@@ -90,15 +110,28 @@ def index(
             strict=strict,
             overwrite=overwrite,
             wait=wait,
+            tiling=tiling,
+            group_regex=group_regex,
+            labels_csv=labels_csv,
             progress=progress,
+            tissue_progress=tissue_progress,
             notify=notify,
         )
     shown = display_path(report.index_dir)
+    images = report.items - report.tiles
+    what = [f"{report.tiles} tile(s) of {report.slides} slide(s)"] if report.slides else []
+    if images or not report.slides:
+        what.append(f"{images} image(s)")
     console.print(
-        f"indexed {report.items} image(s) into {shown} in {report.seconds:.1f} s: "
+        f"indexed {' and '.join(what)} into {shown} in {report.seconds:.1f} s: "
         f"{report.embedded} embedded, {report.reused} reused, {report.dropped} dropped; "
         f"{trees} trees; backend {report.backend}"
     )
+    if report.slides:
+        console.print(
+            f"slides: {report.slides_embedded} embedded, {report.slides_reused} reused "
+            f"(shards in {shown}/shards)"
+        )
     if report.skipped:
         console.print(
             f"skipped {len(report.skipped)} unreadable file(s); the list is in {shown}/skipped.txt"

@@ -14,7 +14,8 @@ import click
 
 from histoseek.inference import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES
 from histoseek.model.defaults import DEFAULT_IMAGE_SIZE
-from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
+from histoseek.slide.defaults import DEFAULT_MPP, MPP_RANGE
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -126,6 +127,94 @@ def max_pixels_option(
         show_default=True,
         help=help,
     )
+
+
+def patch_size_option(
+    default: int = DEFAULT_PATCH_SIZE, help: str = "Side of a patch in pixels."
+) -> Decorator:
+    """`--patch-size N`."""
+    return click.option(
+        "--patch-size", type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
+
+
+def min_tissue_option(
+    help: str = "Smallest fraction of tissue pixels a patch needs to be kept.",
+) -> Decorator:
+    """`--min-tissue F`: prepare's tissue mask, the same for patches and slide tiles."""
+    return click.option(
+        "--min-tissue",
+        type=click.FloatRange(0, 1),
+        default=DEFAULT_MIN_TISSUE,
+        show_default=True,
+        help=help,
+    )
+
+
+def group_regex_option(
+    help: str = "Group images by this regex on their relative path (its first group, else the "
+    "whole match), e.g. a patient id.",
+) -> Decorator:
+    """`--group-regex REGEX`."""
+    return click.option("--group-regex", default=None, help=help)
+
+
+def _mpp_type() -> click.FloatRange:
+    return click.FloatRange(*MPP_RANGE)
+
+
+def mpp_option(
+    help: str = "Microns per pixel that slide tiles are read at (0.5 is about a 20x objective).",
+) -> Decorator:
+    """`--mpp F`: the target resolution of slide tiles."""
+    return click.option(
+        "--mpp", type=_mpp_type(), default=DEFAULT_MPP, show_default=True, help=help
+    )
+
+
+def slide_mpp_option(
+    help: str = "Microns per pixel of the slides whose files record none (they are skipped "
+    "without it); a recorded value always wins.",
+) -> Decorator:
+    """`--slide-mpp F`."""
+    return click.option("--slide-mpp", type=_mpp_type(), default=None, help=help)
+
+
+def labels_option(
+    help: str = "CSV with columns slide,label,group giving slides their label and patient "
+    "(group) [default: label = parent folder, group = --group-regex or the slide].",
+) -> Decorator:
+    """`--labels CSV`."""
+    return click.option(
+        "--labels",
+        "labels_csv",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
+def tiling_options(
+    patch_help: str = "Side in pixels of a slide tile as read (and of a patch's grid cell).",
+) -> Decorator:
+    """The options of every command that cuts slides into tiles: mpp, slide mpp, patch size
+    and minimum tissue."""
+
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(
+            [
+                mpp_option(),
+                slide_mpp_option(),
+                patch_size_option(help=patch_help),
+                min_tissue_option(
+                    help="Smallest fraction of tissue a slide tile needs to be kept."
+                ),
+            ]
+        ):
+            func = option(func)
+        return func
+
+    return apply
 
 
 def embedding_options(batch_size: int = DEFAULT_BATCH_SIZE) -> Decorator:

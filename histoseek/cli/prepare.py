@@ -7,27 +7,22 @@ from pathlib import Path
 import click
 
 from histoseek.cli.options import (
+    group_regex_option,
     max_pixels_option,
+    min_tissue_option,
     output_option,
     overwrite_option,
+    patch_size_option,
     workers_option,
 )
-from histoseek.prepare.defaults import (
-    DEFAULT_MIN_TISSUE,
-    DEFAULT_PATCH_SIZE,
-    DEFAULT_SPLIT,
-    LAYOUTS,
-    STAIN_METHODS,
-)
+from histoseek.prepare.defaults import DEFAULT_SPLIT, LAYOUTS, STAIN_METHODS
 
 
 @click.command()
 @click.argument("layout", type=click.Choice(LAYOUTS))
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @output_option(required=True, help="Folder to create.")
-@click.option(
-    "--patch-size", type=click.IntRange(min=1), default=DEFAULT_PATCH_SIZE, show_default=True
-)
+@patch_size_option()
 @click.option(
     "--stride", type=click.IntRange(min=1), default=None, help="[default: the patch size]"
 )
@@ -38,24 +33,14 @@ from histoseek.prepare.defaults import (
     show_default=True,
     help="Resample each image by this factor before tiling (0.5 halves 40x to 20x).",
 )
-@click.option(
-    "--min-tissue",
-    type=click.FloatRange(0, 1),
-    default=DEFAULT_MIN_TISSUE,
-    show_default=True,
-    help="Smallest fraction of tissue pixels a patch needs to be kept.",
-)
+@min_tissue_option()
 @click.option(
     "--split",
     default=None,
     help=f"train,val,test fractions [default: {DEFAULT_SPLIT}; BRACS keeps its official split].",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
-@click.option(
-    "--group-regex",
-    default=None,
-    help="Group images by this regex on their path below SRC (e.g. a slide id).",
-)
+@group_regex_option(help="Group images by this regex on their path below SRC (e.g. a slide id).")
 @click.option(
     "--normalize",
     type=click.Choice(STAIN_METHODS),

@@ -1,19 +1,19 @@
-"""A dataset over image paths that skips (or replaces) unreadable files, and its loaders."""
+"""A dataset over image sources (files or slide tiles) that skips (or replaces) unreadable
+ones, and its loaders."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from histoseek.data.folder import display_path
-from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.images import UnreadableImageError
+from histoseek.data.sources import ImageSource, load_source, source_name
 from histoseek.data.transforms import seed_worker_transform
 from histoseek.errors import HistoseekError
 
@@ -27,11 +27,13 @@ class ImageDataset(Dataset):
     steps. The choice depends only on which files are readable, so it repeats. With
     `decode_size`, JPEGs larger than needed decode at reduced scale (load_rgb's min_size);
     training leaves it None, as its random crops want every pixel.
+
+    `paths` are image sources: file paths, or slide tiles that each worker reads itself.
     """
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[ImageSource],
         labels: Sequence[int],
         transform: Callable,
         replace_unreadable: bool = False,
@@ -64,14 +66,14 @@ class ImageDataset(Dataset):
             if image is not None:
                 return self.transform(image), self.labels[other], other, [index]
         raise HistoseekError(
-            f"no image of the class of {display_path(self.paths[index])} is readable"
+            f"no image of the class of {source_name(self.paths[index])} is readable"
         )
 
     def _load(self, index: int) -> Image.Image | None:
         if index in self._unreadable:
             return None
         try:
-            return load_rgb(self.paths[index], min_size=self.decode_size)
+            return load_source(self.paths[index], min_size=self.decode_size)
         except UnreadableImageError:
             self._unreadable.add(index)
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,19 +33,18 @@ class FoundImages:
     skipped: list[SkippedEntry]
 
 
-def find_images(root: Path | str) -> FoundImages:
-    """Every regular image file below `root`, recursively, sorted by relative path.
+def walk_folders(root: Path | str) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """(folder, its sub-folder names, its file names) for `root` and every folder below it,
+    top down, names sorted and hidden file names left out; prune the sub-folder list in
+    place to skip some.
 
     Symbolic links to folders are followed once each: a link that points back up the tree
-    would otherwise make the walk endless. Entries that are not regular files (FIFOs, which
-    would block the reader forever, sockets, devices, broken links) are skipped with a reason.
+    would otherwise make the walk endless.
     """
     root = Path(root)
     if not root.is_dir():
         raise HistoseekError(f"not a folder: {display_path(root)}")
     seen_dirs: set[tuple[int, int]] = set()
-    found: list[Path] = []
-    skipped: list[SkippedEntry] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         info = os.stat(dirpath)
         key = (info.st_dev, info.st_ino)
@@ -53,19 +53,35 @@ def find_images(root: Path | str) -> FoundImages:
             continue
         seen_dirs.add(key)
         dirnames.sort()
-        for name in filenames:
-            if name.startswith(".") or not is_image_name(name):
+        yield Path(dirpath), dirnames, sorted(n for n in filenames if not n.startswith("."))
+
+
+def irregular(path: Path) -> str | None:
+    """Why `path` is no regular file (FIFOs would block the reader forever; sockets, devices,
+    broken links), or None when it is one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return error.strerror or str(error)
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def find_images(root: Path | str) -> FoundImages:
+    """Every regular image file below `root`, recursively, sorted by relative path (see
+    `walk_folders`); entries that are not regular files are skipped with a reason."""
+    root = Path(root)
+    found: list[Path] = []
+    skipped: list[SkippedEntry] = []
+    for folder, _, names in walk_folders(root):
+        for name in names:
+            if not is_image_name(name):
                 continue
-            path = Path(dirpath) / name
-            try:
-                mode = os.stat(path).st_mode
-            except OSError as error:
-                skipped.append(SkippedEntry(path, error.strerror or str(error)))
-                continue
-            if stat.S_ISREG(mode):
+            path = folder / name
+            problem = irregular(path)
+            if problem is None:
                 found.append(path)
             else:
-                skipped.append(SkippedEntry(path, "not a regular file"))
+                skipped.append(SkippedEntry(path, problem))
 
     def order(path: Path) -> bytes:
         return os.fsencode(path.relative_to(root))

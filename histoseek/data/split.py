@@ -23,22 +23,29 @@ def parse_fractions(text: str) -> list[float]:
     return fractions
 
 
-def group_ids_from_regex(names: Sequence[str], pattern: str | None) -> list[str]:
-    """A group id per name: the regex's first group (or whole match); the name itself if none."""
+def compile_group_regex(pattern: str | None) -> re.Pattern[str] | None:
+    """The --group-regex, compiled (None stays None); a bad one is one clear error."""
     if pattern is None:
-        return list(names)
+        return None
     try:
-        regex = re.compile(pattern)
+        return re.compile(pattern)
     except re.error as error:
         raise HistoseekError(f"invalid --group-regex {pattern!r}: {error}") from None
-    groups = []
-    for name in names:
-        match = regex.search(name)
-        if match is None:
-            groups.append(name)
-        else:
-            groups.append(match.group(1) if regex.groups else match.group(0))
-    return groups
+
+
+def regex_group(regex: re.Pattern[str] | None, name: str) -> str | None:
+    """The group a --group-regex finds in `name`: its first group, else the whole match; None
+    when it does not match."""
+    match = regex.search(name) if regex is not None else None
+    if match is None:
+        return None
+    return match.group(1) if regex.groups else match.group(0)
+
+
+def group_ids_from_regex(names: Sequence[str], pattern: str | None) -> list[str]:
+    """A group id per name: the regex's first group (or whole match); the name itself if none."""
+    regex = compile_group_regex(pattern)
+    return [regex_group(regex, name) or name for name in names]
 
 
 def stratified_group_split(

@@ -1,36 +1,69 @@
-"""Building and updating an index: embed only new or changed files, then rebuild the trees."""
+"""Building and updating an index: embed what is new or changed into shards, then write the
+index over all of them.
+
+An index folder holds the served index (manifest.json, items.jsonl, embeddings.npy,
+annoy.ann, skipped.txt), which query reads, and shards/ (see shards.py): one embedding shard
+per slide and one for the plain images, which only `index` reads. A run writes each shard into
+INDEX/shards as soon as it is finished, beside the served files, which it leaves alone; so a
+killed run keeps its finished shards and the last good index stays whole and served. At the
+end it writes the served files over every shard it uses, with those shards linked in, into a
+temporary folder that replaces INDEX as a whole (fsutil.atomic_dir): shards of deleted slides
+are dropped then.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from histoseek.callbacks import Notify, Progress
-from histoseek.data.folder import display_path, find_images
-from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.folder import display_path
+from histoseek.data.sources import why_unreadable
+from histoseek.data.split import compile_group_regex, regex_group
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir, check_replaceable, dir_lock
 from histoseek.index.annoy_index import build_annoy
 from histoseek.index.defaults import DEFAULT_SEED, DEFAULT_TREES
+from histoseek.index.items import IndexItem, item_json, item_source
+from histoseek.index.labels import SlideIdentity, identify_slides, read_labels_csv
 from histoseek.index.manifest import (
     ANNOY_NAME,
+    EMBEDDINGS_DTYPE,
     EMBEDDINGS_NAME,
     ITEMS_NAME,
     MANIFEST_NAME,
+    SHARDS_NAME,
     SKIPPED_NAME,
     DamagedIndexError,
     Manifest,
     read_manifest,
     write_manifest,
 )
-from histoseek.index.store import IndexItem, OpenIndex, load_index, recover_index
+from histoseek.index.shards import (
+    IMAGES_SHARD,
+    Shard,
+    ShardError,
+    ShardInfo,
+    link_shard,
+    read_shard,
+    read_shard_info,
+    remove_temporaries,
+    shard_folders,
+    shard_name,
+    write_shard,
+)
+from histoseek.index.slides import TiledSlide, TilingOptions, find_tissue, shard_fits
+from histoseek.index.store import recover_index
+from histoseek.slide.folder import SlideFile, find_slides_and_images
+from histoseek.slide.reader import SlideError, UnknownMppError
+from histoseek.slide.sources import close_slides
 
 if TYPE_CHECKING:
     from histoseek.embedder import ImageEmbedder
@@ -46,7 +79,7 @@ class SkippedFile:
 
 @dataclass
 class BuildReport:
-    """What an index run did."""
+    """What an index run did. Item counts take tiles and plain images together."""
 
     index_dir: Path
     items: int
@@ -56,78 +89,88 @@ class BuildReport:
     skipped: list[SkippedFile]
     backend: str
     seconds: float
-
-
-def _write_items(path: Path, items: list[IndexItem]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for item in items:
-            out.write(json.dumps(asdict(item)) + "\n")
-
-
-def _write_skipped(path: Path, source: Path, skipped: list[SkippedFile]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        out.write(f"# {len(skipped)} file(s) under {display_path(source)} could not be indexed\n")
-        for entry in skipped:
-            out.write(f"{display_path(entry.path)}\t{entry.reason}\n")
+    slides: int = 0
+    """Slides the index holds tiles of (or found no tissue in)."""
+    slides_embedded: int = 0
+    slides_reused: int = 0
+    tiles: int = 0
 
 
 @dataclass(frozen=True)
-class _Found:
+class _Image:
+    """A plain image below the folder, as it is now."""
+
     path: Path
-    item_key: str
+    key: str
     size: int
     mtime_ns: int
 
 
-def _scan(source: Path) -> tuple[list[_Found], list[SkippedFile]]:
-    """Stat every image below `source`; the walker has already skipped, with a reason, what
-    is not a regular file (broken links, FIFOs that would block the reader)."""
-    walked = find_images(source)
+@dataclass(frozen=True)
+class _Slide:
+    """A slide below the folder, as its files are now."""
+
+    file: SlideFile
+    size: int
+    mtime_ns: int
+
+
+def _scan(source: Path) -> tuple[list[_Slide], list[_Image], list[SkippedFile]]:
+    """The slides and plain images below `source` with their sizes and mtimes; entries that
+    are not regular files, or that cannot be stat'ed, are skipped with the reason."""
+    found = find_slides_and_images(source)
     skipped = [
         SkippedFile(entry.path.relative_to(source).as_posix(), entry.reason)
-        for entry in walked.skipped
+        for entry in found.skipped
     ]
-    found = []
-    for path in walked.paths:
+    images, slides = [], []
+    for path in found.images:
         key = path.relative_to(source).as_posix()
         try:
             info = os.stat(path)
         except OSError as error:  # removed since the walk
             skipped.append(SkippedFile(key, error.strerror or str(error)))
             continue
-        found.append(_Found(path, key, info.st_size, info.st_mtime_ns))
-    return found, skipped
+        images.append(_Image(path, key, info.st_size, info.st_mtime_ns))
+    for file in found.slides:
+        try:
+            size, mtime_ns = file.stat()
+        except OSError as error:
+            skipped.append(SkippedFile(file.relative, error.strerror or str(error)))
+            continue
+        slides.append(_Slide(file, size, mtime_ns))
+    return slides, images, skipped
 
 
-def _previous_index(
-    index_dir: Path, source: Path, embedder: ImageEmbedder, overwrite: bool, notify: Notify
-) -> OpenIndex | None:
-    """The index already at `index_dir` if it is of this folder and model and whole; a
-    damaged one is never reused in part, but rebuilt from scratch with a note."""
+def _check_previous(
+    index_dir: Path, source: Path, embedder: ImageEmbedder, overwrite: bool
+) -> None:
+    """Refuse to write over anything but an index of this folder and model (or the shards a
+    killed first run left), unless --overwrite replaces an index of another."""
     shown = display_path(index_dir)
     if not index_dir.exists():
-        return None
+        return
     if not index_dir.is_dir():
         raise HistoseekError(f"{shown} exists and is not a folder; choose another -o")
     if not (index_dir / MANIFEST_NAME).exists():
-        if any(index_dir.iterdir()):
+        if any(entry.name != SHARDS_NAME for entry in index_dir.iterdir()):
             raise HistoseekError(f"{shown} exists and is not a histoseek index; choose another -o")
-        return None
+        return
     try:
         manifest = read_manifest(index_dir)
     except DamagedIndexError as error:
         if overwrite:
-            return None
+            return
         raise HistoseekError(
             f"{error}; it cannot say which folder and model it indexes, so pass --overwrite "
             "to rebuild it"
         ) from None
     except HistoseekError:
         if overwrite:
-            return None
+            return
         raise
     if overwrite:
-        return None
+        return
     if manifest.source_dir != str(source):
         raise HistoseekError(
             f"{shown} holds an index of another folder ({display_path(manifest.source_dir)}); "
@@ -141,11 +184,6 @@ def _previous_index(
             f"{shown} was built with another model ({manifest.model_reference}); "
             "pass --overwrite to replace it, or choose another -o"
         )
-    try:
-        return load_index(index_dir, manifest, in_memory=True)
-    except DamagedIndexError as error:
-        notify(f"{error}; rebuilding it from scratch")
-        return None
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -153,124 +191,312 @@ def _image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def why_unreadable(path: Path) -> str:
-    """The decoder's reason an image file cannot be read."""
-    try:
-        load_rgb(path)
-    except UnreadableImageError as error:
-        cause = error.__cause__ or error
-        message = str(cause).replace(repr(str(path)), "").replace(str(path), "")
-        return message.strip(" :") or type(cause).__name__
-    return "could not be decoded"
+class _Counter:
+    """One progress count over several embedding jobs run one after another."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def job(self) -> Progress:
+        """The progress callback of the next job; call `advance` when it is done."""
+        start = self.done
+
+        def progress(done: int, total: int) -> None:
+            if self.progress is not None:
+                self.progress(start + done, self.total)
+
+        return progress
+
+    def advance(self, count: int) -> None:
+        self.done += count
 
 
 @dataclass
-class _Update:
-    """The index a run will write: items and embeddings in scan order, and how it got them."""
+class _Run:
+    """One index run: what it reads, how it embeds, and what it found so far."""
 
-    items: list[IndexItem]
-    embeddings: np.ndarray
+    source: Path
+    shards_dir: Path
+    embedder: ImageEmbedder
+    options: TilingOptions
+    strict: bool
+    notify: Notify
     skipped: list[SkippedFile]
-    embedded: int
-    reused: int
+    embedded: int = 0
+    reused: int = 0
+
+    def skip(self, key: str, reason: str) -> None:
+        """List a file as skipped, or under --strict stop at it."""
+        if self.strict:
+            raise HistoseekError(f"--strict: {display_path(key)} cannot be indexed ({reason})")
+        self.skipped.append(SkippedFile(key, reason))
+
+    def recipe(self) -> tuple[str, dict]:
+        return self.embedder.fingerprint, self.embedder.config.to_dict()
+
+    def stored(self, name: str, fits: Callable[[ShardInfo], bool], what: str) -> Shard | None:
+        """The shard `name` if it fits and passes every check; a damaged one is noted."""
+        path = self.shards_dir / name
+        if not path.is_dir():
+            return None
+        try:
+            return read_shard(path) if fits(read_shard_info(path)) else None
+        except ShardError as error:
+            self.notify(f"the stored shard of {what} cannot be used ({error}); embedding it again")
+            return None
+
+    def shard_info(self, items: int, slide: TiledSlide | None) -> ShardInfo:
+        fingerprint, config = self.recipe()
+        return ShardInfo(
+            model_fingerprint=fingerprint,
+            model_config=config,
+            tiling=self.options.shard_tiling() if slide is not None else None,
+            slide=slide.record if slide is not None else None,
+            items=items,
+            dim=self.embedder.backend.dim,
+        )
+
+
+@dataclass
+class _ImagesPlan:
+    """The plain images a run embeds, and those the stored shard of them still holds."""
+
+    stored: Shard | None
+    rows: dict[str, int]
+    """Row of each stored image in `stored`, by path."""
+    reusable: set[str]
+    to_embed: list[_Image]
     dropped: int
-    backend: str
+    """Stored images whose files are gone."""
 
 
-def _update(
-    source: Path,
-    found: list[_Found],
-    skipped: list[SkippedFile],
-    previous: OpenIndex | None,
-    embedder: ImageEmbedder,
-    strict: bool,
-    progress: Progress | None,
-    notify: Notify,
-) -> _Update:
-    """Reuse the embeddings of unchanged files from `previous`, embed the rest."""
-    stored: dict[str, tuple[IndexItem, np.ndarray]] = {}
-    if previous is not None:
-        old_embeddings = previous.vectors.embeddings
-        stored = {item.path: (item, old_embeddings[i]) for i, item in enumerate(previous.items)}
-    reusable = {
-        entry.item_key
-        for entry in found
-        if entry.item_key in stored
-        and (stored[entry.item_key][0].size, stored[entry.item_key][0].mtime_ns)
-        == (entry.size, entry.mtime_ns)
-    }
-    to_embed = [entry for entry in found if entry.item_key not in reusable]
-    fresh: dict[str, tuple[IndexItem, np.ndarray]] = {}
-    backend_name = "none (all embeddings reused)"
-    if to_embed:
-        backend_name = embedder.name
-        notify(
-            f"embedding {len(to_embed)} new or changed image(s), reusing {len(reusable)}, "
-            f"with {embedder.name}"
-        )
-        embedded = embedder.embed_files([entry.path for entry in to_embed], progress)
-        for position in embedded.failed:
-            entry = to_embed[position]
-            skipped.append(SkippedFile(entry.item_key, why_unreadable(entry.path)))
-        if strict and embedded.failed:
-            entry = to_embed[embedded.failed[0]]
-            raise HistoseekError(
-                f"--strict: {display_path(entry.path)} cannot be read "
-                f"({why_unreadable(entry.path)})"
-            )
-        for row, position in enumerate(embedded.indices):
-            entry = to_embed[int(position)]
-            width, height = _image_size(entry.path)
-            label = Path(entry.item_key).parent.name
-            item = IndexItem(entry.item_key, label, width, height, entry.size, entry.mtime_ns)
-            fresh[entry.item_key] = (item, embedded.embeddings[row])
-
-    kept = {**{key: stored[key] for key in reusable}, **fresh}
-    ordered = [kept[entry.item_key] for entry in found if entry.item_key in kept]
-    if not ordered:
-        first = skipped[0]
-        raise HistoseekError(
-            f"none of the {len(skipped)} image file(s) in {display_path(source)} could be read "
-            f"(first: {display_path(first.path)}: {first.reason})"
-        )
-    skipped.sort(key=lambda entry: os.fsencode(entry.path))
-    return _Update(
-        items=[item for item, _ in ordered],
-        embeddings=np.stack([vector for _, vector in ordered]).astype(np.float32),
-        skipped=skipped,
-        embedded=len(fresh),
-        reused=len(reusable),
-        dropped=len(set(stored) - {entry.item_key for entry in found}),
-        backend=backend_name,
+def _plan_images(run: _Run, images: list[_Image]) -> _ImagesPlan:
+    """Which plain images keep their stored embedding: same path, size and mtime, same model."""
+    stored = run.stored(
+        IMAGES_SHARD,
+        lambda info: (info.model_fingerprint, info.model_config) == run.recipe(),
+        "the plain images",
     )
+    items = stored.items if stored is not None else []
+    rows = {item.path: row for row, item in enumerate(items)}
+    reusable = {
+        image.key
+        for image in images
+        if image.key in rows
+        and (items[rows[image.key]].size, items[rows[image.key]].mtime_ns)
+        == (image.size, image.mtime_ns)
+    }
+    current = {image.key for image in images}
+    return _ImagesPlan(
+        stored=stored,
+        rows=rows,
+        reusable=reusable,
+        to_embed=[image for image in images if image.key not in reusable],
+        dropped=sum(1 for key in rows if key not in current),
+    )
+
+
+def _embed_images(
+    run: _Run, plan: _ImagesPlan, images: list[_Image], group_regex, counter: _Counter
+) -> Shard | None:
+    """The shard of the plain images, with the planned ones embedded; written again only if
+    anything changed. None when there are no readable plain images."""
+    fresh: dict[str, tuple[IndexItem, np.ndarray]] = {}
+    if plan.to_embed:
+        embedded = run.embedder.embed_files([image.path for image in plan.to_embed], counter.job())
+        counter.advance(len(plan.to_embed))
+        for position in embedded.failed:
+            image = plan.to_embed[position]
+            run.skip(image.key, why_unreadable(image.path))
+        for row, position in enumerate(embedded.indices):
+            image = plan.to_embed[int(position)]
+            width, height = _image_size(image.path)
+            label = PurePosixPath(image.key).parent.name
+            group = regex_group(group_regex, image.key)
+            item = IndexItem(
+                image.key, label, width, height, image.size, image.mtime_ns, group=group
+            )
+            fresh[image.key] = (item, embedded.embeddings[row])
+    run.embedded += len(fresh)
+    run.reused += len(plan.reusable)
+    stored = plan.stored
+    if stored is not None and not fresh and len(plan.reusable) == len(stored.items):
+        return stored
+    kept = [image.key for image in images if image.key in plan.reusable or image.key in fresh]
+    if not kept:
+        return None
+
+    def row_of(key: str) -> tuple[IndexItem, np.ndarray]:
+        if key in fresh:
+            return fresh[key]
+        row = plan.rows[key]
+        return stored.items[row], stored.embeddings[row]
+
+    rows = [row_of(key) for key in kept]
+    items = [item for item, _ in rows]
+    vectors = np.stack([vector for _, vector in rows])
+    info = run.shard_info(len(items), None)
+    return read_shard(write_shard(run.shards_dir, IMAGES_SHARD, info, items, vectors))
+
+
+def _embed_slide(run: _Run, tiled: TiledSlide, identity: SlideIdentity, counter: _Counter):
+    """Embed a slide's tiles and write its shard; None if a tile cannot be read (OpenSlide
+    refuses the rest of a slide after one failed read, so the whole slide is skipped)."""
+    items = tiled.items(identity, run.options)
+    sources = [item_source(run.source, item) for item in items]
+    vectors = np.zeros((0, run.embedder.backend.dim), np.float32)
+    if sources:
+        embedded = run.embedder.embed_files(sources, counter.job())
+        counter.advance(len(sources))
+        close_slides()
+        if embedded.failed:
+            reason = why_unreadable(sources[embedded.failed[0]])
+            close_slides()
+            run.skip(tiled.file.relative, reason)
+            return None
+        vectors = embedded.embeddings
+    written = write_shard(
+        run.shards_dir,
+        shard_name(tiled.file.relative),
+        run.shard_info(len(items), tiled),
+        items,
+        vectors,
+    )
+    run.embedded += len(items)
+    return read_shard(written)
+
+
+def _update_slides(
+    run: _Run, slides: list[_Slide], tissue_progress: Progress | None
+) -> tuple[dict[str, Shard], list[TiledSlide]]:
+    """The stored shards that still fit their slides, by slide path, and the other slides'
+    tissue tiles (found now; a slide that cannot be read is skipped)."""
+    fingerprint, config = run.recipe()
+    shards: dict[str, Shard] = {}
+    pending = []
+    for slide in slides:
+        relative = slide.file.relative
+
+        def fits(info: ShardInfo, slide: _Slide = slide) -> bool:
+            return shard_fits(
+                info, slide.file.relative, slide.size, slide.mtime_ns, fingerprint, config,
+                run.options,
+            )  # fmt: skip
+
+        stored = run.stored(shard_name(relative), fits, display_path(relative))
+        if stored is None:
+            pending.append(slide)
+        else:
+            shards[relative] = stored
+            run.reused += len(stored.items)
+    tiled = []
+    unknown_mpp = 0
+    for done, slide in enumerate(pending, 1):
+        try:
+            tiled.append(find_tissue(slide.file, slide.size, slide.mtime_ns, run.options))
+        except SlideError as error:
+            run.skip(slide.file.relative, _without_name(str(error), slide.file.path))
+            unknown_mpp += isinstance(error, UnknownMppError)
+        if tissue_progress is not None:
+            tissue_progress(done, len(pending))
+    if unknown_mpp:
+        run.notify(
+            f"{unknown_mpp} slide(s) record no microns per pixel, so they are skipped; "
+            "pass --slide-mpp to give it"
+        )
+    return shards, tiled
+
+
+def _without_name(message: str, path: Path) -> str:
+    return message.removeprefix(f"{display_path(path)}: ")
+
+
+def _dropped_slides(shards_dir: Path, slides: list[_Slide]) -> int:
+    """Items of the stored slide shards whose slides are gone from the folder."""
+    present = {shard_name(slide.file.relative) for slide in slides}
+    dropped = 0
+    for folder in shard_folders(shards_dir):
+        if folder.name != IMAGES_SHARD and folder.name not in present:
+            try:
+                dropped += read_shard_info(folder).items
+            except ShardError:
+                continue
+    return dropped
+
+
+def _write_skipped(path: Path, source: Path, skipped: list[SkippedFile]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(f"# {len(skipped)} file(s) under {display_path(source)} could not be indexed\n")
+        for entry in skipped:
+            out.write(f"{display_path(entry.path)}\t{entry.reason}\n")
+
+
+@dataclass
+class _Part:
+    """Some rows of a shard, and the items they become in the index."""
+
+    key: bytes
+    shard: Shard
+    rows: slice | int
+    items: list[IndexItem]
+
+
+def _parts(
+    slide_shards: dict[str, Shard],
+    identities: dict[str, SlideIdentity],
+    images: Shard | None,
+    group_regex,
+) -> list[_Part]:
+    """Every item of the index in order of path (a slide's tiles row by row), labelled as
+    this run says: labels, groups and slide ids are never taken from a shard."""
+    parts = []
+    for relative, shard in slide_shards.items():
+        who = identities[relative]
+        items = [
+            replace(item, label=who.label, group=who.group, slide_id=who.slide_id)
+            for item in shard.items
+        ]
+        parts.append(_Part(os.fsencode(relative), shard, slice(0, len(items)), items))
+    if images is not None:
+        for row, item in enumerate(images.items):
+            labelled = replace(
+                item,
+                label=PurePosixPath(item.path).parent.name,
+                group=regex_group(group_regex, item.path),
+            )
+            parts.append(_Part(os.fsencode(item.path), images, row, [labelled]))
+    return sorted(parts, key=lambda part: part.key)
 
 
 def _write_index(
     index_dir: Path,
-    source: Path,
-    embedder: ImageEmbedder,
-    update: _Update,
-    trees: int,
-    seed: int,
+    manifest: Manifest,
+    parts: list[_Part],
+    skipped: list[SkippedFile],
+    shards: list[Shard],
 ) -> None:
-    """Write the index into a temporary folder and swap it in at `index_dir`."""
-    manifest = Manifest(
-        source_dir=str(source),
-        model_reference=embedder.reference,
-        model_fingerprint=embedder.fingerprint,
-        model_config=embedder.config.to_dict(),
-        backend=update.backend,
-        dim=int(update.embeddings.shape[1]),
-        trees=trees,
-        seed=seed,
-        items=len(update.items),
-        skipped=len(update.skipped),
-    )
+    """Write the served index over `parts` with `shards` linked in, and swap it in."""
+    source = Path(manifest.source_dir)
     with atomic_dir(index_dir) as tmp:
-        np.save(tmp / EMBEDDINGS_NAME, update.embeddings)
-        _write_items(tmp / ITEMS_NAME, update.items)
-        _write_skipped(tmp / SKIPPED_NAME, source, update.skipped)
-        build_annoy(update.embeddings, trees, seed, tmp / ANNOY_NAME)
+        embeddings = np.lib.format.open_memmap(
+            tmp / EMBEDDINGS_NAME,
+            mode="w+",
+            dtype=EMBEDDINGS_DTYPE,
+            shape=(manifest.items, manifest.dim),
+        )
+        row = 0
+        with open(tmp / ITEMS_NAME, "w", encoding="utf-8") as out:
+            for part in parts:
+                block = part.shard.embeddings[part.rows]
+                embeddings[row : row + len(part.items)] = block
+                row += len(part.items)
+                out.writelines(item_json(item) + "\n" for item in part.items)
+        embeddings.flush()
+        _write_skipped(tmp / SKIPPED_NAME, source, skipped)
+        build_annoy(embeddings, manifest.trees, manifest.seed, tmp / ANNOY_NAME)
+        del embeddings
+        for shard in shards:
+            link_shard(shard.path, tmp / SHARDS_NAME / shard.path.name)
         write_manifest(tmp, manifest)
 
 
@@ -283,44 +509,120 @@ def build_index(
     strict: bool = False,
     overwrite: bool = False,
     wait: bool = False,
+    tiling: TilingOptions | None = None,
+    group_regex: str | None = None,
+    labels_csv: Path | None = None,
     progress: Progress | None = None,
+    tissue_progress: Progress | None = None,
     notify: Notify = lambda message: None,
 ) -> BuildReport:
-    """Index every image below `source_dir` into `index_dir`, reusing an earlier index of it.
+    """Index every slide and image below `source_dir` into `index_dir`, reusing what an
+    earlier (or killed) run of it embedded.
 
-    Files whose (relative path, size, mtime) match the earlier index keep their stored
-    embedding; new and changed files are embedded; deleted ones are dropped. The earlier
-    index is reused only if it passes every check query makes. The whole index is written to
-    a temporary folder and swapped in, so a run killed midway leaves the earlier index as it
-    was (or beside it, for the next run to put back). One run at a time writes an index: a
-    second refuses, or with `wait` waits for the first.
+    Slides become their tissue tiles (`tiling`: --mpp, --slide-mpp, --patch-size,
+    --min-tissue); other images stay one item each. A slide whose files, the model and the
+    tiling are unchanged keeps its shard; a changed one is embedded again alone; a plain image
+    is reused while its path, size and mtime are. Slide ids, labels and groups come from the
+    folder, `group_regex` and `labels_csv` (see labels.py). `tissue_progress(done, total)`
+    counts slides as their tissue is found, then `progress(done, total)` the tiles and images
+    embedded. One run at a time writes an index: a second refuses, or with `wait` waits.
     """
     started = time.perf_counter()
+    options = tiling or TilingOptions()
     source = Path(source_dir)
     if not source.exists():
         raise HistoseekError(f"folder not found: {display_path(source)}")
     source = source.resolve()
     index_dir = Path(index_dir)
+    regex = compile_group_regex(group_regex)
+    labels = read_labels_csv(labels_csv) if labels_csv is not None else []
     check_replaceable(index_dir, keep=[source])
     with dir_lock(index_dir, wait=wait, purpose="histoseek index run", notify=notify):
         recover_index(index_dir, notify)
-        found, skipped = _scan(source)
-        if not found and not skipped:
+        slides, images, skipped = _scan(source)
+        if not slides and not images and not skipped:
             raise HistoseekError(f"no images found in {display_path(source)}")
         if strict and skipped:
             raise HistoseekError(
                 f"--strict: {display_path(skipped[0].path)} cannot be indexed ({skipped[0].reason})"
             )
-        previous = _previous_index(index_dir, source, embedder, overwrite, notify)
-        update = _update(source, found, skipped, previous, embedder, strict, progress, notify)
-        _write_index(index_dir, source, embedder, update, trees, seed)
+        _check_previous(index_dir, source, embedder, overwrite)
+        files = [slide.file for slide in slides]
+        identities, notes = identify_slides(files, group_regex, labels)
+        for note in notes:
+            notify(note)
+        shards_dir = index_dir / SHARDS_NAME
+        remove_temporaries(shards_dir)
+        run = _Run(source, shards_dir, embedder, options, strict, notify, skipped)
+        plan = _plan_images(run, images)
+        slide_shards, tiled = _update_slides(run, slides, tissue_progress)
+        slides_reused = len(slide_shards)
+        tiles = sum(len(slide) for slide in tiled)
+        counter = _Counter(progress, len(plan.to_embed) + tiles)
+        if counter.total:
+            work = [f"{len(plan.to_embed)} new or changed image(s)"] if plan.to_embed else []
+            if tiled:
+                work.append(f"{tiles} tile(s) of {len(tiled)} slide(s)")
+            reusable = len(plan.reusable) + run.reused
+            notify(f"embedding {' and '.join(work)}, reusing {reusable}, with {embedder.name}")
+        images_shard = _embed_images(run, plan, images, regex, counter)
+        for slide in tiled:
+            relative = slide.file.relative
+            shard = _embed_slide(run, slide, identities[relative], counter)
+            if shard is not None:
+                slide_shards[relative] = shard
+        empty = sum(1 for shard in slide_shards.values() if not shard.items)
+        if empty:
+            notify(
+                f"{empty} slide(s) have no tile of {options.patch_size} px at {options.mpp} "
+                f"µm/px with at least {options.min_tissue:.0%} tissue"
+            )
+        dropped = plan.dropped + _dropped_slides(shards_dir, slides)
+        parts = _parts(slide_shards, identities, images_shard, regex)
+        count = sum(len(part.items) for part in parts)
+        if count == 0:
+            if skipped:
+                first = skipped[0]
+                raise HistoseekError(
+                    f"none of the {len(skipped)} image file(s) in {display_path(source)} "
+                    f"could be read (first: {display_path(first.path)}: {first.reason})"
+                )
+            raise HistoseekError(
+                f"no slide in {display_path(source)} has a tile with enough tissue, and it "
+                "holds no other images; lower --min-tissue or --patch-size"
+            )
+        skipped.sort(key=lambda entry: os.fsencode(entry.path))
+        shards = [*slide_shards.values(), *([images_shard] if images_shard else [])]
+        backend = embedder.name if counter.total else "none (all embeddings reused)"
+        manifest = Manifest(
+            source_dir=str(source),
+            model_reference=embedder.reference,
+            model_fingerprint=embedder.fingerprint,
+            model_config=embedder.config.to_dict(),
+            backend=backend,
+            dim=shards[0].info.dim,
+            trees=trees,
+            seed=seed,
+            items=count,
+            skipped=len(skipped),
+            slides=len(slide_shards),
+            mpp=options.mpp,
+            patch_size=options.patch_size,
+            min_tissue=options.min_tissue,
+            slide_mpp=options.slide_mpp,
+        )
+        _write_index(index_dir, manifest, parts, skipped, shards)
     return BuildReport(
         index_dir=index_dir,
-        items=len(update.items),
-        embedded=update.embedded,
-        reused=update.reused,
-        dropped=update.dropped,
-        skipped=update.skipped,
-        backend=update.backend,
+        items=count,
+        embedded=run.embedded,
+        reused=run.reused,
+        dropped=dropped,
+        skipped=skipped,
+        backend=backend,
         seconds=time.perf_counter() - started,
+        slides=len(slide_shards),
+        slides_embedded=len(slide_shards) - slides_reused,
+        slides_reused=slides_reused,
+        tiles=sum(len(shard.items) for shard in slide_shards.values()),
     )

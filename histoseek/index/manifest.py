@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field
@@ -13,15 +14,19 @@ from histoseek import __version__
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_INDEX_DIR
+from histoseek.prepare.defaults import DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
+from histoseek.slide.defaults import DEFAULT_MPP
 
 INDEX_FORMAT = "histoseek-index"
-FORMAT_VERSION = 1
+#: 2: slide tiles among the items, the tiling options in the manifest, embedding shards.
+FORMAT_VERSION = 2
 
 MANIFEST_NAME = "manifest.json"
 ANNOY_NAME = "annoy.ann"
 EMBEDDINGS_NAME = "embeddings.npy"
 ITEMS_NAME = "items.jsonl"
 SKIPPED_NAME = "skipped.txt"
+SHARDS_NAME = "shards"
 METRIC = "angular"
 EMBEDDINGS_DTYPE = "float32"
 
@@ -40,6 +45,16 @@ class Manifest:
     seed: int
     items: int
     skipped: int
+    slides: int = 0
+    """How many slides the items are tiles of (0: only plain images)."""
+    mpp: float = DEFAULT_MPP
+    """Microns per pixel slide tiles were read at (--mpp): read query regions at it too."""
+    patch_size: int = DEFAULT_PATCH_SIZE
+    """Side in pixels of a slide tile as read (--patch-size)."""
+    min_tissue: float = DEFAULT_MIN_TISSUE
+    """Smallest tissue fraction of a kept tile (--min-tissue)."""
+    slide_mpp: float | None = None
+    """Microns per pixel given for slides whose files record none (--slide-mpp), or None."""
     metric: str = METRIC
     embeddings_dtype: str = EMBEDDINGS_DTYPE
     format_version: int = FORMAT_VERSION
@@ -81,16 +96,25 @@ def json_type(value: object) -> str:
     return "null"
 
 
-def field_problem(name: str, value: object, kind: type) -> str | None:
-    """Why a JSON field's value is not of `kind` (str, int or dict), or None when it is."""
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return None
-    return f'"{name}" must be {json_type(kind())}, not {json_type(value)}'
+def field_problem(name: str, value: object, kind: object) -> str | None:
+    """Why a JSON field's value is not of `kind` (str, int, float, dict, or one of them
+    `| None`), or None when it is. An integer is a float's value too; true/false no number."""
+    kinds = typing.get_args(kind) or (kind,)
+    for option in kinds:
+        if option is type(None):
+            if value is None:
+                return None
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, option) or (option is float and isinstance(value, int)):
+            return None
+    wanted = " or ".join(json_type(option()) for option in kinds)
+    return f'"{name}" must be {wanted}, not {json_type(value)}'
 
 
 # format_version first: another version may well have other fields.
 _MANIFEST_TYPES = {"format_version": int, **typing.get_type_hints(Manifest)}
-_POSITIVE = ("dim", "trees", "items")
+_POSITIVE = ("dim", "trees", "items", "patch_size")
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
@@ -141,8 +165,15 @@ def read_manifest(index_dir: Path) -> Manifest:
     for name in _POSITIVE:
         if getattr(manifest, name) < 1:
             raise damaged(f'"{name}" must be 1 or more, not {getattr(manifest, name)}')
-    if manifest.skipped < 0:
-        raise damaged(f'"skipped" must be 0 or more, not {manifest.skipped}')
+    for name in ("skipped", "slides"):
+        if getattr(manifest, name) < 0:
+            raise damaged(f'"{name}" must be 0 or more, not {getattr(manifest, name)}')
+    for name in ("mpp", "slide_mpp"):
+        value = getattr(manifest, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise damaged(f'"{name}" must be a positive number of microns per pixel, not {value}')
+    if not 0 <= manifest.min_tissue <= 1:
+        raise damaged(f'"min_tissue" must be a fraction from 0 to 1, not {manifest.min_tissue}')
     if not os.path.isabs(manifest.source_dir):
         raise damaged(f'"source_dir" must be an absolute path, not {manifest.source_dir!r}')
     for name, only in (("metric", METRIC), ("embeddings_dtype", EMBEDDINGS_DTYPE)):

@@ -16,11 +16,12 @@ import numpy as np
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import display_path, find_images
 from histoseek.data.images import UnreadableImageError, check_image_header
+from histoseek.data.sources import why_unreadable
 from histoseek.errors import HistoseekError
-from histoseek.index.build import why_unreadable
 from histoseek.index.defaults import DEFAULT_SEARCH_K, MAX_SEARCH_K
+from histoseek.index.items import IndexItem
 from histoseek.index.manifest import Manifest
-from histoseek.index.store import IndexItem, OpenIndex
+from histoseek.index.store import OpenIndex
 from histoseek.index.store import open_index as open_index
 from histoseek.metrics import majority_label
 

@@ -6,7 +6,6 @@ an incremental `index` run before reusing any of it.
 
 from __future__ import annotations
 
-import json
 import os
 import typing
 from collections.abc import Callable
@@ -21,14 +20,13 @@ from histoseek.errors import HistoseekError
 from histoseek.fsutil import leftovers, lock_if_free, recover_dir
 from histoseek.index.annoy_index import VectorIndex
 from histoseek.index.defaults import DEFAULT_INDEX_DIR
+from histoseek.index.items import IndexItem, parse_item
 from histoseek.index.manifest import (
     ANNOY_NAME,
     EMBEDDINGS_NAME,
     ITEMS_NAME,
     DamagedIndexError,
     Manifest,
-    field_problem,
-    json_type,
     locate_index,
     read_manifest,
 )
@@ -37,22 +35,6 @@ T = typing.TypeVar("T")
 
 #: Rows checked for non-finite values at a time, so a big index needs no big temporary array.
 _FINITE_CHECK_ROWS = 65_536
-
-
-@dataclass(frozen=True)
-class IndexItem:
-    """One indexed image. `path` is relative to the indexed folder, '/'-separated; bytes that
-    are not UTF-8 are kept as surrogate escapes (JSON stores them as \\udcXX)."""
-
-    path: str
-    label: str
-    width: int
-    height: int
-    size: int
-    mtime_ns: int
-
-
-_ITEM_TYPES = typing.get_type_hints(IndexItem)
 
 
 @dataclass
@@ -69,44 +51,6 @@ class OpenIndex:
         return Path(self.manifest.source_dir) / item.path
 
 
-def _path_problem(path: str) -> str | None:
-    """Why an item path is not a plain relative path inside the indexed folder, if it is not."""
-    if not path:
-        return "is empty"
-    if path.startswith("/"):
-        return "is absolute"
-    if "\0" in path:
-        return "holds a NUL character"
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        return "is not a plain relative path (it has an empty, '.' or '..' part)"
-    return None
-
-
-def _parse_item(line: str) -> IndexItem:
-    """One items.jsonl line as an IndexItem; ValueError says what is wrong with it."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{json_type(data)}, not an object")
-    if set(data) != set(_ITEM_TYPES):
-        missing, unknown = set(_ITEM_TYPES) - set(data), set(data) - set(_ITEM_TYPES)
-        name = sorted(missing or unknown)[0]
-        raise ValueError(f'"{name}" is {"missing" if missing else "not an item field"}')
-    for name, kind in _ITEM_TYPES.items():
-        problem = field_problem(name, data[name], kind)
-        if problem is not None:
-            raise ValueError(problem)
-    problem = _path_problem(data["path"])
-    if problem is not None:
-        raise ValueError(f'"path" {problem}: {data["path"]!r}')
-    for name in ("width", "height", "size"):
-        if data[name] < 0:
-            raise ValueError(f'"{name}" must be 0 or more, not {data[name]}')
-    return IndexItem(**data)
-
-
 def _read_items(index_dir: Path, manifest: Manifest) -> list[IndexItem]:
     """The per-item metadata of an index, in item order, every line checked."""
     path = Path(index_dir) / ITEMS_NAME
@@ -121,17 +65,18 @@ def _read_items(index_dir: Path, manifest: Manifest) -> list[IndexItem]:
             index_dir, path, f"not UTF-8 (byte {error.start})", manifest
         ) from None
     items: list[IndexItem] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, int | None, int | None]] = set()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            item = _parse_item(line)
-            if item.path in seen:
-                raise ValueError(f"{item.path!r} is listed twice")
+            item = parse_item(line)
+            if item.key in seen:
+                where = f" (tile at {item.x}, {item.y})" if item.is_tile else ""
+                raise ValueError(f"{item.path!r}{where} is listed twice")
         except ValueError as error:
             raise DamagedIndexError(index_dir, path, f"line {number}: {error}", manifest) from None
-        seen.add(item.path)
+        seen.add(item.key)
         items.append(item)
     return items
 
@@ -140,10 +85,13 @@ def _dtype_text(dtype: np.dtype) -> str:
     return dtype.name if dtype.isnative else dtype.str
 
 
-def _read_embeddings(path: Path, manifest: Manifest, in_memory: bool) -> np.ndarray:
-    """embeddings.npy as a (manifest.items, manifest.dim) array of the manifest's dtype with
-    finite values; ValueError says what is wrong. Its header is checked before any data is
-    read, and pickled (object) arrays are never loaded."""
+def read_matrix(
+    path: Path, rows: int, dim: int, dtype: str, told: str, in_memory: bool = False
+) -> np.ndarray:
+    """A .npy file as a (rows, dim) array of `dtype` with finite values, as `told` (say, "the
+    manifest") says it is; ValueError says what is wrong. Its header is checked before any
+    data is read, and pickled (object) arrays are never loaded. Memory-mapped unless
+    `in_memory`."""
     with open(path, "rb") as file:
         try:
             version = np.lib.format.read_magic(file)
@@ -153,28 +101,27 @@ def _read_embeddings(path: Path, manifest: Manifest, in_memory: bool) -> np.ndar
             }.get(version)
             if read_header is None:
                 raise ValueError(f"unsupported .npy format version {version}")
-            shape, _, dtype = read_header(file)
+            shape, _, found = read_header(file)
         except ValueError as error:
             raise ValueError(f"not a NumPy array file ({error})") from None
         data_start = file.tell()
-    expected_dtype = np.dtype(manifest.embeddings_dtype)
-    if dtype != expected_dtype:
-        raise ValueError(
-            f"holds {_dtype_text(dtype)} values, but the manifest says {manifest.embeddings_dtype}"
-        )
+    if found != np.dtype(dtype):
+        raise ValueError(f"holds {_dtype_text(found)} values, but {told} says {dtype}")
     if len(shape) != 2:
         raise ValueError(f"a {len(shape)}-D array (shape {shape}), not one row per item")
-    if shape[1] != manifest.dim:
-        raise ValueError(f"rows of {shape[1]} values, but the manifest says dim {manifest.dim}")
-    if shape[0] != manifest.items:
-        raise ValueError(f"has {shape[0]} rows, but the manifest lists {manifest.items} items")
+    if shape[1] != dim:
+        raise ValueError(f"rows of {shape[1]} values, but {told} says dim {dim}")
+    if shape[0] != rows:
+        raise ValueError(f"has {shape[0]} rows, but {told} lists {rows} items")
     size = os.stat(path).st_size
-    expected = data_start + shape[0] * shape[1] * dtype.itemsize
+    expected = data_start + shape[0] * shape[1] * found.itemsize
     if size != expected:
         raise ValueError(
             f"{'truncated' if size < expected else 'longer than its array'} "
             f"({size} bytes, {expected} expected)"
         )
+    if rows == 0:
+        return np.zeros((0, dim), dtype)
     embeddings = np.load(path, mmap_mode=None if in_memory else "r", allow_pickle=False)
     for start in range(0, shape[0], _FINITE_CHECK_ROWS):
         finite = np.isfinite(embeddings[start : start + _FINITE_CHECK_ROWS]).all(axis=1)
@@ -211,7 +158,9 @@ def load_index(
         index_dir,
         EMBEDDINGS_NAME,
         manifest,
-        lambda path: _read_embeddings(path, manifest, in_memory),
+        lambda path: read_matrix(
+            path, manifest.items, manifest.dim, manifest.embeddings_dtype, "the manifest", in_memory
+        ),
     )
     vectors = _checked_file(
         index_dir, ANNOY_NAME, manifest, lambda path: VectorIndex(path, embeddings)

@@ -1,15 +1,15 @@
-"""Embedding a list of image files: parallel decoding and batched inference."""
+"""Embedding image sources (files or slide tiles): parallel decoding and batched inference."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from histoseek.callbacks import Progress
 from histoseek.data.dataset import ImageDataset, make_loader
+from histoseek.data.sources import ImageSource
 from histoseek.data.transforms import EvalTransform
 from histoseek.inference.base import Embedder
 from histoseek.model.cgd import ModelConfig
@@ -17,7 +17,7 @@ from histoseek.model.cgd import ModelConfig
 
 @dataclass
 class EmbeddedFiles:
-    """Embeddings of the readable files (in input order) and the indices that could not be read."""
+    """Embeddings of the readable sources (in input order) and the indices of unreadable ones."""
 
     embeddings: np.ndarray
     indices: np.ndarray
@@ -32,17 +32,18 @@ def decoding_workers(count: int, batch_size: int, workers: int) -> int:
 def embed_files(
     embedder: Embedder,
     config: ModelConfig,
-    paths: Sequence[Path],
+    sources: Sequence[ImageSource],
     batch_size: int = 32,
     workers: int = 0,
     progress: Progress | None = None,
 ) -> EmbeddedFiles:
-    """Embed image files with the model's test-time preprocessing; unreadable files are skipped."""
+    """Embed image files or slide tiles with the model's test-time preprocessing; unreadable
+    sources are skipped and listed by index. Each worker decodes (and opens slides) itself."""
     transform = EvalTransform(config.image_size, config.mean, config.std)
     # Large JPEGs decode straight to about the model's size; the transform resizes the rest.
-    dataset = ImageDataset(paths, [0] * len(paths), transform, decode_size=config.image_size)
+    dataset = ImageDataset(sources, [0] * len(sources), transform, decode_size=config.image_size)
     loader = make_loader(
-        dataset, workers=decoding_workers(len(paths), batch_size, workers), batch_size=batch_size
+        dataset, workers=decoding_workers(len(sources), batch_size, workers), batch_size=batch_size
     )
     chunks: list[np.ndarray] = []
     indices: list[np.ndarray] = []
@@ -55,7 +56,7 @@ def embed_files(
             indices.append(batch.indices.numpy())
         done += len(batch.indices) + len(batch.failed)
         if progress is not None:
-            progress(done, len(paths))
+            progress(done, len(sources))
     if chunks:
         return EmbeddedFiles(np.concatenate(chunks), np.concatenate(indices), sorted(failed))
     return EmbeddedFiles(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -20,7 +21,7 @@ from PIL import Image
 
 from histoseek import __version__
 from histoseek.data.folder import display_path
-from histoseek.data.images import UnreadableImageError, load_rgb, pixel_limit
+from histoseek.data.images import pixel_limit
 from histoseek.data.split import parse_fractions, stratified_group_split
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
@@ -33,11 +34,15 @@ from histoseek.prepare.defaults import (
 )
 from histoseek.prepare.layouts import Discovery, SourceImage, discover
 from histoseek.prepare.stain import StainNormalizer, fit_normalizer
-from histoseek.prepare.tiling import resample, tile_origins, tissue_fractions
+from histoseek.prepare.tiling import tile_origins, tissue_fractions
 from histoseek.prepare.tissue import tissue_mask
+from histoseek.slide.reader import Slide, SlideError, is_slide_file, open_slide
 
 SPLIT_NAMES = {1: ("train",), 2: ("train", "test"), 3: ("train", "val", "test")}
 MAX_DEFAULT_WORKERS = 8
+# Tissue is measured on the image resampled by --scale up to this size; a larger one is shrunk
+# to it first (about 0.3 GB of working memory per worker).
+MAX_OVERVIEW_PIXELS = 4096 * 4096
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.txt"
 RECORD = "prepare.json"
@@ -132,33 +137,46 @@ class _Outcome:
 
 def _tile_source(task: _Task) -> _Outcome:
     """Cut one source image into patches on disk; runs in a worker process."""
-    options = task.options
     try:
-        with pixel_limit(options.max_pixels):
-            image = load_rgb(task.image.path)
-    except UnreadableImageError as error:
-        return _Outcome(
-            task.image.relative,
-            task.image.label,
-            task.split,
-            [],
-            skipped_because=str(error.__cause__ or error),
-        )
-    rgb = np.asarray(resample(image, options.scale))
-    del image
-    mask = tissue_mask(rgb)
-    if task.normalizer is not None:
-        rgb = task.normalizer.normalize(rgb)
-    size = options.patch_size
-    origins = tile_origins(rgb.shape[1], rgb.shape[0], size, options.step)
+        with open_slide(task.image.path, max_pixels=task.options.max_pixels) as slide:
+            return _cut(slide, task)
+    except SlideError as error:
+        reason = str(error).removeprefix(f"{display_path(task.image.path)}: ")
+        return _Outcome(task.image.relative, task.image.label, task.split, [], reason)
+
+
+def _cut(slide: Slide, task: _Task) -> _Outcome:
+    """Write the patches of one opened image or slide; the outcome with their manifest rows.
+
+    The grid is laid over the image resampled by --scale. Tissue is measured, and stains are
+    fitted, on an overview of it: the resampled image itself, or for one of more than
+    MAX_OVERVIEW_PIXELS a smaller copy. Each kept patch is then read on its own (a slide
+    from its best pyramid level), so no large image is ever held in memory at full size.
+    """
+    options = task.options
+    scale, size = options.scale, options.patch_size
+    width, height = slide.dimensions
+    scaled = (max(1, round(width * scale)), max(1, round(height * scale)))
+    shrink = max(1.0, math.sqrt(scaled[0] * scaled[1] / MAX_OVERVIEW_PIXELS))
+    overview_size = (max(1, round(scaled[0] / shrink)), max(1, round(scaled[1] / shrink)))
+    overview = np.asarray(slide.read_scaled(0, 0, width, height, *overview_size))
+    mask = tissue_mask(overview)
+    recolour = task.normalizer.fitted_to(overview) if task.normalizer is not None else None
+    del overview
+    origins = tile_origins(scaled[0], scaled[1], size, options.step)
     folder = task.staging / task.split / task.image.label
     rows = []
-    for (x, y), fraction in zip(origins, tissue_fractions(mask, origins, size), strict=True):
+    for (x, y), fraction in zip(
+        origins, tissue_fractions(mask, origins, size, shrink), strict=True
+    ):
         if fraction < options.min_tissue:
             continue
+        patch = slide.read_scaled(x / scale, y / scale, size / scale, size / scale, size, size)
+        if recolour is not None:
+            patch = Image.fromarray(recolour(np.asarray(patch)))
         name = f"{task.source_id}_{x}_{y}.png"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb[y : y + size, x : x + size]).save(folder / name)
+        patch.save(folder / name)
         rows.append(
             {
                 "path": f"{task.split}/{task.image.label}/{name}",
@@ -272,9 +290,12 @@ def _check_paths(src: Path, out: Path, record: dict, overwrite: bool) -> None:
 
 
 def _check_sizes(images: list[SourceImage], max_pixels: int) -> None:
-    """Refuse, before any work, images too large to decode under --max-pixels."""
+    """Refuse, before any work, plain images too large to decode under --max-pixels (slides
+    are read region by region, so they are never held to it)."""
     too_large = []
     for image in images:
+        if is_slide_file(image.path):
+            continue
         try:
             with pixel_limit(max_pixels), Image.open(image.path) as opened:
                 width, height = opened.size
@@ -287,7 +308,8 @@ def _check_sizes(images: list[SourceImage], max_pixels: int) -> None:
         raise HistoseekError(
             f"{len(too_large)} image(s) exceed --max-pixels {max_pixels:,} (the largest, {name}, "
             f"is {width}×{height} = {pixels:,} pixels); pass --max-pixels {pixels} to read them "
-            f"whole (about {pixels * 3 / 2**30:.1f} GiB each in memory)"
+            f"whole (about {pixels * 3 / 2**30:.1f} GiB each in memory), or convert them to "
+            "tiled pyramidal TIFFs, which are read piece by piece"
         )
 
 

@@ -6,6 +6,7 @@ reference. Images are processed in row blocks so that large images need little e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,10 @@ ROW_BLOCK = 256
 OD_THRESHOLD = 0.15
 ANGLE_PERCENTILE = 1.0
 CONCENTRATION_PERCENTILE = 99.0
+
+
+#: An (H, W, 3) uint8 image recoloured as a whole image was fitted: its pixels one by one.
+Recolour = Callable[[np.ndarray], np.ndarray]
 
 
 def _sample(rgb: np.ndarray, limit: int = FIT_PIXELS) -> np.ndarray:
@@ -118,11 +123,12 @@ class MacenkoNormalizer:
         """The reference fit, for the record."""
         return self.reference.parameters()
 
-    def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """The image with the reference's stains; unchanged if it holds too little stain."""
+    def fitted_to(self, rgb: np.ndarray) -> Recolour:
+        """The recolouring of an image with `rgb`'s stains (fitted to it, applied to it or to
+        any part of it) to the reference's; unchanged if `rgb` holds too little stain."""
         source = MacenkoStains.fit(rgb)
         if source is None:
-            return rgb
+            return lambda part: part
         unmix = np.linalg.pinv(source.stain_matrix)
         scale = self.reference.max_concentrations / source.max_concentrations
 
@@ -130,7 +136,11 @@ class MacenkoNormalizer:
             concentrations = (optical_density(pixels) @ unmix) * scale
             return density_to_rgb(concentrations @ self.reference.stain_matrix)
 
-        return _blocks(rgb, transform)
+        return lambda part: _blocks(part, transform)
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """The image with the reference's stains; unchanged if it holds too little stain."""
+        return self.fitted_to(rgb)(rgb)
 
 
 # sRGB (D65) ↔ CIE XYZ ↔ CIE L*a*b*, the standard formulas.
@@ -197,14 +207,19 @@ class ReinhardNormalizer:
             "lab_std": [round(float(v), 6) for v in self.std],
         }
 
-    def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """The image with the reference's L*a*b* statistics."""
+    def fitted_to(self, rgb: np.ndarray) -> Recolour:
+        """The recolouring of an image with `rgb`'s L*a*b* statistics (applied to it or to any
+        part of it) to the reference's."""
         mean, std = lab_statistics(rgb)
 
         def transform(pixels: np.ndarray) -> np.ndarray:
             return lab_to_rgb((rgb_to_lab(pixels) - mean) / std * self.std + self.mean)
 
-        return _blocks(rgb, transform)
+        return lambda part: _blocks(part, transform)
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """The image with the reference's L*a*b* statistics."""
+        return self.fitted_to(rgb)(rgb)
 
 
 StainNormalizer = MacenkoNormalizer | ReinhardNormalizer

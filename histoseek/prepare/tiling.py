@@ -5,15 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image
-
-
-def resample(image: Image.Image, scale: float) -> Image.Image:
-    """The image resized by `scale` (Lanczos); unchanged at scale 1."""
-    if scale == 1.0:
-        return image
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def tile_origins(width: int, height: int, patch_size: int, stride: int) -> list[tuple[int, int]]:
@@ -26,13 +17,18 @@ def tile_origins(width: int, height: int, patch_size: int, stride: int) -> list[
 
 
 def tissue_fractions(
-    mask: np.ndarray, origins: list[tuple[int, int]], patch_size: int
+    mask: np.ndarray, origins: list[tuple[int, int]], patch_size: int, shrink: float = 1.0
 ) -> Iterator[float]:
-    """The fraction of tissue pixels in each patch, from a summed-area table of the mask."""
+    """The fraction of tissue pixels in each patch, from a summed-area table of the mask.
+
+    The mask may be `shrink` times smaller than the image the origins and patch size are in;
+    each patch then covers the mask pixels its edges round to (at least one a side).
+    """
     table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
     table[1:, 1:] = mask.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
-    area = patch_size * patch_size
     for x, y in origins:
-        x2, y2 = x + patch_size, y + patch_size
-        inside = table[y2, x2] - table[y, x2] - table[y2, x] + table[y, x]
-        yield float(inside) / area
+        x1, y1 = round(x / shrink), round(y / shrink)
+        x2 = min(max(round((x + patch_size) / shrink), x1 + 1), mask.shape[1])
+        y2 = min(max(round((y + patch_size) / shrink), y1 + 1), mask.shape[0])
+        inside = table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]
+        yield float(inside) / ((x2 - x1) * (y2 - y1))

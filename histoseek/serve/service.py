@@ -20,10 +20,11 @@ from PIL import Image, UnidentifiedImageError
 
 from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.sources import why_unreadable
 from histoseek.data.transforms import EvalTransform
 from histoseek.embedder import ImageEmbedder
 from histoseek.errors import HistoseekError
-from histoseek.index.build import IndexItem, why_unreadable
+from histoseek.index.items import IndexItem
 from histoseek.index.search import OpenIndex, nearest_items
 from histoseek.metrics import majority_label
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS

@@ -2,6 +2,9 @@
 
 #: Target resolution of slide tiles, in microns per pixel (about a 20× objective).
 DEFAULT_MPP = 0.5
+#: Microns per pixel a microscope image can have; outside it, a recorded value is a default
+#: (72 dpi is 352.8 µm/px) or a mistake, not a resolution.
+MPP_RANGE = (0.05, 20.0)
 #: Tissue tiles embedded for a whole-slide query, spread over the slide.
 DEFAULT_MAX_TILES = 64
 #: Synthetic slide classes: the synthetic tissue classes but "background" (blank glass).

@@ -26,6 +26,7 @@ from histoseek.data.images import (
 )
 from histoseek.errors import HistoseekError
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+from histoseek.slide.defaults import MPP_RANGE
 
 VENDOR_EXTENSIONS = frozenset(
     {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".czi", ".dcm"}
@@ -34,10 +35,6 @@ VENDOR_EXTENSIONS = frozenset(
 
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 """Extensions that are slides when tiled (generic, Aperio, Philips, Ventana...), else plain."""
-
-MPP_RANGE = (0.05, 20.0)
-"""Microns per pixel a microscope image can have; outside it, a recorded value is a default
-(72 dpi is 352.8 µm/px) or a mistake, not a resolution."""
 
 # Level sizes are rounded, so a level meant as 4x down may measure 4.004x; this much coarser
 # than asked still counts as fine enough.
@@ -101,11 +98,11 @@ def best_level(downsamples: tuple[float, ...], factor: float) -> int:
     return max(fine_enough, key=lambda index: downsamples[index], default=0)
 
 
-def check_mpp(mpp: float) -> float:
-    """An --mpp value, refused unless it is a microscope's resolution."""
+def check_mpp(mpp: float, option: str = "--slide-mpp") -> float:
+    """A microns-per-pixel value given as `option`, refused unless it is a microscope's."""
     low, high = MPP_RANGE
-    if not low <= mpp <= high:
-        raise HistoseekError(f"--mpp is microns per pixel, from {low} to {high}; not {mpp}")
+    if not (math.isfinite(mpp) and low <= mpp <= high):
+        raise HistoseekError(f"{option} is microns per pixel, from {low} to {high}; not {mpp}")
     return float(mpp)
 
 
@@ -115,6 +112,18 @@ def _plausible(mpp: float, where: str) -> tuple[float | None, str]:
     if math.isfinite(mpp) and low <= mpp <= high:
         return mpp, where
     return None, f"{where} say {mpp:.4g} µm/px, which is no microscope's resolution"
+
+
+_FALLBACK_SOURCE = "--slide-mpp"
+
+
+def _or_fallback(
+    found: tuple[float | None, str], slide_mpp: float | None
+) -> tuple[float | None, str]:
+    """The recorded (mpp, where), or --slide-mpp where the file records no usable mpp."""
+    if found[0] is None and slide_mpp is not None:
+        return slide_mpp, f"{_FALLBACK_SOURCE}, as {found[1]}"
+    return found
 
 
 def _square(mpp_x: float, mpp_y: float, name: str) -> float:
@@ -137,7 +146,8 @@ class Slide(abc.ABC):
         self.levels = levels
         self.mpp = mpp
         self.mpp_source = mpp_source
-        """Where the mpp came from ("--mpp", "the file's metadata"...), or why it is unknown."""
+        """Where the mpp came from ("the file's metadata", "--slide-mpp, as ..."), or why it
+        is unknown."""
         self.vendor = vendor
         """OpenSlide's format name (aperio, generic-tiff, ...) or "image" for a plain image."""
 
@@ -147,15 +157,21 @@ class Slide(abc.ABC):
         return display_path(self.path)
 
     @property
+    def mpp_from_option(self) -> bool:
+        """Whether the mpp is --slide-mpp's, because the file records none (or none usable)."""
+        return self.mpp_source.startswith(_FALLBACK_SOURCE)
+
+    @property
     def dimensions(self) -> tuple[int, int]:
         """(width, height) of level 0 in pixels."""
         return self.levels[0].width, self.levels[0].height
 
     def require_mpp(self) -> float:
-        """The mpp, or UnknownMppError with a one-line reason naming --mpp."""
+        """The mpp, or UnknownMppError with a one-line reason naming --slide-mpp."""
         if self.mpp is None:
             raise UnknownMppError(
-                f"{self.name}: microns per pixel unknown ({self.mpp_source}); pass --mpp"
+                f"{self.name}: microns per pixel unknown ({self.mpp_source}); "
+                "pass --slide-mpp to give it"
             )
         return self.mpp
 
@@ -274,7 +290,7 @@ def _whole(values: tuple[float, ...]) -> bool:
 class _OpenSlideSlide(Slide):
     """A slide read through OpenSlide, region by region."""
 
-    def __init__(self, path: Path, mpp: float | None) -> None:
+    def __init__(self, path: Path, slide_mpp: float | None) -> None:
         openslide = _openslide()
         name = display_path(path)
         try:
@@ -288,10 +304,7 @@ class _OpenSlideSlide(Slide):
         self._error_type = openslide.OpenSlideError
         try:
             levels = self._levels(name)
-            if mpp is not None:
-                found: tuple[float | None, str] = (mpp, "--mpp")
-            else:
-                found = self._recorded_mpp(openslide, name)
+            found = _or_fallback(self._recorded_mpp(openslide, name), slide_mpp)
         except BaseException:
             self._handle.close()
             raise
@@ -363,13 +376,13 @@ def _tiff_tag_mpp(image: Image.Image, name: str) -> tuple[float | None, str]:
 class _ImageSlide(Slide):
     """A plain image (png, jpg, bmp, stripped tif), decoded whole: a slide of one level."""
 
-    def __init__(self, path: Path, mpp: float | None, max_pixels: int) -> None:
+    def __init__(self, path: Path, slide_mpp: float | None, max_pixels: int) -> None:
         name = display_path(path)
         try:
             with pixel_limit(max_pixels):  # also lifts Pillow's own check
                 with Image.open(path) as header:
                     width, height = header.size
-                    found = (mpp, "--mpp") if mpp is not None else _tiff_tag_mpp(header, name)
+                    found = _or_fallback(_tiff_tag_mpp(header, name), slide_mpp)
                 if width * height > max_pixels:
                     raise SlideError(
                         f"{name}: {width}×{height} = {width * height:,} pixels exceeds "
@@ -400,23 +413,24 @@ class _ImageSlide(Slide):
 
 
 def open_slide(
-    path: Path | str, mpp: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path | str, slide_mpp: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Slide:
     """Open a whole-slide image or a plain image for reading; close it (or use `with`).
 
-    `mpp` overrides what the file records. Plain images are decoded whole and must hold at
-    most `max_pixels` pixels; slides are never decoded whole. Raises SlideError (one line
-    naming the file) when the file cannot be opened.
+    `slide_mpp` (--slide-mpp) is the mpp of a file that records none, or none usable; a
+    recorded one always wins. Plain images are decoded whole and must hold at most
+    `max_pixels` pixels; slides are never decoded whole. Raises SlideError (one line naming
+    the file) when the file cannot be opened.
     """
     path = Path(path)
-    if mpp is not None:
-        mpp = check_mpp(mpp)
+    if slide_mpp is not None:
+        slide_mpp = check_mpp(slide_mpp)
     if not path.is_file():
         raise SlideError(f"{display_path(path)}: no such file")
     if is_slide_file(path):
-        return _OpenSlideSlide(path, mpp)
+        return _OpenSlideSlide(path, slide_mpp)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return _ImageSlide(path, mpp, max_pixels)
+        return _ImageSlide(path, slide_mpp, max_pixels)
     known = sorted(VENDOR_EXTENSIONS | IMAGE_EXTENSIONS)
     raise SlideError(
         f"{display_path(path)}: not a slide or image histoseek reads ({', '.join(known)})"

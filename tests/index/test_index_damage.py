@@ -1,4 +1,5 @@
-"""Damaged indexes: `query` refuses them in one line, `index` rebuilds them, never reuses them."""
+"""Damaged indexes: `query` refuses them in one line; `index` rewrites them from their checked
+shards and never reuses their served files; a damaged shard is embedded again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from index_helpers import copy_tiles, error_line, index_args, run_cli
 
+from histoseek.index.manifest import DamagedIndexError
 from histoseek.index.store import load_index
 
 
@@ -121,16 +123,15 @@ def test_query_refuses_a_damaged_index_in_one_line(damage, built, index_dir, che
 def test_reindexing_after_a_deleted_items_line_rebuilds_and_answers_right(
     built, index_dir, checkpoint
 ):
-    """Issue 9, item 1: this reused embeddings shifted by one row and answered wrongly."""
+    """Issue 9, item 1: this reused embeddings shifted by one row and answered wrongly.
+
+    Embeddings are reused from the shards, each checked on its own, never from the served
+    items.jsonl and embeddings.npy, which are written anew."""
     tiles, _ = built
     _delete_items_line(2)(index_dir)
     result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
     assert result.exit_code == 0, result.output
-    assert (
-        f"the index {index_dir} is damaged: {index_dir}/items.jsonl: lists 7 items, but the "
-        "manifest says 8; rebuilding it from scratch" in result.stderr
-    )
-    assert "8 embedded, 0 reused" in result.stderr
+    assert "0 embedded, 8 reused" in result.stderr
     for image in sorted(tiles.rglob("*.tif")):
         query = run_cli(
             "query", image, "--index", index_dir, "--exact", "--json", "-k", "2", "--include-self"
@@ -164,15 +165,47 @@ REBUILT = {
 
 
 @pytest.mark.parametrize("damage", list(REBUILT))
-def test_index_over_a_damaged_index_rebuilds_it_with_a_note(damage, built, index_dir, checkpoint):
+def test_index_over_a_damaged_index_rewrites_it_from_its_shards(
+    damage, built, index_dir, checkpoint
+):
     """Issue 9, item 2: these gave tracebacks."""
     corrupt, fragment = REBUILT[damage]
     corrupt(index_dir)
+    with pytest.raises(DamagedIndexError) as damaged:
+        load_index(index_dir)
+    assert fragment in str(damaged.value)
     result = run_cli(*index_args(built[0], checkpoint, "-o", index_dir))
     assert result.exit_code == 0, result.output
-    notes = [line for line in result.stderr.splitlines() if "is damaged" in line]
+    assert "0 embedded, 8 reused" in result.stderr
+    assert len(load_index(index_dir).items) == 8
+
+
+SHARD_DAMAGE = {
+    "truncated": (
+        lambda shard: (shard / "embeddings.npy").write_bytes(
+            (shard / "embeddings.npy").read_bytes()[:-100]
+        ),
+        "embeddings.npy: truncated",
+    ),
+    "NaN": (
+        lambda shard: _edit_embeddings(_with_nan)(shard),
+        "embeddings.npy: row 3 holds a value that is not a finite number",
+    ),
+    "items": (lambda shard: (shard / "items.jsonl").write_text("{\n"), "line 1: not valid JSON"),
+    "info": (lambda shard: (shard / "shard.json").unlink(), "it has no shard.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SHARD_DAMAGE))
+def test_a_damaged_shard_is_embedded_again_with_a_note(damage, built, index_dir, checkpoint):
+    corrupt, fragment = SHARD_DAMAGE[damage]
+    corrupt(index_dir / "shards" / "images")
+    result = run_cli(*index_args(built[0], checkpoint, "-o", index_dir))
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "cannot be used" in line]
     assert len(notes) == 1 and fragment in notes[0], result.stderr
-    assert notes[0].endswith("; rebuilding it from scratch")
+    assert notes[0].startswith("the stored shard of the plain images cannot be used (")
+    assert notes[0].endswith("); embedding it again")
     assert "8 embedded, 0 reused" in result.stderr
     assert len(load_index(index_dir).items) == 8
 

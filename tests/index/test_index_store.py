@@ -178,7 +178,7 @@ CORRUPTIONS = {
     "width a string": (_edit_item(6, width="150"), 'line 7: "width" must be an integer'),
     "size negative": (_edit_item(6, size=-1), 'line 7: "size" must be 0 or more'),
     "label missing": (_drop_item_field("label"), 'line 4: "label" is missing'),
-    "extra field": (_edit_item(0, x=1), 'line 1: "x" is not an item field'),
+    "extra field": (_edit_item(0, colour=1), 'line 1: "colour" is not an item field'),
     "an item a list": (lambda index: _write_lines(index / "items.jsonl", [[]] * ROWS), "a list"),
     "items missing": (_remove("items.jsonl"), "items.jsonl: cannot be read (No such file"),
     # embeddings.npy
@@ -239,8 +239,8 @@ def test_a_version_string_is_a_wrong_type_not_another_version(index_copy):
 
 
 def test_another_version_or_format_is_not_damage(index_copy):
-    _edit_manifest(format_version=2)(index_copy)
-    with pytest.raises(HistoseekError, match="has index format version 2") as raised:
+    _edit_manifest(format_version=3)(index_copy)
+    with pytest.raises(HistoseekError, match="has index format version 3") as raised:
         load_index(index_copy)
     assert not isinstance(raised.value, DamagedIndexError)
     _edit_manifest(format="something-else")(index_copy)

@@ -9,7 +9,7 @@ import pytest
 
 from histoseek.errors import HistoseekError
 from histoseek.index.annoy_index import VectorIndex, build_annoy
-from histoseek.index.build import IndexItem
+from histoseek.index.items import IndexItem
 from histoseek.index.manifest import Manifest
 from histoseek.index.search import OpenIndex, nearest_items
 

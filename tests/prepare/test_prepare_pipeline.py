@@ -144,12 +144,13 @@ def test_images_above_max_pixels_are_refused_or_read(tmp_path, monkeypatch):
     line = fails("crc", src, "-o", tmp_path / "out", "--max-pixels", 10_000)
     assert "--max-pixels 81920" in line and "exceed --max-pixels 10,000" in line
     assert not (tmp_path / "out").exists()
-    # Pillow's own limit below the image size (as for a huge BRACS RoI): --max-pixels lifts it.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    # Pillow's own limit below the image size (as for a huge BRACS RoI), though above a
+    # patch's: --max-pixels lifts it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)
     rows = ok("crc", src, "-o", tmp_path / "out", "--max-pixels", 81920, "--patch-size", 128,
               "--workers", 0)  # fmt: skip
     assert len(rows) == 9 * 4
-    assert Image.MAX_IMAGE_PIXELS == 1000
+    assert Image.MAX_IMAGE_PIXELS == 20_000
 
 
 def test_existing_output_is_refused_unless_overwrite(folder_tree, tmp_path):

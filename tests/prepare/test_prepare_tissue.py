@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 from synthetic_slides import he_image
 
-from histoseek.prepare.tiling import resample, tile_origins, tissue_fractions
+from histoseek.prepare.tiling import tile_origins, tissue_fractions
 from histoseek.prepare.tissue import MAX_THRESHOLD, MIN_THRESHOLD, otsu_threshold, tissue_mask
 
 
@@ -54,9 +53,3 @@ def test_tissue_fractions_match_direct_means():
     origins = tile_origins(140, 100, 32, 20)
     expected = [mask[y : y + 32, x : x + 32].mean() for x, y in origins]
     assert np.allclose(list(tissue_fractions(mask, origins, 32)), expected)
-
-
-def test_resample_scales_size():
-    image = Image.fromarray(he_image(300, 200))
-    assert resample(image, 0.5).size == (150, 100)
-    assert resample(image, 1.0) is image

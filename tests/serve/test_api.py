@@ -263,8 +263,11 @@ def test_images_over_the_pixel_limit_are_refused(opened):
 def test_requests_change_nothing_in_the_index(client, stub_index_dir: Path, opened):
     def digests() -> dict[str, str]:
         return {
-            path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(stub_index_dir.iterdir())
+            path.relative_to(stub_index_dir).as_posix(): hashlib.sha256(
+                path.read_bytes()
+            ).hexdigest()
+            for path in sorted(stub_index_dir.rglob("*"))
+            if path.is_file()
         }
 
     before = digests()

@@ -7,7 +7,6 @@ drawn synthetically; see assembled_slides.py.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from assembled_slides import (
     KATHER,
     KATHER_MPP,
     assemble_kather_slide,
+    corrupt_levels,
     synthetic_slide,
 )
 from PIL import Image
@@ -119,8 +119,8 @@ def test_plain_png_goes_through_the_same_interface(tmp_path):
         assert np.array_equal(edge[5:, :10], rgb[:5, 150:])
         assert (edge[:5] == 255).all() and (edge[:, 10:] == 255).all()
         assert slide.thumbnail(80).size == (80, 60)
-    with open_slide(path, mpp=0.25) as slide:
-        assert slide.mpp == 0.25 and slide.mpp_source == "--mpp"
+    with open_slide(path, slide_mpp=0.25) as slide:
+        assert slide.mpp == 0.25 and slide.mpp_source == "--slide-mpp, as a PNG image records none"
 
 
 def test_transparent_pixels_of_a_plain_image_become_white(tmp_path):
@@ -166,7 +166,7 @@ def test_unknown_mpp_is_one_line_naming_the_option(tmp_path):
         slide.require_mpp()
     message = str(caught.value)
     assert "\n" not in message
-    assert "x.png" in message and "pass --mpp" in message and "records none" in message
+    assert "x.png" in message and "pass --slide-mpp" in message and "records none" in message
 
 
 @pytest.mark.skipif(not KATHER.is_dir(), reason=f"real tiles not available: {KATHER} is absent")
@@ -175,17 +175,22 @@ def test_a_72_dpi_tag_is_not_taken_for_a_microscope_resolution():
     with open_slide(tile) as slide:
         assert slide.mpp is None
         assert "352.8 µm/px" in slide.mpp_source
-        with pytest.raises(UnknownMppError, match="pass --mpp"):
+        with pytest.raises(UnknownMppError, match="pass --slide-mpp"):
             slide.require_mpp()
-    with open_slide(tile, mpp=KATHER_MPP) as slide:
+    with open_slide(tile, slide_mpp=KATHER_MPP) as slide:
         assert slide.require_mpp() == KATHER_MPP
 
 
-@pytest.mark.parametrize("mpp", [0.0, -1.0, 1000.0])
+@pytest.mark.parametrize("mpp", [0.0, -1.0, 1000.0, float("nan")])
 def test_an_impossible_mpp_override_is_refused(tmp_path, mpp):
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
-    with pytest.raises(HistoseekError, match="--mpp"):
-        open_slide(tmp_path / "x.png", mpp=mpp)
+    with pytest.raises(HistoseekError, match="--slide-mpp is microns per pixel"):
+        open_slide(tmp_path / "x.png", slide_mpp=mpp)
+
+
+def test_slide_mpp_is_only_a_fallback_for_files_that_record_none(synthetic):
+    with open_slide(synthetic.path, slide_mpp=0.25) as slide:
+        assert slide.mpp == pytest.approx(0.5) and slide.mpp_source == "the file's metadata"
 
 
 def test_plain_images_over_max_pixels_are_refused_but_slides_are_not(tmp_path, synthetic):
@@ -194,16 +199,6 @@ def test_plain_images_over_max_pixels_are_refused_but_slides_are_not(tmp_path, s
         open_slide(tmp_path / "big.png", max_pixels=50_000)
     with open_slide(synthetic.path, max_pixels=50_000) as slide:
         assert slide.dimensions == (2048, 1536)
-
-
-def _corrupt_tiles(path: Path, target: Path) -> None:
-    """A copy of `path` whose level-0 tile data is overwritten with junk, headers intact."""
-    data = bytearray(path.read_bytes())
-    with tifffile.TiffFile(path) as tiff:
-        page = tiff.pages[0]
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-            data[offset : offset + count] = bytes(count)
-    target.write_bytes(bytes(data))
 
 
 def test_corrupt_and_truncated_slides_raise_one_clear_error(tmp_path, synthetic):
@@ -218,7 +213,7 @@ def test_corrupt_and_truncated_slides_raise_one_clear_error(tmp_path, synthetic)
         assert path.name in str(caught.value) and "\n" not in str(caught.value)
 
     broken = tmp_path / "broken_tiles.tif"
-    _corrupt_tiles(synthetic.path, broken)
+    corrupt_levels(synthetic.path, broken)
     with open_slide(broken) as slide:  # the headers are fine; the pixels are not
         slide.thumbnail(128)  # low levels are intact
         with pytest.raises(SlideError, match="broken_tiles.tif: cannot read"):

@@ -149,7 +149,7 @@ def test_tiling_needs_an_mpp(tmp_path):
     Image.new("RGB", (300, 300), (180, 80, 150)).save(tmp_path / "patch.png")
     with open_slide(tmp_path / "patch.png") as slide, pytest.raises(UnknownMppError):
         tissue_tiles(slide)
-    with open_slide(tmp_path / "patch.png", mpp=0.5) as slide:
+    with open_slide(tmp_path / "patch.png", slide_mpp=0.5) as slide:
         tiles = tissue_tiles(slide, patch_size=100)
     assert [(t.x, t.y) for t in tiles] == [(x, y) for y in (0, 100, 200) for x in (0, 100, 200)]
 

@@ -26,7 +26,7 @@ from PIL import Image
 from histoseek.slide.pyramid import TILE_SIDE, write_pyramidal_tiff
 from histoseek.slide.synth import SLIDE_MPP, render_slide
 
-KATHER = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kather2016"
+KATHER = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kather2016"
 KATHER_MPP = 0.495
 KATHER_TILE = 150
 GLASS = 244
@@ -103,6 +103,18 @@ def synthetic_slide(
     rgb = render_slide(tissue, *size, np.random.default_rng(seed))
     write_pyramidal_tiff(path, rgb, f"histoseek test slide, synthetic {tissue}", SLIDE_MPP)
     return AssembledSlide(path, rgb, SLIDE_MPP, (0, 0, *size))
+
+
+def corrupt_levels(path: Path, target: Path, levels: tuple[int, ...] = (0,)) -> None:
+    """A copy of the pyramidal TIFF `path` whose tile data in `levels` is overwritten with
+    zeros, headers intact: it opens, and its other levels read, but no region of those does."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tiff:
+        for level in levels:
+            page = tiff.pages[level]
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+                data[offset : offset + count] = bytes(count)
+    target.write_bytes(bytes(data))
 
 
 def _sparse_tiles(

@@ -1,0 +1,178 @@
+"""Embedding shards: written whole, read back checked, and refused when anything is off."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histoseek.index.items import IndexItem
+from histoseek.index.shards import (
+    IMAGES_SHARD,
+    SHARD_EMBEDDINGS,
+    SHARD_INFO,
+    SHARD_ITEMS,
+    ShardError,
+    ShardInfo,
+    SlideRecord,
+    link_shard,
+    read_shard,
+    remove_temporaries,
+    shard_folders,
+    shard_name,
+    write_shard,
+)
+
+SLIDE = SlideRecord("tumour/a b.svs", 1000, 2000, 0.25, False)
+TILING = {"mpp": 0.5, "patch_size": 64, "min_tissue": 0.5}
+
+
+def _tiles(count: int) -> list[IndexItem]:
+    return [
+        IndexItem(SLIDE.path, "tumour", 64, 64, 1000, 2000, "a b", "a b", 128 * i, 0, 128, 0.5)
+        for i in range(count)
+    ]
+
+
+def _vectors(count: int, dim: int = 8) -> np.ndarray:
+    vectors = np.random.default_rng(count).normal(size=(count, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _info(count: int, **change) -> ShardInfo:
+    return replace(ShardInfo("f" * 64, {"dim": 8}, TILING, SLIDE, count, 8), **change)
+
+
+@pytest.fixture
+def shard(tmp_path: Path) -> Path:
+    return write_shard(
+        tmp_path / "shards", shard_name(SLIDE.path), _info(3), _tiles(3), _vectors(3)
+    )
+
+
+def test_a_shard_reads_back_as_written(shard):
+    read = read_shard(shard)
+    assert read.info == _info(3, created=read.info.created)
+    assert read.items == _tiles(3)
+    assert np.array_equal(read.embeddings, _vectors(3))
+    data = json.loads((shard / SHARD_INFO).read_text())
+    assert data["format"] == "histoseek-shard" and data["format_version"] == 1
+    assert data["slide"]["path"] == "tumour/a b.svs" and data["tiling"] == TILING
+
+
+def test_shard_names_are_safe_and_depend_on_the_path_alone():
+    name = shard_name("tumour/a b.svs")
+    assert name.startswith("a_b-") and len(name) == len("a_b-") + 16
+    assert shard_name("tumour/a b.svs") == name != shard_name("normal/a b.svs")
+    assert shard_name("x/..svs").startswith("slide-")
+
+
+def test_an_empty_slide_and_the_images_shard_are_shards_too(tmp_path):
+    empty = write_shard(tmp_path, shard_name(SLIDE.path), _info(0), [], np.zeros((0, 8)))
+    assert read_shard(empty).items == []
+    images = [IndexItem("a.png", "", 5, 5, 1, 2), IndexItem("b/c.png", "b", 5, 5, 1, 2, group="g")]
+    info = _info(2, tiling=None, slide=None)
+    written = write_shard(tmp_path, IMAGES_SHARD, info, images, _vectors(2))
+    assert read_shard(written).items == images
+    renamed = tmp_path / "other"
+    written.rename(renamed)
+    with pytest.raises(ShardError, match="must be named 'images'"):
+        read_shard(renamed)
+
+
+def _rewrite_info(shard: Path, **change) -> None:
+    data = json.loads((shard / SHARD_INFO).read_text())
+    (shard / SHARD_INFO).write_text(json.dumps({**data, **change}))
+
+
+def _damage(shard: Path, how: str) -> None:
+    embeddings = shard / SHARD_EMBEDDINGS
+    if how == "truncated":
+        embeddings.write_bytes(embeddings.read_bytes()[:-7])
+    elif how == "nan":
+        vectors = _vectors(3)
+        vectors[1, 2] = np.nan
+        np.save(embeddings, vectors)
+    elif how == "not unit":
+        np.save(embeddings, _vectors(3) * 2)
+    elif how == "float64":
+        np.save(embeddings, _vectors(3).astype(np.float64))
+    elif how == "rows":
+        np.save(embeddings, _vectors(4))
+    elif how == "pickled":
+        np.save(embeddings, np.array([{"a": 1}], dtype=object))
+    elif how == "no items":
+        (shard / SHARD_ITEMS).unlink()
+    elif how == "item count":
+        lines = (shard / SHARD_ITEMS).read_text().splitlines()
+        (shard / SHARD_ITEMS).write_text("\n".join(lines[:2]) + "\n")
+    elif how == "bad item":
+        (shard / SHARD_ITEMS).write_text('{"path": 1}\n' * 3)
+    elif how == "other slide":
+        text = (shard / SHARD_ITEMS).read_text().replace("a b.svs", "c.svs", 1)
+        (shard / SHARD_ITEMS).write_text(text)
+    elif how == "repeated":
+        first = (shard / SHARD_ITEMS).read_text().splitlines()[0]
+        (shard / SHARD_ITEMS).write_text(f"{first}\n" * 3)
+    elif how == "version":
+        _rewrite_info(shard, format_version=2)
+    elif how == "json":
+        (shard / SHARD_INFO).write_text("{")
+    elif how == "missing field":
+        data = json.loads((shard / SHARD_INFO).read_text())
+        del data["dim"]
+        (shard / SHARD_INFO).write_text(json.dumps(data))
+    elif how == "wrong type":
+        _rewrite_info(shard, items="3")
+    elif how == "tiling":
+        _rewrite_info(shard, tiling={**TILING, "patch_size": 32})
+    elif how == "renamed":
+        shard.rename(shard.with_name("other-0123456789abcdef"))
+
+
+@pytest.mark.parametrize(
+    ("how", "problem"),
+    [
+        ("truncated", "embeddings.npy: truncated"),
+        ("nan", "embeddings.npy: row 1 holds a value that is not a finite number"),
+        ("not unit", "embeddings.npy: row 0 is not of unit length"),
+        ("float64", "embeddings.npy: holds float64 values, but shard.json says float32"),
+        ("rows", "embeddings.npy: has 4 rows, but shard.json lists 3 items"),
+        ("pickled", "holds object values"),
+        ("no items", "it has no items.jsonl"),
+        ("item count", "lists 2 items, shard.json says 3"),
+        ("bad item", 'items.jsonl, line 1: "label" is missing'),
+        ("other slide", "lists 'tumour/c.svs', which is no tile of 'tumour/a b.svs'"),
+        ("repeated", "lists an item twice"),
+        ("version", "shard format version 2"),
+        ("json", "shard.json is not valid JSON"),
+        ("missing field", '"dim" is missing'),
+        ("wrong type", '"items" must be an integer'),
+        ("tiling", "its tiles disagree with its tiling options"),
+        ("renamed", "it is named 'other-0123456789abcdef'"),
+    ],
+)
+def test_a_damaged_shard_is_refused_saying_why(shard, how, problem):
+    _damage(shard, how)
+    path = shard if how != "renamed" else shard.with_name("other-0123456789abcdef")
+    with pytest.raises(ShardError, match=problem):
+        read_shard(path)
+
+
+def test_temporaries_are_not_shards_and_are_removed(shard):
+    shards = shard.parent
+    (shards / ".x.123-abc.tmp").mkdir()
+    (shards / ".y.tmp").write_text("")
+    assert shard_folders(shards) == [shard]
+    remove_temporaries(shards)
+    assert sorted(path.name for path in shards.iterdir()) == [shard.name]
+
+
+def test_a_linked_shard_is_the_same_shard_elsewhere(shard, tmp_path):
+    copy = tmp_path / "next" / "shards" / shard.name
+    link_shard(shard, copy)
+    assert read_shard(copy).items == read_shard(shard).items
+    assert (copy / SHARD_EMBEDDINGS).stat().st_ino == (shard / SHARD_EMBEDDINGS).stat().st_ino
