@@ -16,10 +16,13 @@ import numpy as np
 from PIL import Image
 
 from histoseek.callbacks import Notify, Progress
+from histoseek.data.split import compile_group_regex, regex_group
 from histoseek.data.transforms import EvalTransform
 from histoseek.errors import HistoseekError
+from histoseek.index.items import IndexItem
 from histoseek.inference.base import Embedder
 from histoseek.model.cgd import ModelConfig
+from histoseek.slide.defaults import EXCLUDE_CHOICES
 from histoseek.slide.reader import open_slide
 from histoseek.slide.tiling import read_region_at_mpp, read_tile, spread_sample, tissue_tiles
 
@@ -151,3 +154,68 @@ def embed_images(
         if progress is not None:
             progress(min(start + batch_size, len(images)), len(images))
     return np.concatenate(chunks)
+
+
+@dataclass(frozen=True)
+class QueryOrigin:
+    """The slide and group (patient) a query comes from, as far as they are known."""
+
+    slide_id: str | None
+    """None for a plain image: it is no slide."""
+    group: str | None
+    """None where nothing says (an image that --group-regex does not match)."""
+    in_index: bool
+    """Whether the query is itself in the index (the same file, or the same slide id)."""
+
+
+def query_origin(
+    items: Sequence[IndexItem],
+    source_dir: Path,
+    path: Path,
+    is_slide: bool,
+    group_regex: str | None = None,
+) -> QueryOrigin:
+    """Which slide and group a query file is: those of its entry in the index when it is
+    indexed (the same file, or for a slide the same slide id), else its own slide id (file
+    stem) and the group `group_regex` finds in its path (a slide's own id if none)."""
+    resolved = Path(path).resolve()
+    stem = Path(path).stem
+    indexed_paths: dict[str, IndexItem] = {}
+    for item in items:
+        if item.is_tile == is_slide:
+            indexed_paths.setdefault(item.path, item)
+    for relative, item in indexed_paths.items():
+        if (Path(source_dir) / relative).resolve() == resolved:
+            return QueryOrigin(item.slide_id, item.group, True)
+    if is_slide:
+        for item in indexed_paths.values():
+            if item.slide_id == stem:
+                return QueryOrigin(stem, item.group, True)
+    group = regex_group(compile_group_regex(group_regex), str(path))
+    if is_slide:
+        return QueryOrigin(stem, group or stem, False)
+    return QueryOrigin(None, group, False)
+
+
+def excluded_items(
+    items: Sequence[IndexItem], origin: QueryOrigin, exclude: str | None, shown: str
+) -> frozenset[int]:
+    """The items `exclude` ("same-slide" or "same-group") leaves out for a query of `origin`;
+    one clear line where the query's slide or group is unknown."""
+    if exclude is None:
+        return frozenset()
+    if exclude not in EXCLUDE_CHOICES:
+        raise HistoseekError(f"--exclude is {' or '.join(EXCLUDE_CHOICES)}, not {exclude!r}")
+    if exclude == "same-slide":
+        if origin.slide_id is None:
+            raise HistoseekError(
+                f"--exclude same-slide: {shown} is an image, not a slide; "
+                "use --exclude same-group with --group-regex"
+            )
+        return frozenset(i for i, item in enumerate(items) if item.slide_id == origin.slide_id)
+    if origin.group is None:
+        raise HistoseekError(
+            f"--exclude same-group: the group (patient) of {shown} is unknown: it is not in "
+            "the index and --group-regex does not match its path"
+        )
+    return frozenset(i for i, item in enumerate(items) if item.group == origin.group)
