@@ -41,6 +41,7 @@ def data_uri(image: Image.Image, lossless: bool = False) -> str:
     if lossless:
         image.save(buffer, format="PNG")
     else:
-        image.save(buffer, format="JPEG", quality=85)
+        # No chroma subsampling: thin coloured outlines (boxes on slides) stay sharp.
+        image.save(buffer, format="JPEG", quality=85, subsampling=0)
     kind = "png" if lossless else "jpeg"
     return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
