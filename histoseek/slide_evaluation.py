@@ -8,13 +8,21 @@ metrics score the slides ranked from those tiles' hits (histoseek.index.ranking)
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from histoseek.callbacks import Notify, Progress
+from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
+from histoseek.index.build import build_index
 from histoseek.index.ranking import rank_keys, tile_hits
+from histoseek.index.slides import TilingOptions
+from histoseek.index.store import OpenIndex, load_index
 from histoseek.metrics import Neighbours, exact_neighbours, ranking_metrics, retrieval_metrics
 from histoseek.metrics_defaults import (
     DEFAULT_MAP_K,
@@ -22,7 +30,16 @@ from histoseek.metrics_defaults import (
     DEFAULT_RECALL_KS,
     DEFAULT_VOTE_K,
 )
-from histoseek.slide.defaults import AGGREGATION_RULES, DEFAULT_TILE_K, EXCLUDE_CHOICES
+from histoseek.slide.defaults import (
+    AGGREGATION_RULES,
+    DEFAULT_MAX_TILES,
+    DEFAULT_TILE_K,
+    EXCLUDE_CHOICES,
+)
+from histoseek.slide.tiling import Tile, spread_sample
+
+if TYPE_CHECKING:
+    from histoseek.embedder import ImageEmbedder
 
 
 @dataclass
@@ -180,3 +197,128 @@ def slide_level_scores(
         [rankings[slide] for slide in scored], [slide_label[slide] for slide in scored], vote_k
     )
     return Scores(metrics, len(scored), len(found.slides) - len(scored))
+
+
+def slide_tiles_of_index(index: OpenIndex, max_tiles: int = DEFAULT_MAX_TILES) -> SlideTiles:
+    """The slide tiles of an index (plain images left out), each slide querying with a
+    spread-out sample of at most `max_tiles` of its tiles, as a whole-slide query does."""
+    rows = [row for row, item in enumerate(index.items) if item.is_tile]
+    if not rows:
+        raise HistoseekError(f"{display_path(index.manifest.source_dir)} holds no slide tiles")
+    items = [index.items[row] for row in rows]
+    by_slide: dict[str, dict[Tile, int]] = {}
+    for position, item in enumerate(items):
+        by_slide.setdefault(item.slide_id, {})[item.tile()] = position
+    query_rows = {
+        slide: [tiles[tile] for tile in spread_sample(list(tiles), max_tiles)]
+        for slide, tiles in by_slide.items()
+    }
+    return SlideTiles(
+        np.asarray(index.vectors.embeddings[rows], dtype=np.float32),
+        [item.slide_id for item in items],
+        [item.group for item in items],
+        [item.label for item in items],
+        query_rows,
+    )
+
+
+@dataclass
+class SlideEvaluation:
+    """Tile-level and slide-level metrics of a folder of slides, and what they were measured on."""
+
+    tile_scores: Scores
+    slide_scores: Scores
+    slides: int
+    tiles: int
+    query_tiles: int
+    protocol: str
+    skipped: list[str]
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return {
+            "tile_metrics": self.tile_scores.metrics,
+            "slide_metrics": self.slide_scores.metrics,
+            "slides": self.slides,
+            "tiles": self.tiles,
+            "query_tiles": self.query_tiles,
+            "query_tiles_left_out": self.tile_scores.left_out,
+            "query_slides_left_out": self.slide_scores.left_out,
+            "protocol": self.protocol,
+            "skipped_unreadable": self.skipped,
+        }
+
+
+def score_slide_tiles(
+    tiles: SlideTiles,
+    exclude: str = EXCLUDE_CHOICES[0],
+    tile_k: int = DEFAULT_TILE_K,
+    rule: str = AGGREGATION_RULES[0],
+    recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS,
+    map_k: int = DEFAULT_MAP_K,
+    vote_k: int = DEFAULT_VOTE_K,
+    precision_k: int = DEFAULT_PRECISION_K,
+) -> tuple[Scores, Scores]:
+    """(tile-level, slide-level) scores of every slide queried with its own slide or group
+    left out."""
+    found = left_out_neighbours(tiles, exclude, max(*recall_ks, map_k, vote_k, precision_k, tile_k))
+    tile_scores = tile_level_scores(tiles, found, recall_ks, map_k, vote_k, precision_k)
+    return tile_scores, slide_level_scores(tiles, found, tile_k, vote_k, rule)
+
+
+def evaluate_slides(
+    embedder: ImageEmbedder,
+    gallery_dir: Path,
+    tiling: TilingOptions,
+    group_regex: str | None = None,
+    labels_csv: Path | None = None,
+    exclude: str = EXCLUDE_CHOICES[0],
+    max_tiles: int = DEFAULT_MAX_TILES,
+    tile_k: int = DEFAULT_TILE_K,
+    recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS,
+    map_k: int = DEFAULT_MAP_K,
+    vote_k: int = DEFAULT_VOTE_K,
+    precision_k: int = DEFAULT_PRECISION_K,
+    progress: Progress | None = None,
+    tissue_progress: Progress | None = None,
+    notify: Notify = lambda message: None,
+) -> SlideEvaluation:
+    """Tile and embed every slide below `gallery_dir` as `histoseek index` does (into a
+    temporary index), then score each slide against the others, its own slide or group
+    (`exclude`) left out: its query tiles' nearest tiles, and the slides ranked from them."""
+    with tempfile.TemporaryDirectory(prefix="histoseek-evaluate-") as scratch:
+        report = build_index(
+            gallery_dir,
+            Path(scratch) / "index",
+            embedder,
+            trees=1,
+            tiling=tiling,
+            group_regex=group_regex,
+            labels_csv=labels_csv,
+            progress=progress,
+            tissue_progress=tissue_progress,
+            notify=notify,
+        )
+        index = load_index(report.index_dir, in_memory=True)
+        images = sum(not item.is_tile for item in index.items)
+        if images:
+            notify(f"note: {images} plain image(s) beside the slides are left out")
+        tiles = slide_tiles_of_index(index, max_tiles)
+    tile_scores, slide_scores = score_slide_tiles(
+        tiles, exclude, tile_k, AGGREGATION_RULES[0], recall_ks, map_k, vote_k, precision_k
+    )
+    left_out = "slide" if exclude == "same-slide" else "group (patient)"
+    protocol = (
+        f"each slide queries with up to {max_tiles} of its tiles, its own {left_out} left "
+        f"out; slides ranked from each query tile's {tile_k} nearest tiles (sum of best "
+        "similarities)"
+    )
+    return SlideEvaluation(
+        tile_scores,
+        slide_scores,
+        len(tiles.query_rows),
+        len(tiles.slide_ids),
+        sum(len(rows) for rows in tiles.query_rows.values()),
+        protocol,
+        [display_path(entry.path) for entry in report.skipped],
+    )

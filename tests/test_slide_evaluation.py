@@ -1,21 +1,29 @@
-"""Leave-one-slide/patient-out evaluation on hand-made tile embeddings.
+"""Leave-one-slide/patient-out evaluation: the scoring on hand-made tile embeddings, and
+`histoseek evaluate` on a folder of pseudo-slides assembled from real kather2016 tiles.
 
-Patient P1 has a tumour slide and a normal slide that share a strong staining direction (a
+In the hand-made set, patient P1 has a tumour slide and a normal slide that share a strong staining direction (a
 patient effect), so with only the query's own slide left out each of them finds the other
 first; leaving the whole patient out removes that shortcut.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
 
 from histoseek.errors import HistoseekError
 from histoseek.slide_evaluation import (
     SlideTiles,
     left_out_neighbours,
+    score_slide_tiles,
     slide_level_scores,
     slide_rankings,
+    slide_tiles_of_index,
     tile_level_scores,
 )
 
@@ -97,3 +105,109 @@ def test_nothing_to_compare_is_refused():
         slide_level_scores(lonely, found)
     with pytest.raises(HistoseekError, match="no query tile can be scored"):
         tile_level_scores(lonely, found)
+
+
+SLIDE_SOURCES = {
+    "01_TUMOR": ("CRC-Prim-HE-02", "CRC-Prim-HE-01"),
+    "04_LYMPHO": ("CRC-Prim-HE-01", "CRC-Prim-HE-02"),
+    "02_STROMA": ("CRC-Prim-HE-03", "CRC-Prim-HE-07"),
+}
+GROUP_REGEX = r"CRC-Prim-HE-\d+"
+SLIDE_OPTIONS = ("--patch-size", "64", "--group-regex", GROUP_REGEX)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """A small random CGD (64 px input), quick on a CPU."""
+    from histoseek.model.cgd import ModelConfig, build_model
+    from histoseek.model.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(path, build_model(ModelConfig(num_classes=3, image_size=64, dim=48)), [])
+    return path
+
+
+@pytest.fixture(scope="module")
+def slide_folder(tmp_path_factory) -> Path:
+    """Six pseudo-slides assembled from real kather2016 tiles (not scanned), one per class and
+    source image; the source image is the group (patient)."""
+    from assembled_slides import assemble_kather_slide
+
+    root = tmp_path_factory.mktemp("slides")
+    for class_name, sources in SLIDE_SOURCES.items():
+        (root / class_name).mkdir()
+        for source in sources:
+            assemble_kather_slide(root / class_name, class_name, source=source)
+    return root
+
+
+def _evaluate(model: Path, *args) -> Result:
+    from histoseek.cli import cli
+
+    command = ["evaluate", "--model", model, "--backend", "torch", "--workers", "0", *args]
+    return CliRunner().invoke(cli, [str(arg) for arg in command], env={"COLUMNS": "200"})
+
+
+def test_evaluate_on_slides_scores_tiles_and_slides_as_an_index_of_them_would(
+    small_model, slide_folder, tmp_path
+):
+    from histoseek.index.store import load_index
+
+    result = _evaluate(small_model, "--gallery", slide_folder, *SLIDE_OPTIONS, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["slides"], document["query_slides_left_out"]) == (6, 0)
+    assert set(document["slide_metrics"]) == {"recall@1", "mmv@5"}
+    assert set(document["tile_metrics"]) >= {"recall@1", "map@5", "mmv@5", "precision@10"}
+    assert "its own slide left out" in document["protocol"]
+
+    # The same numbers from an index of the folder, scored by the library's own functions.
+    index_dir = tmp_path / "idx"
+    from histoseek.cli import cli
+
+    built = CliRunner().invoke(
+        cli,
+        [
+            *("index", str(slide_folder), "-o", str(index_dir), "--model", str(small_model)),
+            *("--backend", "torch", "--workers", "0", *SLIDE_OPTIONS),
+        ],
+    )
+    assert built.exit_code == 0, built.output
+    tiles = slide_tiles_of_index(load_index(index_dir))
+    assert document["tiles"] == len(tiles.slide_ids)
+    tile_scores, slide_scores = score_slide_tiles(tiles)
+    assert document["slide_metrics"] == pytest.approx(slide_scores.metrics, abs=1e-6)
+    assert document["tile_metrics"] == pytest.approx(tile_scores.metrics, abs=1e-6)
+    # Either exclusion through the command gives the library's scores for it.
+    for exclude, leaves_out in (("same-group", "group (patient)"), ("same-slide", "slide")):
+        _, scores = score_slide_tiles(tiles, exclude)
+        assert 0.0 <= scores.metrics["recall@1"] <= 1.0
+        grouped = _evaluate(
+            small_model, "--gallery", slide_folder, *SLIDE_OPTIONS, "--exclude", exclude, "--json"
+        )
+        assert f"its own {leaves_out} left out" in json.loads(grouped.stdout)["protocol"]
+        assert json.loads(grouped.stdout)["slide_metrics"] == pytest.approx(scores.metrics)
+
+
+def test_evaluate_on_slides_prints_both_levels(small_model, slide_folder):
+    result = _evaluate(small_model, "--gallery", slide_folder, *SLIDE_OPTIONS, "--max-tiles", "3")
+    assert result.exit_code == 0, result.output
+    assert "slide recall@1" in result.stdout and "tile map@5" in result.stdout
+    assert "18 of them querying" in result.stdout  # 6 slides × 3 query tiles
+
+
+def test_slide_only_options_and_a_query_folder_are_refused_where_they_cannot_apply(
+    small_model, slide_folder, tmp_path
+):
+    result = _evaluate(small_model, "--gallery", slide_folder, "--query", slide_folder)
+    assert result.exit_code == 1
+    assert "--query is for folders of patches" in result.stderr
+    patches = tmp_path / "patches"
+    for name in ("a", "b"):
+        (patches / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (40 * len(name), 90, 150)).save(patches / name / "x.png")
+    result = _evaluate(small_model, "--gallery", patches, "--tile-k", "5")
+    assert result.exit_code == 1
+    assert "--tile-k applies to a gallery of slides" in result.stderr
+    result = _evaluate(small_model, "--gallery", patches, "--labels", __file__)
+    assert "--labels applies to a gallery of slides" in result.stderr
