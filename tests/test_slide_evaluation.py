@@ -1,9 +1,9 @@
 """Leave-one-slide/patient-out evaluation: the scoring on hand-made tile embeddings, and
 `histoseek evaluate` on a folder of pseudo-slides assembled from real kather2016 tiles.
 
-In the hand-made set, patient P1 has a tumour slide and a normal slide that share a strong staining direction (a
-patient effect), so with only the query's own slide left out each of them finds the other
-first; leaving the whole patient out removes that shortcut.
+In the hand-made set, patient P1 has a tumour slide and a normal slide that share a strong
+staining direction (a patient effect), so with only the query's own slide left out each of
+them finds the other first; leaving the whole patient out removes that shortcut.
 """
 
 from __future__ import annotations
