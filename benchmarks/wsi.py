@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from histoseek.data.synth import render_tissue
+from histoseek.slide.defaults import AGGREGATION_RULES, EXCLUDE_CHOICES
 from histoseek.slide.pyramid import TILE_SIDE, write_pyramidal_tiff
 from histoseek.slide.reader import open_slide
 from histoseek.slide.tiling import read_tile, tissue_tiles
@@ -53,6 +54,8 @@ SOURCE_TOKEN = re.compile(r"CRC-Prim-HE-\d+")
 GLASS = 243
 MPP = 0.5
 RSS_LIMIT_GB = 2.0
+#: Nearest tiles per query tile that rank slides, around the default (DEFAULT_TILE_K).
+TILE_KS = (5, 10, 20)
 
 FULL = {"throughput_side": 8192, "sparse_side": 50_000, "tissue_side": 20_000, "per_slide": 64}
 QUICK = {"throughput_side": 2048, "sparse_side": 12_000, "tissue_side": 3000, "per_slide": 12}
@@ -295,34 +298,47 @@ def assemble_slides(folder: Path, per_slide: int) -> list[Path]:
 
 
 def measure_slide_retrieval(scratch: Path, per_slide: int) -> list[dict]:
-    """Slide R@1 and mMV@5 on assembled kather2016 slides, for both rules and exclusions."""
+    """Slide R@1 and mMV@5 on assembled kather2016 slides, for both rules and exclusions:
+    one index of the slides (built-in model, ONNX Runtime), scored as `evaluate` scores it."""
     from histoseek.embedder import load_image_embedder
-    from histoseek.slide_evaluation import evaluate_slides_folder
+    from histoseek.index.build import build_index
+    from histoseek.index.slides import TilingOptions
+    from histoseek.index.store import load_index
+    from histoseek.slide_evaluation import score_slide_tiles, slide_tiles_of_index
 
     folder = scratch / "assembled"
     slides = assemble_slides(folder, per_slide)
     embedder = load_image_embedder(None, backend="onnx")
+    report = build_index(
+        folder,
+        scratch / "assembled-index",
+        embedder,
+        trees=1,
+        tiling=TilingOptions(mpp=KATHER_MPP, patch_size=KATHER_TILE),
+        group_regex=SOURCE_TOKEN.pattern,
+    )
+    tiles = slide_tiles_of_index(load_index(report.index_dir, in_memory=True))
     rows = []
-    for exclude in ("same-slide", "same-group"):
-        for rule in ("similarity", "votes"):
-            result = evaluate_slides_folder(
-                embedder,
-                folder,
-                mpp=KATHER_MPP,
-                patch_size=KATHER_TILE,
-                exclude=exclude,
-                rule=rule,
-                group_regex=SOURCE_TOKEN.pattern,
-            )
-            rows.append(
-                {
-                    "exclude": exclude,
-                    "rule": rule,
-                    "slides": len(slides),
-                    **{f"slide_{name}": value for name, value in result.slide_metrics.items()},
-                    **{f"tile_{name}": value for name, value in result.tile_metrics.items()},
-                }
-            )
+    for exclude in EXCLUDE_CHOICES:
+        for tile_k in TILE_KS:
+            for rule in AGGREGATION_RULES:
+                tile_scores, slide_scores = score_slide_tiles(tiles, exclude, tile_k, rule)
+                rows.append(
+                    {
+                        "exclude": exclude,
+                        "tile_k": tile_k,
+                        "rule": rule,
+                        "slides": len(slides),
+                        "scored": slide_scores.scored,
+                        "tiles": len(tiles.slide_ids),
+                        **{
+                            f"slide_{name}": round(value, 4)
+                            for name, value in slide_scores.metrics.items()
+                        },
+                        "tile_recall@1": round(tile_scores.metrics["recall@1"], 4),
+                        "tile_mmv@5": round(tile_scores.metrics["mmv@5"], 4),
+                    }
+                )
     return rows
 
 
@@ -360,11 +376,12 @@ def main() -> None:
         "sizes": sizes,
         "measurements": measurements,
     }
-    print_tables(Console(), results)
+    console = Console(width=max(160, Console().width))
+    print_tables(console, results)
     out = args.out or RESULTS / f"wsi{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    Console().print(f"wrote {out}")
+    console.print(f"wrote {out}")
 
 
 if __name__ == "__main__":
