@@ -110,8 +110,3 @@ def best_tile_hits(hits_per_tile: Sequence[Sequence[TileHit]], k: int) -> list[T
             if kept is None or _by_similarity(hit) < _by_similarity(kept):
                 best[hit.item] = hit
     return sorted(best.values(), key=_by_similarity)[:k]
-
-
-def ranked_majority(ranking: Sequence[RankedKey]) -> tuple[str, int] | None:
-    """The most common label among ranked slides or groups and its count (None if empty)."""
-    return majority_label([entry.label for entry in ranking]) if ranking else None

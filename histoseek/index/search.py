@@ -524,7 +524,9 @@ def search_images(
     file_vectors = iter(embedded.embeddings)
     slide_vectors = iter(
         [
-            embed_images(embedder.backend, embedder.config, query.images, embedder.batch_size)
+            embed_images(
+                embedder.backend, embedder.config, query.images, embedder.batch_size, progress
+            )
             for query in queries
             if isinstance(query, SlideQuery)
         ]

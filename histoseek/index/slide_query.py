@@ -178,19 +178,21 @@ def query_origin(
     """Which slide and group a query file is: those of its entry in the index when it is
     indexed (the same file, or for a slide the same slide id), else its own slide id (file
     stem) and the group `group_regex` finds in its path (a slide's own id if none)."""
-    resolved = Path(path).resolve()
     stem = Path(path).stem
-    indexed_paths: dict[str, IndexItem] = {}
+    try:
+        relative = Path(path).resolve().relative_to(Path(source_dir).resolve()).as_posix()
+    except ValueError:
+        relative = None  # outside the indexed folder
+    by_id = None
     for item in items:
-        if item.is_tile == is_slide:
-            indexed_paths.setdefault(item.path, item)
-    for relative, item in indexed_paths.items():
-        if (Path(source_dir) / relative).resolve() == resolved:
+        if item.is_tile != is_slide:
+            continue
+        if item.path == relative:
             return QueryOrigin(item.slide_id, item.group, True)
-    if is_slide:
-        for item in indexed_paths.values():
-            if item.slide_id == stem:
-                return QueryOrigin(stem, item.group, True)
+        if is_slide and by_id is None and item.slide_id == stem:
+            by_id = item
+    if by_id is not None:
+        return QueryOrigin(stem, by_id.group, True)
     group = regex_group(compile_group_regex(group_regex), str(path))
     if is_slide:
         return QueryOrigin(stem, group or stem, False)

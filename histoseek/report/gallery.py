@@ -88,8 +88,8 @@ class _SlidePage:
     and the full-resolution tiles, embedded once each at the end of the page and opened
     in place by a link to their anchor (no script, no file outside the page)."""
 
-    def __init__(self, slide_mpp: float | None = None) -> None:
-        self.overviews = SlideOverviews(OVERVIEW_SIZE, slide_mpp)
+    def __init__(self) -> None:
+        self.overviews = SlideOverviews(OVERVIEW_SIZE)
         self.full_tiles: dict[tuple, tuple[str, str]] = {}
 
     def overview(self, path: Path, boxes: list[Box], colour: tuple[int, int, int], alt: str) -> str:

@@ -12,8 +12,6 @@ from histoseek.index.slide_query import Box
 from histoseek.report.thumbnails import MISSING_COLOUR
 from histoseek.slide.reader import open_slide
 
-#: Side in pixels of the slide thumbnails boxes are drawn on (they are shown smaller).
-OVERVIEW_SIZE = 480
 #: A box drawn smaller than this many thumbnail pixels a side is grown to it, around its
 #: centre, so a 224-px tile on a 100,000-px slide still shows.
 MIN_BOX_SIDE = 7
@@ -22,12 +20,12 @@ QUERY_COLOUR = (31, 111, 235)
 
 
 class SlideOverviews:
-    """Slide thumbnails, each read once however many hits show it; a slide that cannot be
-    read any more gets a grey square (the gallery still shows its hits' other details)."""
+    """Slide thumbnails with their longer side `size` px, each read once however many hits
+    show it; a slide that cannot be read any more gets a grey square (the gallery still shows
+    its hits' other details)."""
 
-    def __init__(self, size: int = OVERVIEW_SIZE, slide_mpp: float | None = None) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
-        self.slide_mpp = slide_mpp
         self._cache: dict[Path, tuple[Image.Image, tuple[int, int]]] = {}
 
     def get(self, path: Path) -> tuple[Image.Image, tuple[int, int]]:
@@ -35,7 +33,7 @@ class SlideOverviews:
         path = Path(path)
         if path not in self._cache:
             try:
-                with open_slide(path, self.slide_mpp) as slide:
+                with open_slide(path) as slide:
                     self._cache[path] = (slide.thumbnail(self.size), slide.dimensions)
             except HistoseekError:
                 grey = Image.new("RGB", (self.size, self.size), MISSING_COLOUR)

@@ -9,7 +9,6 @@ from histoseek.index.ranking import (
     TileHit,
     best_tile_hits,
     rank_keys,
-    ranked_majority,
     tile_hits,
 )
 
@@ -75,15 +74,8 @@ def test_negative_similarities_add_nothing():
 
 def test_no_hits_no_ranking_and_unknown_rules_refused():
     assert rank_keys([[], []], KEYS.__getitem__, LABELS.__getitem__) == []
-    assert ranked_majority([]) is None
     with pytest.raises(HistoseekError, match="aggregation rule"):
         rank_keys([], KEYS.__getitem__, LABELS.__getitem__, "mean")
-
-
-def test_majority_over_the_ranked_labels():
-    ranking = rank_keys(tile_hits(NEIGHBOURS), KEYS.__getitem__, LABELS.__getitem__, "similarity")
-    assert ranked_majority(ranking) == ("tumour", 2)
-    assert ranked_majority(ranking[:1]) == ("stroma", 1)
 
 
 def test_best_tile_hits_keep_each_gallery_item_once_at_its_best():

@@ -289,3 +289,19 @@ def test_the_gallery_boxes_each_tile_on_its_slide_and_embeds_it_at_full_resoluti
     assert "slides ranked by tile evidence" in page
     sheet = Image.open(tmp_path / "s.png")
     assert sheet.width > 3 * 128
+
+
+def test_excluding_everything_the_index_holds_is_one_line(archive, checkpoint, tmp_path):
+    slides, _ = archive
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(slides / QUERY, alone / Path(QUERY).name)
+    index_dir = tmp_path / "idx"
+    assert run_cli(*index_args(alone, checkpoint, "-o", index_dir, *TILING)).exit_code == 0
+    line = error_line(
+        run_cli(
+            *("query", alone / Path(QUERY).name, "--index", index_dir),
+            *("--exclude", "same-slide", "--backend", "torch"),
+        )
+    )
+    assert "leaves nothing to search" in line
