@@ -33,6 +33,8 @@ class ImageEmbedder:
     class_names: list[str]
     batch_size: int
     workers: int
+    # Test-time augmentation: each image embedded as the mean over its 8 flips and rotations.
+    tta: bool = False
 
     @property
     def name(self) -> str:
@@ -49,7 +51,7 @@ class ImageEmbedder:
     ) -> EmbeddedFiles:
         """Embed image files or slide tiles; unreadable ones are reported in `.failed`."""
         return embed_files(
-            self.backend, self.config, sources, self.batch_size, self.workers, progress
+            self.backend, self.config, sources, self.batch_size, self.workers, progress, self.tta
         )
 
 
@@ -63,9 +65,11 @@ def embedder_for_model(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     notify: Notify = print_note,
+    tta: bool = False,
 ) -> ImageEmbedder:
     """Put an already loaded model on its backend (see histoseek.inference.select), with the
-    decoding workers and inference threads of histoseek.inference.cpu."""
+    decoding workers and inference threads of histoseek.inference.cpu; `tta` embeds every image
+    as the mean over its 8 flips and rotations."""
     from histoseek.inference.onnx_backend import cpu_cores
     from histoseek.inference.torch_backend import resolve_device
     from histoseek_export.onnx_export import export_onnx
@@ -92,6 +96,7 @@ def embedder_for_model(
         class_names=list(class_names),
         batch_size=batch_size,
         workers=plan.decoding_workers,
+        tta=tta,
     )
 
 
@@ -103,9 +108,10 @@ def load_image_embedder(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     notify: Notify = print_note,
+    tta: bool = False,
 ) -> ImageEmbedder:
     """Load a checkpoint (None or 'builtin': the built-in model) and put it on its backend."""
     network, class_names, reference = load_model(model)
     return embedder_for_model(
-        network, reference, class_names, backend, device, exported, batch_size, workers, notify
+        network, reference, class_names, backend, device, exported, batch_size, workers, notify, tta
     )
