@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.sources import ImageSource
 from histoseek.inference import DEFAULT_BATCH_SIZE
 from histoseek.inference.base import Embedder
 from histoseek.inference.cpu import cpu_plan
-from histoseek.inference.embed_files import EmbeddedFiles, embed_files
+from histoseek.inference.embed_files import EmbeddedFiles, embed_batch_tta, embed_files
 from histoseek.inference.select import create_embedder, print_note
 from histoseek.model.cgd import CGD, ModelConfig
 from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
@@ -45,6 +47,12 @@ class ImageEmbedder:
     def checkpoint(self) -> Path | None:
         """The checkpoint file the model came from (None for the built-in model)."""
         return None if self.reference == BUILTIN_MODEL else Path(self.reference)
+
+    def embed_batch(self, images: np.ndarray) -> np.ndarray:
+        """Embed a preprocessed NCHW batch as `embed_files` would (with TTA when it is on)."""
+        if self.tta:
+            return embed_batch_tta(self.backend, images)
+        return self.backend.embed_batch(images)
 
     def embed_files(
         self, sources: Sequence[ImageSource], progress: Progress | None = None

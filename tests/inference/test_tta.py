@@ -95,3 +95,16 @@ def test_evaluate_tta_option_is_used_and_recorded(model, tmp_path):
         documents[flag] = json.loads(result.stdout)
     assert documents["--tta"]["tta"] is True and documents[None]["tta"] is False
     assert documents["--tta"]["query_size"] == 4
+
+
+def test_image_embedder_batches_follow_its_tta_setting(model):
+    images = np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    embedder = embedder_for_model(model, "builtin", backend="torch", workers=0, tta=True)
+    views = np.concatenate(dihedral_views(images))
+    each = embedder.backend.embed_batch(views).reshape(8, 2, -1).sum(axis=0)
+    expected = each / np.linalg.norm(each, axis=1, keepdims=True)
+    np.testing.assert_allclose(embedder.embed_batch(images), expected, atol=1e-5)
+    embedder.tta = False
+    np.testing.assert_array_equal(
+        embedder.embed_batch(images), embedder.backend.embed_batch(images)
+    )
