@@ -66,3 +66,15 @@ def test_updating_an_index_keeps_its_tta_setting(tiles, checkpoint, tmp_path):
     assert again.exit_code == 0 and "0 embedded, 8 reused" in again.stderr
     replaced = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--overwrite"))
     assert replaced.exit_code == 0 and read_manifest(index_dir).tta is False
+
+
+def test_an_index_from_before_tta_existed_reads_as_built_without_it(tiles, checkpoint, tmp_path):
+    index_dir = tmp_path / "idx"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", index_dir)).exit_code == 0
+    manifest_path = index_dir / "manifest.json"
+    document = json.loads(manifest_path.read_text())
+    del document["tta"]
+    manifest_path.write_text(json.dumps(document))
+    assert read_manifest(index_dir).tta is False
+    again = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
+    assert again.exit_code == 0 and "0 embedded, 8 reused" in again.stderr
