@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from histoseek.data.synth import write_synthetic_set
-from histoseek.evaluate import evaluate
+from histoseek.evaluate import check_evaluation_set, evaluate
 from histoseek.inference.embed_files import EmbeddedFiles, embed_files
 from histoseek.model.cgd import CGD, ModelConfig, build_model, builtin_model
 from histoseek.model.descriptors import GeM
@@ -116,10 +116,11 @@ def compare(
         for tta in (False, True):
             started = time.perf_counter()
             shared = SharedPass(embedder, preprocessing, tta, workers)
+            evaluation_set = check_evaluation_set(folder, None, group_regex)
             start = 0
             for descriptor, width in embedder.parts.items():
                 view = DescriptorView(shared, start, start + width)
-                result = evaluate(view, folder, group_regex=group_regex)
+                result = evaluate(view, evaluation_set)
                 start += width
                 rows.append(
                     {

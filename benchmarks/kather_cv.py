@@ -33,7 +33,7 @@ from rich.table import Table
 from histoseek.data.folder import scan_labelled_folder
 from histoseek.data.split import group_ids_from_regex, stratified_group_split
 from histoseek.embedder import load_image_embedder
-from histoseek.evaluate import evaluate
+from histoseek.evaluate import check_evaluation_set, evaluate
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kather2016"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -98,13 +98,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
             recipe, gallery_dir, None, fold_dir / "run", args.quick, args.workers
         )
         trained = recipe_embedder(checkpoint, recipe, args.workers)
+        evaluation_set = check_evaluation_set(gallery_dir, query_dir)
         for name, embedder in (("trained", trained), ("built-in", builtin)):
-            result = evaluate(embedder, gallery_dir, query_dir)
+            result = evaluate(embedder, evaluation_set)
             per_fold[name].append(
                 {
                     "fold": fold,
                     "sources": sources,
-                    "queries": result.query_size,
+                    # Queries of a class the gallery lacks cannot be scored; evaluate leaves
+                    # them out of every metric.
+                    "queries": result.query_size - result.left_out,
+                    "left_out": result.left_out,
                     "gallery": result.gallery_size,
                     "query_classes": dict(
                         Counter(images.class_names[images.labels[i]] for i in held_out)
@@ -115,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
             console.print(
                 f"  {name}: R@1 {result.metrics['recall@1']:.3f}, "
-                f"mMV@5 {result.metrics['mmv@5']:.3f} ({result.query_size} queries)"
+                f"mMV@5 {result.metrics['mmv@5']:.3f} ({result.query_size} queries, "
+                f"{result.left_out} of a class the gallery lacks left out)"
             )
     seconds = time.perf_counter() - started
     summary = {name: pooled(rows) for name, rows in per_fold.items()}

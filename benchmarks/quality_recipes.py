@@ -35,7 +35,7 @@ from rich.table import Table
 from histoseek.data.folder import LabelledImages, scan_labelled_folder
 from histoseek.data.split import stratified_group_split
 from histoseek.embedder import ImageEmbedder, embedder_for_model
-from histoseek.evaluate import evaluate
+from histoseek.evaluate import check_evaluation_set, evaluate
 from histoseek.model.checkpoint import load_model
 from histoseek.train import train
 from histoseek.train_config import TrainConfig
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             runs[key] = train_recipe(recipe, fit_dir, val_dir, run_dir, args.quick, args.workers)
         checkpoint, minutes = runs[key]
         embedder = recipe_embedder(checkpoint, recipe, args.workers)
-        metrics = evaluate(embedder, fit_dir, val_dir).metrics
+        metrics = evaluate(embedder, check_evaluation_set(fit_dir, val_dir)).metrics
         rows.append(
             {
                 "recipe": recipe.name,
@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         test_images = scan_labelled_folder(test_dir)
         keep = stratified_sample(test_images, 20, seed=1)
         test_dir = link_images(test_images, keep, work / "split" / "test")
-    test = evaluate(recipe_embedder(checkpoint, recipe, args.workers), gallery_dir, test_dir)
+    test_set = check_evaluation_set(gallery_dir, test_dir)
+    test = evaluate(recipe_embedder(checkpoint, recipe, args.workers), test_set)
     chosen["test"] = test.metrics
     seconds = time.perf_counter() - started
 
