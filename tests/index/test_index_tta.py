@@ -26,6 +26,7 @@ def _query(index_dir: Path, image: Path, *extra: str) -> list:
         "torch",
         "--workers",
         "0",
+        "--include-self",
         *extra,
     ]
 
