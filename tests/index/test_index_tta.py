@@ -65,8 +65,14 @@ def test_updating_an_index_keeps_its_tta_setting(tiles, checkpoint, tmp_path):
     assert "built with --tta; pass --tta to update it" in line
     again = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--tta"))
     assert again.exit_code == 0 and "0 embedded, 8 reused" in again.stderr
+    # --overwrite without --tta re-embeds: the stored shards hold TTA embeddings.
     replaced = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--overwrite"))
     assert replaced.exit_code == 0 and read_manifest(index_dir).tta is False
+    assert "8 embedded, 0 reused" in replaced.stderr
+    plain = load_image_embedder(checkpoint, backend="torch", workers=0)
+    files = sorted(tiles.rglob("*.tif"))
+    stored = np.load(index_dir / "embeddings.npy")
+    np.testing.assert_allclose(stored, plain.embed_files(files).embeddings, atol=1e-5)
 
 
 def test_an_index_from_before_tta_existed_reads_as_built_without_it(tiles, checkpoint, tmp_path):
