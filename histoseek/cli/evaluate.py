@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import embedding_options, max_pixels_option, model_option
+from histoseek.cli.options import embedding_options, max_pixels_option, model_option, tta_option
 from histoseek.errors import HistoseekError
 from histoseek.metrics_defaults import (
     DEFAULT_MAP_K,
@@ -63,6 +63,7 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 )
 @embedding_options()
 @max_pixels_option()
+@tta_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def evaluate(
     model_path,
@@ -79,6 +80,7 @@ def evaluate(
     batch_size,
     workers,
     max_pixels,
+    tta,
     as_json,
 ):
     """Measure retrieval quality: Recall@K, mAP@k, mMV@k and precision@k by exact search.
@@ -102,7 +104,9 @@ def evaluate(
     # Paths print as they are: markup off, so names with [brackets] are shown, not styled.
     notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     with pixel_limit(max_pixels):
-        embedder = load_image_embedder(model_path, backend, device, exported, batch_size, workers)
+        embedder = load_image_embedder(
+            model_path, backend, device, exported, batch_size, workers, tta=tta
+        )
         with progress_bar("embedding", enabled=not as_json) as progress:
             result = run_evaluation(
                 embedder, evaluation_set, recall_ks, map_k, vote_k, precision_k, progress
@@ -112,7 +116,12 @@ def evaluate(
             f"note: {result.left_out} of {result.query_size} queries have no gallery image of "
             "their own class to find and are left out of every metric"
         )
-    document = {"model": embedder.reference, "backend": embedder.name, **result.to_dict()}
+    document = {
+        "model": embedder.reference,
+        "backend": embedder.name,
+        "tta": embedder.tta,
+        **result.to_dict(),
+    }
     if as_json:
         click.echo(json.dumps(document, indent=2, allow_nan=False))
     else:

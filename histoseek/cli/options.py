@@ -217,6 +217,14 @@ def tiling_options(
     return apply
 
 
+def tta_option(
+    help: str = "Test-time augmentation: embed each image as the mean over its 8 flips and "
+    "90° rotations (about 8× slower to embed).",
+) -> Decorator:
+    """`--tta`."""
+    return click.option("--tta", is_flag=True, help=help)
+
+
 def embedding_options(batch_size: int = DEFAULT_BATCH_SIZE) -> Decorator:
     """The options of every command that embeds images: backend, export, device, batching."""
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import embedding_options, max_pixels_option, overwrite_option
+from histoseek.cli.options import (
+    embedding_options,
+    max_pixels_option,
+    overwrite_option,
+    tta_option,
+)
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import MAX_SEARCH_K
 
@@ -84,6 +89,10 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
     help="Largest image (width × height) to decode: a larger query image is refused, a larger "
     "result is shown as a grey thumbnail."
 )
+@tta_option(
+    help="Embed the queries with test-time augmentation. Queries always follow the index: one "
+    "built with --tta gets it without asking, one built without it refuses --tta."
+)
 def query(
     images,
     index_dir,
@@ -102,6 +111,7 @@ def query(
     batch_size,
     workers,
     max_pixels,
+    tta,
 ):
     """Find the K most similar indexed patches to each IMAGE (a folder: every image in it).
 
@@ -118,6 +128,7 @@ def query(
         collect_query_images,
         load_index_model,
         open_index,
+        query_tta,
         search_images,
     )
     from histoseek.report.progress import progress_bar
@@ -145,6 +156,7 @@ def query(
             batch_size,
             workers,
             notes.print,
+            tta=query_tta(opened, tta, notes.print),
         )
         with progress_bar("embedding queries", enabled=sys.stderr.isatty()) as progress:
             report = search_images(

@@ -78,7 +78,7 @@ def serve(
     from rich.console import Console
 
     from histoseek.embedder import embedder_for_model
-    from histoseek.index.search import load_index_model, open_index
+    from histoseek.index.search import load_index_model, open_index, query_tta
     from histoseek.serve.app import create_app
     from histoseek.serve.server import listen, run_server, url_of
     from histoseek.serve.service import SearchService
@@ -94,7 +94,16 @@ def serve(
         )
     network, class_names, reference = load_index_model(opened, model_path)
     embedder = embedder_for_model(
-        network, reference, class_names, backend, device, exported, batch_size, 0, notes.print
+        network,
+        reference,
+        class_names,
+        backend,
+        device,
+        exported,
+        batch_size,
+        0,
+        notes.print,
+        tta=query_tta(opened, False, notes.print),
     )
     service = SearchService(
         opened,
