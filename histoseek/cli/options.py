@@ -242,3 +242,21 @@ def embedding_options(batch_size: int = DEFAULT_BATCH_SIZE) -> Decorator:
         return func
 
     return apply
+
+
+def index_option() -> Decorator:
+    """`--index DIR`: the index to search (default ./histoseek-index)."""
+    return click.option(
+        "--index",
+        "index_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Index folder [default: ./histoseek-index].",
+    )
+
+
+def index_model_option() -> Decorator:
+    """`--model CKPT` for commands that search an index: the model it records, if moved."""
+    return model_option(
+        help="The index's model checkpoint, if it has moved [default: the one the index records]."
+    )

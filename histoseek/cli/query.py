@@ -9,6 +9,8 @@ import click
 
 from histoseek.cli.options import (
     embedding_options,
+    index_model_option,
+    index_option,
     max_pixels_option,
     overwrite_option,
     tta_option,
@@ -42,13 +44,7 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--index",
-    "index_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Index folder [default: ./histoseek-index].",
-)
+@index_option()
 @click.option(
     "-k",
     "k",
@@ -77,13 +73,7 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
     "--sheet", "sheet_path", type=click.Path(path_type=Path), help="Write a contact sheet PNG."
 )
 @overwrite_option(help="Replace existing --html/--sheet files instead of refusing.")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The index's model checkpoint, if it has moved [default: the one the index records].",
-)
+@index_model_option()
 @embedding_options()
 @max_pixels_option(
     help="Largest image (width × height) to decode: a larger query image is refused, a larger "
