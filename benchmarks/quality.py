@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from histoseek.embedder import load_image_embedder
-from histoseek.evaluate import evaluate
+from histoseek.evaluate import check_evaluation_set, evaluate
 from histoseek.train import train
 from histoseek.train_config import TrainConfig
 
@@ -70,13 +70,13 @@ def main() -> None:
     trained = Path(args.run_dir) / "model.pt"
     embedder = load_image_embedder(trained, batch_size=64, workers=workers)
     results["crc-polyps5 test→train (trained)"] = evaluate(
-        embedder, polyps / "train", polyps / "test"
+        embedder, check_evaluation_set(polyps / "train", polyps / "test")
     ).metrics
     if kather.is_dir():
         for name, model in (("trained", trained), ("built-in", None)):
             kather_embedder = load_image_embedder(model, batch_size=64, workers=workers)
             results[f"kather2016 LOO, same image excluded ({name})"] = evaluate(
-                kather_embedder, kather, group_regex=r"CRC-Prim-HE-\d+"
+                kather_embedder, check_evaluation_set(kather, None, r"CRC-Prim-HE-\d+")
             ).metrics
     total_seconds = time.time() - started
 

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.sources import ImageSource
 from histoseek.inference import DEFAULT_BATCH_SIZE
 from histoseek.inference.base import Embedder
 from histoseek.inference.cpu import cpu_plan
-from histoseek.inference.embed_files import EmbeddedFiles, embed_files
+from histoseek.inference.embed_files import EmbeddedFiles, embed_batch_tta, embed_files
 from histoseek.inference.select import create_embedder, print_note
 from histoseek.model.cgd import CGD, ModelConfig
 from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
@@ -33,6 +35,8 @@ class ImageEmbedder:
     class_names: list[str]
     batch_size: int
     workers: int
+    # Test-time augmentation: each image embedded as the mean over its 8 flips and rotations.
+    tta: bool = False
 
     @property
     def name(self) -> str:
@@ -44,12 +48,18 @@ class ImageEmbedder:
         """The checkpoint file the model came from (None for the built-in model)."""
         return None if self.reference == BUILTIN_MODEL else Path(self.reference)
 
+    def embed_batch(self, images: np.ndarray) -> np.ndarray:
+        """Embed a preprocessed NCHW batch as `embed_files` would (with TTA when it is on)."""
+        if self.tta:
+            return embed_batch_tta(self.backend, images)
+        return self.backend.embed_batch(images)
+
     def embed_files(
         self, sources: Sequence[ImageSource], progress: Progress | None = None
     ) -> EmbeddedFiles:
         """Embed image files or slide tiles; unreadable ones are reported in `.failed`."""
         return embed_files(
-            self.backend, self.config, sources, self.batch_size, self.workers, progress
+            self.backend, self.config, sources, self.batch_size, self.workers, progress, self.tta
         )
 
 
@@ -63,9 +73,11 @@ def embedder_for_model(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     notify: Notify = print_note,
+    tta: bool = False,
 ) -> ImageEmbedder:
     """Put an already loaded model on its backend (see histoseek.inference.select), with the
-    decoding workers and inference threads of histoseek.inference.cpu."""
+    decoding workers and inference threads of histoseek.inference.cpu; `tta` embeds every image
+    as the mean over its 8 flips and rotations."""
     from histoseek.inference.onnx_backend import cpu_cores
     from histoseek.inference.torch_backend import resolve_device
     from histoseek_export.onnx_export import export_onnx
@@ -92,6 +104,7 @@ def embedder_for_model(
         class_names=list(class_names),
         batch_size=batch_size,
         workers=plan.decoding_workers,
+        tta=tta,
     )
 
 
@@ -103,9 +116,10 @@ def load_image_embedder(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     notify: Notify = print_note,
+    tta: bool = False,
 ) -> ImageEmbedder:
     """Load a checkpoint (None or 'builtin': the built-in model) and put it on its backend."""
     network, class_names, reference = load_model(model)
     return embedder_for_model(
-        network, reference, class_names, backend, device, exported, batch_size, workers, notify
+        network, reference, class_names, backend, device, exported, batch_size, workers, notify, tta
     )

@@ -19,6 +19,9 @@ class TrainConfig:
     gd_config: str = "SMG"
     dim: int = 1536
     image_size: int = 224
+    # Multi-scale training: each batch resized to one of these sides, drawn at random
+    # (None: every batch at image_size, which is also the size the model is evaluated at).
+    train_sizes: list[int] | None = None
     epochs: int = 12
     batch_size: int = 60
     m_per_class: int = 12

@@ -15,6 +15,7 @@ from histoseek.cli.options import (
     model_option,
     tile_k_option,
     tiling_options,
+    tta_option,
 )
 from histoseek.errors import HistoseekError
 from histoseek.metrics_defaults import (
@@ -105,6 +106,7 @@ def _given(names: tuple[str, ...]) -> list[str]:
 @tile_k_option()
 @embedding_options()
 @max_pixels_option()
+@tta_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def evaluate(
     model_path,
@@ -129,6 +131,7 @@ def evaluate(
     batch_size,
     workers,
     max_pixels,
+    tta,
     as_json,
 ):
     """Measure retrieval quality: Recall@K, mAP@k, mMV@k and precision@k by exact search.
@@ -142,6 +145,7 @@ def evaluate(
 
     from rich.console import Console
 
+    from histoseek.data.folder import display_path
     from histoseek.data.images import pixel_limit
     from histoseek.embedder import load_image_embedder
     from histoseek.evaluate import check_evaluation_set
@@ -160,7 +164,7 @@ def evaluate(
         _evaluate_slides(
             gallery,
             model_path,
-            (backend, device, exported, batch_size, workers),
+            (backend, device, exported, batch_size, workers, tta),
             (mpp, slide_mpp, patch_size, min_tissue, group_regex, labels_csv),
             (exclude, max_tiles, tile_k, recall_ks, map_k, vote_k, precision_k),
             max_pixels,
@@ -169,12 +173,16 @@ def evaluate(
         return
     given = _given(SLIDE_OPTIONS)
     if given:
-        raise HistoseekError(f"{given[0]} applies to a gallery of slides; {gallery} holds none")
+        raise HistoseekError(
+            f"{given[0]} applies to a gallery of slides; {display_path(gallery)} holds none"
+        )
     evaluation_set = check_evaluation_set(gallery, query, group_regex)
     # Paths print as they are: markup off, so names with [brackets] are shown, not styled.
     notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     with pixel_limit(max_pixels):
-        embedder = load_image_embedder(model_path, backend, device, exported, batch_size, workers)
+        embedder = load_image_embedder(
+            model_path, backend, device, exported, batch_size, workers, tta=tta
+        )
         with progress_bar("embedding", enabled=not as_json) as progress:
             result = run_evaluation(
                 embedder, evaluation_set, recall_ks, map_k, vote_k, precision_k, progress
@@ -184,7 +192,12 @@ def evaluate(
             f"note: {result.left_out} of {result.query_size} queries have no gallery image of "
             "their own class to find and are left out of every metric"
         )
-    document = {"model": embedder.reference, "backend": embedder.name, **result.to_dict()}
+    document = {
+        "model": embedder.reference,
+        "backend": embedder.name,
+        "tta": embedder.tta,
+        **result.to_dict(),
+    }
     if as_json:
         click.echo(json.dumps(document, indent=2, allow_nan=False))
     else:
@@ -204,14 +217,14 @@ def _evaluate_slides(gallery, model_path, embedding, tiling, scoring, max_pixels
     from histoseek.report.tables import slide_evaluation_table
     from histoseek.slide_evaluation import evaluate_slides
 
-    backend, device, exported, batch_size, workers = embedding
+    backend, device, exported, batch_size, workers, tta = embedding
     mpp, slide_mpp, patch_size, min_tissue, group_regex, labels_csv = tiling
     exclude, max_tiles, tile_k, recall_ks, map_k, vote_k, precision_k = scoring
     options = TilingOptions(mpp, patch_size, min_tissue, slide_mpp)
     notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     with pixel_limit(max_pixels):
         embedder = load_image_embedder(
-            model_path, backend, device, exported, batch_size, workers, notes.print
+            model_path, backend, device, exported, batch_size, workers, notes.print, tta
         )
         bars = [("finding tissue", "slide"), ("embedding", "tile")]
         with progress_bars(bars, enabled=not as_json) as (tissue_progress, progress):
@@ -232,7 +245,12 @@ def _evaluate_slides(gallery, model_path, embedding, tiling, scoring, max_pixels
                 tissue_progress=tissue_progress,
                 notify=notes.print,
             )
-    document = {"model": embedder.reference, "backend": embedder.name, **result.to_dict()}
+    document = {
+        "model": embedder.reference,
+        "backend": embedder.name,
+        "tta": embedder.tta,
+        **result.to_dict(),
+    }
     if as_json:
         click.echo(json.dumps(document, indent=2, allow_nan=False))
     else:

@@ -14,6 +14,7 @@ from histoseek.cli.options import (
     model_option,
     output_option,
     tiling_options,
+    tta_option,
 )
 from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TREES
 
@@ -45,6 +46,7 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
 )
 @embedding_options()
 @max_pixels_option()
+@tta_option()
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -74,6 +76,7 @@ def index(
     batch_size,
     workers,
     max_pixels,
+    tta,
     overwrite,
     wait,
 ):
@@ -97,7 +100,7 @@ def index(
     notify = console.print
     tiling = TilingOptions(mpp, patch_size, min_tissue, slide_mpp)
     embedder = load_image_embedder(
-        model_path, backend, device, exported, batch_size, workers, notify=notify
+        model_path, backend, device, exported, batch_size, workers, notify=notify, tta=tta
     )
     bars = [("finding tissue", "slide"), ("embedding", "tile")]
     with pixel_limit(max_pixels), progress_bars(bars) as (tissue_progress, progress):

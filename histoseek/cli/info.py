@@ -18,7 +18,9 @@ from histoseek.model.defaults import (
 
 #: The options that describe an untrained architecture instead of naming a model.
 ARCHITECTURE_OPTIONS = ("backbone", "gd_config", "dim", "classes")
-BUILTIN_LABEL = "builtin (ImageNet EfficientNet-Lite0, fixed random CGD head; used without --model)"
+BUILTIN_LABEL = (
+    "builtin (ImageNet EfficientNet-Lite0, square-rooted average pooling; used without --model)"
+)
 DESCRIBED_LABEL = "described architecture, untrained (random weights)"
 
 

@@ -223,6 +223,14 @@ def tiling_options(
     return apply
 
 
+def tta_option(
+    help: str = "Test-time augmentation: embed each image as the mean over its 8 flips and "
+    "90° rotations (about 8× slower to embed).",
+) -> Decorator:
+    """`--tta`."""
+    return click.option("--tta", is_flag=True, help=help)
+
+
 def embedding_options(batch_size: int = DEFAULT_BATCH_SIZE) -> Decorator:
     """The options of every command that embeds images: backend, export, device, batching."""
 
@@ -273,4 +281,22 @@ def exclude_option(default: str | None, help: str) -> Decorator:
         default=default,
         show_default=default is not None,
         help=help,
+    )
+
+
+def index_option() -> Decorator:
+    """`--index DIR`: the index to search (default ./histoseek-index)."""
+    return click.option(
+        "--index",
+        "index_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Index folder [default: ./histoseek-index].",
+    )
+
+
+def index_model_option() -> Decorator:
+    """`--model CKPT` for commands that search an index: the model it records, if moved."""
+    return model_option(
+        help="The index's model checkpoint, if it has moved [default: the one the index records]."
     )

@@ -11,11 +11,14 @@ from histoseek.cli.options import (
     embedding_options,
     exclude_option,
     group_regex_option,
+    index_model_option,
+    index_option,
     max_pixels_option,
     max_tiles_option,
     overwrite_option,
     slide_mpp_option,
     tile_k_option,
+    tta_option,
 )
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import MAX_SEARCH_K
@@ -74,13 +77,7 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
     help="The group (patient) of a query that is not in the index: this regex's first group "
     "(else its whole match) on the query's path; for --exclude same-group."
 )
-@click.option(
-    "--index",
-    "index_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Index folder [default: ./histoseek-index].",
-)
+@index_option()
 @click.option(
     "-k",
     "k",
@@ -109,17 +106,15 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
     "--sheet", "sheet_path", type=click.Path(path_type=Path), help="Write a contact sheet PNG."
 )
 @overwrite_option(help="Replace existing --html/--sheet files instead of refusing.")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The index's model checkpoint, if it has moved [default: the one the index records].",
-)
+@index_model_option()
 @embedding_options()
 @max_pixels_option(
     help="Largest image (width × height) to decode: a larger query image is refused, a larger "
     "result is shown as a grey thumbnail."
+)
+@tta_option(
+    help="Embed the queries with test-time augmentation. Queries always follow the index: one "
+    "built with --tta gets it without asking, one built without it refuses --tta."
 )
 def query(
     images,
@@ -146,6 +141,7 @@ def query(
     batch_size,
     workers,
     max_pixels,
+    tta,
 ):
     """Find the K most similar indexed patches or tiles to each IMAGE, slide region or
     slide (a folder: every slide and image in it).
@@ -166,6 +162,7 @@ def query(
         load_index_model,
         open_index,
         prepare_queries,
+        query_tta,
         search_images,
     )
     from histoseek.index.slide_query import parse_region
@@ -195,6 +192,7 @@ def query(
             batch_size,
             workers,
             notes.print,
+            tta=query_tta(opened, tta, notes.print),
         )
         with progress_bar("reading query slides", enabled=sys.stderr.isatty()) as progress:
             queries = prepare_queries(

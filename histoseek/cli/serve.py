@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from histoseek.cli.options import backend_option, batch_size_option, device_option, exported_option
+from histoseek.cli.options import (
+    backend_option,
+    batch_size_option,
+    device_option,
+    exported_option,
+    index_model_option,
+    index_option,
+)
 from histoseek.serve.defaults import (
     DEFAULT_BATCH_WINDOW_MS,
     DEFAULT_HOST,
@@ -16,20 +21,8 @@ from histoseek.serve.defaults import (
 
 
 @click.command()
-@click.option(
-    "--index",
-    "index_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Index folder [default: ./histoseek-index].",
-)
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The index's model checkpoint, if it has moved [default: the one the index records].",
-)
+@index_option()
+@index_model_option()
 @click.option(
     "--host",
     default=DEFAULT_HOST,
@@ -78,7 +71,7 @@ def serve(
     from rich.console import Console
 
     from histoseek.embedder import embedder_for_model
-    from histoseek.index.search import load_index_model, open_index
+    from histoseek.index.search import load_index_model, open_index, query_tta
     from histoseek.serve.app import create_app
     from histoseek.serve.server import listen, run_server, url_of
     from histoseek.serve.service import SearchService
@@ -94,7 +87,16 @@ def serve(
         )
     network, class_names, reference = load_index_model(opened, model_path)
     embedder = embedder_for_model(
-        network, reference, class_names, backend, device, exported, batch_size, 0, notes.print
+        network,
+        reference,
+        class_names,
+        backend,
+        device,
+        exported,
+        batch_size,
+        0,
+        notes.print,
+        tta=query_tta(opened, False, notes.print),
     )
     service = SearchService(
         opened,

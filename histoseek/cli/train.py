@@ -77,7 +77,7 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     type=click.IntRange(min=0),
     default=_TRAIN.freeze_stages,
     help="Freeze this many backbone stages from the input side [default: 5 of "
-    "efficientnet_lite0's 9, 2 of a ResNet's 5 (stem and layer1)].",
+    "an EfficientNet-Lite's 9, 2 of a ResNet's 5 (stem and layer1)].",
 )
 @click.option(
     "--label-smoothing",

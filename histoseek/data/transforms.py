@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from histoseek.errors import HistoseekError
+
+if TYPE_CHECKING:
+    import torch
 
 # Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in optical density.
 _HED_FROM_RGB = np.linalg.inv(
@@ -109,6 +115,30 @@ class TrainTransform:
         if self.brightness > 0:
             chw = np.clip(chw * (1.0 + self.rng.uniform(-self.brightness, self.brightness)), 0, 1)
         return normalize_array(chw, self.mean, self.std)
+
+
+class MultiScaleResize:
+    """Multi-scale training: each batch is resized to a side drawn at random from `sizes`.
+
+    The networks pool globally, so one model learns from several apparent magnifications of
+    the same tissue. The size is drawn per batch, since a batch must share one size.
+    """
+
+    def __init__(self, sizes: Sequence[int], seed: int | None = None):
+        if not sizes or min(sizes) < 32:
+            raise HistoseekError(f"multi-scale sizes must be 32 px or more: {list(sizes)}")
+        self.sizes = tuple(int(size) for size in sizes)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        size = self.sizes[int(self.rng.integers(len(self.sizes)))]
+        if images.shape[-2:] == (size, size):
+            return images
+        return F.interpolate(
+            images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
 
 
 def seed_worker_transform(transform: Callable, worker_seed: int) -> None:

@@ -184,6 +184,12 @@ def _check_previous(
             f"{shown} was built with another model ({manifest.model_reference}); "
             "pass --overwrite to replace it, or choose another -o"
         )
+    if manifest.tta != embedder.tta:
+        built, hint = ("with", "pass --tta") if manifest.tta else ("without", "drop --tta")
+        raise HistoseekError(
+            f"{shown} was built {built} --tta; {hint} to update it, "
+            "or pass --overwrite to replace it"
+        )
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -231,8 +237,8 @@ class _Run:
             raise HistoseekError(f"--strict: {display_path(key)} cannot be indexed ({reason})")
         self.skipped.append(SkippedFile(key, reason))
 
-    def recipe(self) -> tuple[str, dict]:
-        return self.embedder.fingerprint, self.embedder.config.to_dict()
+    def recipe(self) -> tuple[str, dict, bool]:
+        return self.embedder.fingerprint, self.embedder.config.to_dict(), self.embedder.tta
 
     def stored(self, name: str, fits: Callable[[ShardInfo], bool], what: str) -> Shard | None:
         """The shard `name` if it fits and passes every check; a damaged one is noted."""
@@ -246,10 +252,11 @@ class _Run:
             return None
 
     def shard_info(self, items: int, slide: TiledSlide | None) -> ShardInfo:
-        fingerprint, config = self.recipe()
+        fingerprint, config, tta = self.recipe()
         return ShardInfo(
             model_fingerprint=fingerprint,
             model_config=config,
+            tta=tta,
             tiling=self.options.shard_tiling() if slide is not None else None,
             slide=slide.record if slide is not None else None,
             items=items,
@@ -274,7 +281,7 @@ def _plan_images(run: _Run, images: list[_Image]) -> _ImagesPlan:
     """Which plain images keep their stored embedding: same path, size and mtime, same model."""
     stored = run.stored(
         IMAGES_SHARD,
-        lambda info: (info.model_fingerprint, info.model_config) == run.recipe(),
+        lambda info: (info.model_fingerprint, info.model_config, info.tta) == run.recipe(),
         "the plain images",
     )
     items = stored.items if stored is not None else []
@@ -371,7 +378,7 @@ def _update_slides(
 ) -> tuple[dict[str, Shard], list[TiledSlide]]:
     """The stored shards that still fit their slides, by slide path, and the other slides'
     tissue tiles (found now; a slide that cannot be read is skipped)."""
-    fingerprint, config = run.recipe()
+    fingerprint, config, tta = run.recipe()
     shards: dict[str, Shard] = {}
     pending = []
     for slide in slides:
@@ -380,7 +387,7 @@ def _update_slides(
         def fits(info: ShardInfo, slide: _Slide = slide) -> bool:
             return shard_fits(
                 info, slide.file.relative, slide.size, slide.mtime_ns, fingerprint, config,
-                run.options,
+                run.options, tta,
             )  # fmt: skip
 
         stored = run.stored(shard_name(relative), fits, display_path(relative))
@@ -610,6 +617,7 @@ def build_index(
             patch_size=options.patch_size,
             min_tissue=options.min_tissue,
             slide_mpp=options.slide_mpp,
+            tta=embedder.tta,
         )
         _write_index(index_dir, manifest, parts, skipped, shards)
     return BuildReport(

@@ -55,6 +55,8 @@ class Manifest:
     """Smallest tissue fraction of a kept tile (--min-tissue)."""
     slide_mpp: float | None = None
     """Microns per pixel given for slides whose files record none (--slide-mpp), or None."""
+    tta: bool = False
+    """Embedded with test-time augmentation (8 flips and rotations averaged); so are queries."""
     metric: str = METRIC
     embeddings_dtype: str = EMBEDDINGS_DTYPE
     format_version: int = FORMAT_VERSION
@@ -105,7 +107,8 @@ def field_problem(name: str, value: object, kind: object) -> str | None:
             if value is None:
                 return None
         elif isinstance(value, bool):
-            continue
+            if option is bool:
+                return None
         elif isinstance(value, option) or (option is float and isinstance(value, int)):
             return None
     wanted = " or ".join(json_type(option()) for option in kinds)
@@ -149,6 +152,8 @@ def read_manifest(index_dir: Path) -> Manifest:
     def damaged(problem: str) -> DamagedIndexError:
         return DamagedIndexError(index_dir, path, problem)
 
+    # Indexes written before test-time augmentation existed were embedded without it.
+    data.setdefault("tta", False)
     for name, kind in _MANIFEST_TYPES.items():
         if name not in data:
             raise damaged(f'"{name}" is missing')

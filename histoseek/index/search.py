@@ -82,6 +82,23 @@ def load_index_model(index: OpenIndex, model: str | Path | None = None) -> tuple
     return network, class_names, reference
 
 
+def query_tta(index: OpenIndex, requested: bool, notify: Notify = lambda line: None) -> bool:
+    """Whether to embed queries with test-time augmentation: as the index's images were.
+
+    Asking for it on an index built without it is refused: its embeddings would not compare.
+    """
+    shown = display_path(index.path)
+    if requested and not index.manifest.tta:
+        source = display_path(index.manifest.source_dir)
+        raise HistoseekError(
+            f"the index {shown} was built without --tta; query it without --tta, or rebuild it "
+            f"with `histoseek index {source} -o {shown} --overwrite --tta`"
+        )
+    if index.manifest.tta and not requested:
+        notify(f"note: the index {shown} was built with --tta, so queries are embedded with it")
+    return index.manifest.tta
+
+
 def collect_query_images(arguments: Sequence[Path], notify: Notify | None = None) -> list[Path]:
     """The query files: files as given, folders expanded to every slide and image below them.
 
@@ -511,6 +528,11 @@ def search_images(
         raise HistoseekError(f"-k must be 1 or more, not {k}")
     if by is not None and by not in ANSWER_LEVELS:
         raise HistoseekError(f"--by is {', '.join(ANSWER_LEVELS)}; not {by!r}")
+    if embedder.tta != index.manifest.tta:
+        raise HistoseekError(
+            f"queries must be embedded {'with' if index.manifest.tta else 'without'} --tta, "
+            f"as the index {display_path(index.path)} was"
+        )
     if not exact:
         search_k = annoy_search_k(k, len(index.items), index.manifest.trees, search_k)
     created = datetime.now(timezone.utc)
@@ -524,9 +546,7 @@ def search_images(
     file_vectors = iter(embedded.embeddings)
     slide_vectors = iter(
         [
-            embed_images(
-                embedder.backend, embedder.config, query.images, embedder.batch_size, progress
-            )
+            embed_images(embedder, query.images, progress)
             for query in queries
             if isinstance(query, SlideQuery)
         ]

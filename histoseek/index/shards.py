@@ -78,6 +78,8 @@ class ShardInfo:
     """The slide, or None for the shard of plain images."""
     items: int
     dim: int
+    tta: bool = False
+    """Embedded with test-time augmentation (8 flips and rotations averaged)."""
     dtype: str = SHARD_DTYPE
     histoseek_version: str = __version__
     created: str = field(
@@ -177,6 +179,8 @@ def read_shard_info(path: Path) -> ShardInfo:
             f"shard format version {data.get('format_version')!r}; this histoseek writes "
             f"and reads version {SHARD_VERSION}"
         )
+    # Shards written before test-time augmentation existed were embedded without it.
+    data.setdefault("tta", False)
     missing = [name for name in _INFO_TYPES if name not in data]
     if missing:
         raise ShardError(f'shard.json: "{missing[0]}" is missing')

@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -20,11 +21,12 @@ from histoseek.data.split import compile_group_regex, regex_group
 from histoseek.data.transforms import EvalTransform
 from histoseek.errors import HistoseekError
 from histoseek.index.items import IndexItem
-from histoseek.inference.base import Embedder
-from histoseek.model.cgd import ModelConfig
 from histoseek.slide.defaults import EXCLUDE_CHOICES
 from histoseek.slide.reader import open_slide
 from histoseek.slide.tiling import read_region_at_mpp, read_tile, spread_sample, tissue_tiles
+
+if TYPE_CHECKING:
+    from histoseek.embedder import ImageEmbedder
 
 _REGION = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
 # A region this many times the tile's side (at the index's mpp), or more out of square, is
@@ -139,20 +141,20 @@ def whole_slide_query(
 
 
 def embed_images(
-    embedder: Embedder,
-    config: ModelConfig,
-    images: Sequence[Image.Image],
-    batch_size: int,
-    progress: Progress | None = None,
+    embedder: ImageEmbedder, images: Sequence[Image.Image], progress: Progress | None = None
 ) -> np.ndarray:
-    """Embed images already in memory with the model's evaluation transform: (N, dim) float32."""
+    """Embed images already in memory as `embedder.embed_files` embeds files (the model's
+    evaluation transform; test-time augmentation when the embedder has it): (N, dim)."""
+    config = embedder.config
     transform = EvalTransform(config.image_size, config.mean, config.std)
-    chunks = [np.zeros((0, embedder.dim), np.float32)]
-    for start in range(0, len(images), batch_size):
-        batch = np.stack([transform(image) for image in images[start : start + batch_size]])
+    chunks = [np.zeros((0, embedder.backend.dim), np.float32)]
+    for start in range(0, len(images), embedder.batch_size):
+        batch = np.stack(
+            [transform(image) for image in images[start : start + embedder.batch_size]]
+        )
         chunks.append(embedder.embed_batch(batch).astype(np.float32))
         if progress is not None:
-            progress(min(start + batch_size, len(images)), len(images))
+            progress(min(start + embedder.batch_size, len(images)), len(images))
     return np.concatenate(chunks)
 
 

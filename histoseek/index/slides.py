@@ -108,13 +108,15 @@ def shard_fits(
     fingerprint: str,
     model_config: dict,
     options: TilingOptions,
+    tta: bool,
 ) -> bool:
     """Whether a shard holds the slide at `relative` as it is now, embedded as this run would."""
     slide = info.slide
     return (
         slide is not None
         and (slide.path, slide.size, slide.mtime_ns) == (relative, size, mtime_ns)
-        and (info.model_fingerprint, info.model_config) == (fingerprint, model_config)
+        and (info.model_fingerprint, info.model_config, info.tta)
+        == (fingerprint, model_config, tta)
         and info.tiling == options.shard_tiling()
         and (
             not slide.mpp_from_option

@@ -29,6 +29,27 @@ def decoding_workers(count: int, batch_size: int, workers: int) -> int:
     return workers if count > batch_size else 0
 
 
+def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips and 90° rotations of an NCHW batch of square images, the identity first."""
+    views = []
+    for flipped in (images, images[..., ::-1]):
+        for quarter_turns in range(4):
+            views.append(np.ascontiguousarray(np.rot90(flipped, quarter_turns, axes=(2, 3))))
+    return views
+
+
+def embed_batch_tta(embedder: Embedder, images: np.ndarray) -> np.ndarray:
+    """The mean of the embeddings of the 8 dihedral views of each image, renormalised.
+
+    Tissue has no orientation, so averaging over the views removes the little orientation the
+    embedding still carries. Each view is its own call, so batches stay the size asked for.
+    """
+    total = np.zeros((len(images), embedder.dim), np.float64)
+    for view in dihedral_views(images):
+        total += embedder.embed_batch(view)
+    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
 def embed_files(
     embedder: Embedder,
     config: ModelConfig,
@@ -36,9 +57,14 @@ def embed_files(
     batch_size: int = 32,
     workers: int = 0,
     progress: Progress | None = None,
+    tta: bool = False,
 ) -> EmbeddedFiles:
     """Embed image files or slide tiles with the model's test-time preprocessing; unreadable
-    sources are skipped and listed by index. Each worker decodes (and opens slides) itself."""
+    sources are skipped and listed by index. Each worker decodes (and opens slides) itself.
+
+    `tta` embeds each image as the renormalised mean over its 8 flips and rotations (8× the
+    work).
+    """
     transform = EvalTransform(config.image_size, config.mean, config.std)
     # Large JPEGs decode straight to about the model's size; the transform resizes the rest.
     dataset = ImageDataset(sources, [0] * len(sources), transform, decode_size=config.image_size)
@@ -52,7 +78,9 @@ def embed_files(
     for batch in loader:
         failed.extend(batch.failed)
         if len(batch.indices):
-            chunks.append(embedder.embed_batch(batch.images.numpy()).astype(np.float32))
+            images = batch.images.numpy()
+            embedded = embed_batch_tta(embedder, images) if tta else embedder.embed_batch(images)
+            chunks.append(embedded.astype(np.float32))
             indices.append(batch.indices.numpy())
         done += len(batch.indices) + len(batch.failed)
         if progress is not None:

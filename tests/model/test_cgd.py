@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from histoseek.errors import HistoseekError
 from histoseek.model.cgd import ModelConfig, build_model, builtin_model
@@ -45,6 +46,40 @@ def test_builtin_model_uses_the_packaged_imagenet_weights():
     assert model.config.std == pytest.approx((128 / 255,) * 3)
 
 
+def test_builtin_model_is_the_square_rooted_average_pool_of_the_trunk():
+    model = builtin_model()
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        pooled = model.trunk(images).mean(dim=(-2, -1))
+        expected = F.normalize(pooled.clamp(min=1e-6).sqrt(), dim=-1)
+        embeddings = model.embed(images)
+    assert embeddings.shape == (3, 1280)
+    assert torch.allclose(embeddings, expected, atol=1e-6)
+    assert (model.config.gd_config, model.config.dim, model.config.power) == ("S", 1280, 0.5)
+    assert model_fingerprint(model) == model_fingerprint(builtin_model())
+
+
+def test_power_round_trips_and_older_configs_have_none():
+    config = ModelConfig(gd_config="SG", dim=64, power=0.5)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    older = {k: v for k, v in config.to_dict().items() if k != "power"}
+    assert ModelConfig.from_dict(older).power == 1.0
+
+
+def test_power_roots_each_pooled_descriptor_before_its_projection():
+    plain = build_model(ModelConfig(gd_config="SM", dim=64)).eval()
+    rooted = build_model(ModelConfig(gd_config="SM", dim=64, power=0.5)).eval()
+    rooted.load_state_dict(plain.state_dict())
+    feature_map = torch.rand(2, 1280, 3, 3)
+    with torch.no_grad():
+        got = rooted.describe(feature_map)[0]
+        parts = [
+            F.normalize(project(pool(feature_map).sqrt()), dim=-1)
+            for pool, project in zip(plain.descriptors, plain.projections, strict=True)
+        ]
+    assert torch.allclose(got, F.normalize(torch.cat(parts, dim=-1), dim=-1), atol=1e-5)
+
+
 def test_resnet_keeps_layer3_at_stride_8():
     model = build_model(ModelConfig(backbone="resnet50", gd_config="G", dim=64, num_classes=2))
     with torch.no_grad():
@@ -64,6 +99,9 @@ def test_resnet_keeps_layer3_at_stride_8():
         ({"image_size": 16}, "image size 16 is out of range"),
         ({"image_size": "224"}, "image size must be a whole number"),
         ({"num_classes": -1}, "num_classes -1 is out of range"),
+        ({"power": 0.0}, "power"),
+        ({"power": 1.5}, "power"),
+        ({"power": True}, "power must be a number"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

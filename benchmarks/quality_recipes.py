@@ -1,0 +1,333 @@
+"""Recipe search on validation only: train named recipes, pick one by validation, test only it.
+
+Each recipe (RECIPES below: configurations as data) is trained on crc-polyps5/train minus a
+stratified validation split (crc-polyps5 records no patients or slides, so the split cannot be
+group-aware; validation is therefore more optimistic than test). The validation split also
+picks each run's best epoch, as `histoseek train --val-dir` does. Each recipe is scored on
+validation only: R@1 and mMV@5 of validation → (train minus validation). The recipe with the
+best mean of the two among those that trained within --max-train-minutes is then evaluated,
+alone, on crc-polyps5 test → train (all 2,000 train images as the gallery).
+
+    python benchmarks/quality_recipes.py [--recipes NAME,...] [--quick] [--out FILE.json]
+
+--quick checks the machinery: 1 epoch on 200 images (40 per class; 160 fit, 40 validation)
+and a test of 100 images against those 200. Recipes that differ only in how they are
+evaluated (--tta, the test size) share one training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from histoseek.data.folder import LabelledImages, scan_labelled_folder
+from histoseek.data.split import stratified_group_split
+from histoseek.embedder import ImageEmbedder, embedder_for_model
+from histoseek.evaluate import check_evaluation_set, evaluate
+from histoseek.model.checkpoint import load_model
+from histoseek.train import train
+from histoseek.train_config import TrainConfig
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "crc-polyps5"
+RESULTS = Path(__file__).resolve().parent / "results"
+VAL_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training configuration (TrainConfig overrides) and how its model is evaluated."""
+
+    name: str
+    tries: str
+    train: dict = field(default_factory=dict)
+    tta: bool = False
+    # Evaluate at another input size than the model was trained at (None: the same).
+    test_size: int | None = None
+
+    def training_key(self) -> str:
+        """Recipes with the same key share one training run."""
+        return json.dumps(self.train, sort_keys=True)
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("lite0", "the current defaults (Lite0 224 px, 5 stages frozen, SMG 1536, 12 epochs)"),
+    Recipe("lite0-tta", "the defaults, embedded with --tta", tta=True),
+    Recipe("lite0-freeze3", "fewer frozen stages", {"freeze_stages": 3}),
+    Recipe("lite0-freeze7", "more frozen stages", {"freeze_stages": 7}),
+    Recipe("lite0-lr3e-4", "lower learning rate", {"lr": 3e-4}),
+    Recipe("lite0-lr3e-3", "higher learning rate", {"lr": 3e-3}),
+    Recipe("lite0-sg", "descriptors SPoC + GeM", {"gd_config": "SG"}),
+    Recipe("lite0-g", "GeM alone", {"gd_config": "G"}),
+    Recipe(
+        "lite0-dim384", "a 384-d embedding (the README's choice for large indexes)", {"dim": 384}
+    ),
+    Recipe("lite0-20ep", "20 epochs", {"epochs": 20}),
+    Recipe("lite0-stain0.1", "weaker stain jitter", {"stain_jitter": 0.1}),
+    Recipe("lite0-stain0.4", "stronger stain jitter", {"stain_jitter": 0.4}),
+    Recipe("lite0-256", "train and test at 256 px", {"image_size": 256}),
+    Recipe(
+        "lite0-ms",
+        "multi-scale training (192/224/256 px per batch), test at 224",
+        {"train_sizes": [192, 224, 256]},
+    ),
+    Recipe(
+        "lite0-ms-test256",
+        "multi-scale training, test at 256",
+        {"train_sizes": [192, 224, 256]},
+        test_size=256,
+    ),
+    Recipe(
+        "lite1-240",
+        "EfficientNet-Lite1 at its native 240 px",
+        {"backbone": "efficientnet_lite1", "image_size": 240},
+    ),
+    Recipe(
+        "lite1-240-tta",
+        "Lite1 at 240 px, embedded with --tta",
+        {"backbone": "efficientnet_lite1", "image_size": 240},
+        tta=True,
+    ),
+    Recipe(
+        "lite2-260",
+        "EfficientNet-Lite2 at its native 260 px",
+        {"backbone": "efficientnet_lite2", "image_size": 260},
+    ),
+    Recipe(
+        "lite2-260-tta",
+        "Lite2 at 260 px, embedded with --tta",
+        {"backbone": "efficientnet_lite2", "image_size": 260},
+        tta=True,
+    ),
+)
+RECIPES_BY_NAME = {recipe.name: recipe for recipe in RECIPES}
+
+
+def pick_recipes(text: str | None) -> list[Recipe]:
+    """The recipes named in a comma-separated list (None: all), refusing unknown names."""
+    if not text:
+        return list(RECIPES)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in RECIPES_BY_NAME]
+    if unknown:
+        raise SystemExit(
+            f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES_BY_NAME)}"
+        )
+    return [RECIPES_BY_NAME[name] for name in names]
+
+
+def link_images(images: LabelledImages, keep: Sequence[int], target: Path) -> Path:
+    """A folder target/<class>/<file> of symbolic links to the kept images."""
+    for index in keep:
+        path = images.paths[index]
+        folder = target / images.class_names[images.labels[index]]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / path.name).symlink_to(path.resolve())
+    return target
+
+
+def stratified_sample(images: LabelledImages, per_class: int, seed: int) -> list[int]:
+    """`per_class` images of each class, drawn with a seeded shuffle."""
+    rng = random.Random(seed)
+    keep = []
+    for label in sorted(set(images.labels)):
+        members = [i for i, lab in enumerate(images.labels) if lab == label]
+        keep += sorted(rng.sample(members, min(per_class, len(members))))
+    return keep
+
+
+def validation_split(
+    train_dir: Path, work: Path, quick: bool, seed: int = 0
+) -> tuple[Path, Path, Path]:
+    """(fit folder, validation folder, full gallery folder) as folders of links under `work`."""
+    images = scan_labelled_folder(train_dir)
+    pool = stratified_sample(images, 40, seed) if quick else list(range(len(images)))
+    # No groups are recorded, so every image is its own group: a stratified split.
+    assignment = stratified_group_split(
+        [images.labels[i] for i in pool], pool, [1 - VAL_FRACTION, VAL_FRACTION], seed
+    )
+    fit = [i for i, part in zip(pool, assignment, strict=True) if part == 0]
+    val = [i for i, part in zip(pool, assignment, strict=True) if part == 1]
+    return (
+        link_images(images, fit, work / "fit"),
+        link_images(images, val, work / "val"),
+        link_images(images, pool, work / "gallery"),
+    )
+
+
+def train_recipe(
+    recipe: Recipe, fit_dir: Path, val_dir: Path | None, run_dir: Path, quick: bool, workers: int
+) -> tuple[Path, float]:
+    """Train a recipe; returns (best checkpoint, training minutes)."""
+    overrides = dict(recipe.train)
+    if quick:
+        overrides["epochs"] = 1
+    config = TrainConfig(
+        data_dir=str(fit_dir),
+        run_dir=str(run_dir),
+        val_dir=str(val_dir) if val_dir else None,
+        val_fraction=0.0,
+        workers=workers,
+        **overrides,
+    )
+    started = time.perf_counter()
+    train(config, overwrite=True)
+    return run_dir / "model.pt", (time.perf_counter() - started) / 60
+
+
+def recipe_embedder(checkpoint: Path, recipe: Recipe, workers: int) -> ImageEmbedder:
+    """The trained model on the fastest backend, evaluated as the recipe says."""
+    network, class_names, reference = load_model(checkpoint)
+    if recipe.test_size is not None:
+        network.config = replace(network.config, image_size=recipe.test_size)
+    return embedder_for_model(
+        network,
+        reference,
+        class_names,
+        batch_size=64,
+        workers=workers,
+        notify=lambda line: None,
+        tta=recipe.tta,
+    )
+
+
+def score(metrics: dict) -> float:
+    """What validation ranks recipes by: the mean of R@1 and mMV@5."""
+    return (metrics["recall@1"] + metrics["mmv@5"]) / 2
+
+
+def choose(rows: list[dict], max_minutes: float) -> dict:
+    """The best validation score among recipes trained within the budget (ties: faster)."""
+    within = [row for row in rows if row["train_minutes"] <= max_minutes] or rows
+    return max(within, key=lambda row: (row["val_score"], -row["train_minutes"]))
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the search, print the table and write its JSON; returns the JSON document."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", help="comma-separated recipe names [default: all]")
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 200 images")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--max-train-minutes", type=float, default=30.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work-dir", type=Path, default=RESULTS / "quality-recipes")
+    parser.add_argument("--out", type=Path, default=RESULTS / "quality_recipes.json")
+    args = parser.parse_args(argv)
+    recipes = pick_recipes(args.recipes)
+    if not (args.data / "train").is_dir():
+        raise SystemExit(f"crc-polyps5 not found at {args.data}: the benchmark needs it")
+    console = Console(width=150)
+    work = args.work_dir / ("quick" if args.quick else "full")
+    if work.exists():
+        shutil.rmtree(work)
+    # Exports made on the fly for evaluation stay with the runs, out of the user's cache.
+    os.environ.setdefault("HISTOSEEK_CACHE", str(work / "onnx-cache"))
+    fit_dir, val_dir, gallery_dir = validation_split(
+        args.data / "train", work / "split", args.quick
+    )
+    started = time.perf_counter()
+
+    runs: dict[str, tuple[Path, float]] = {}
+    rows = []
+    for recipe in recipes:
+        key = recipe.training_key()
+        if key not in runs:
+            console.print(f"training {recipe.name} …")
+            run_dir = work / "runs" / recipe.name
+            runs[key] = train_recipe(recipe, fit_dir, val_dir, run_dir, args.quick, args.workers)
+        checkpoint, minutes = runs[key]
+        embedder = recipe_embedder(checkpoint, recipe, args.workers)
+        metrics = evaluate(embedder, check_evaluation_set(fit_dir, val_dir)).metrics
+        rows.append(
+            {
+                "recipe": recipe.name,
+                "tries": recipe.tries,
+                "train_minutes": minutes,
+                "val": metrics,
+                "val_score": score(metrics),
+                "definition": asdict(recipe),
+            }
+        )
+        console.print(
+            f"{recipe.name}: val R@1 {metrics['recall@1']:.3f}, mMV@5 {metrics['mmv@5']:.3f}, "
+            f"{minutes:.1f} min training"
+        )
+
+    chosen = choose(rows, args.max_train_minutes)
+    recipe = RECIPES_BY_NAME[chosen["recipe"]]
+    checkpoint = runs[recipe.training_key()][0]
+    test_dir = args.data / "test"
+    if args.quick:
+        test_images = scan_labelled_folder(test_dir)
+        keep = stratified_sample(test_images, 20, seed=1)
+        test_dir = link_images(test_images, keep, work / "split" / "test")
+    test_set = check_evaluation_set(gallery_dir, test_dir)
+    test = evaluate(recipe_embedder(checkpoint, recipe, args.workers), test_set)
+    chosen["test"] = test.metrics
+    seconds = time.perf_counter() - started
+
+    table = Table(title="recipe search on crc-polyps5 (validation only; test for the choice)")
+    for column in (
+        "recipe",
+        "tries",
+        "val R@1",
+        "val mMV@5",
+        "train min",
+        "test R@1",
+        "test mMV@5",
+    ):
+        table.add_column(column, justify="left" if column in ("recipe", "tries") else "right")
+    for row in rows:
+        tested = row is chosen
+        table.add_row(
+            f"[bold]{row['recipe']}[/bold] (chosen)" if tested else row["recipe"],
+            row["tries"],
+            f"{row['val']['recall@1']:.3f}",
+            f"{row['val']['mmv@5']:.3f}",
+            f"{row['train_minutes']:.1f}",
+            f"{row['test']['recall@1']:.3f}" if tested else "",
+            f"{row['test']['mmv@5']:.3f}" if tested else "",
+        )
+    console.print(table)
+    console.print(
+        f"chosen by validation (mean of R@1 and mMV@5, training ≤ {args.max_train_minutes:g} "
+        f"min): {chosen['recipe']}; test = crc-polyps5/test → train, {test.query_size} queries "
+        f"against {test.gallery_size}; total {seconds / 60:.1f} min"
+    )
+    document = {
+        "benchmark": "quality_recipes",
+        "quick": args.quick,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "split": {
+            "val_fraction": VAL_FRACTION,
+            "fit_images": len(scan_labelled_folder(fit_dir).paths),
+            "val_images": len(scan_labelled_folder(val_dir).paths),
+        },
+        "max_train_minutes": args.max_train_minutes,
+        "chosen": chosen["recipe"],
+        "rows": rows,
+        "seconds": seconds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2))
+    console.print(f"wrote {args.out}")
+    return document
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The recipe search's parts: recipes as valid data, the validation split and the choice."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from histoseek.model.backbones import BACKBONE_SPECS
+from histoseek.model.cgd import ModelConfig
+from histoseek.train_config import TrainConfig
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality_recipes.py"
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    spec = importlib.util.spec_from_file_location("quality_recipes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality_recipes"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_recipe_is_a_valid_training_configuration(recipes):
+    assert len(recipes.RECIPES_BY_NAME) == len(recipes.RECIPES)
+    for recipe in recipes.RECIPES:
+        config = TrainConfig(data_dir="d", run_dir="r", **recipe.train)
+        ModelConfig(
+            backbone=config.backbone,
+            gd_config=config.gd_config,
+            dim=config.dim,
+            image_size=recipe.test_size or config.image_size,
+        )
+        assert config.backbone in BACKBONE_SPECS
+    # The evaluation-only variants share their base recipe's training run.
+    keys = {r.name: r.training_key() for r in recipes.RECIPES}
+    assert keys["lite0-tta"] == keys["lite0"] and keys["lite0-ms-test256"] == keys["lite0-ms"]
+
+
+def test_recipes_are_picked_by_name_and_unknown_names_refused(recipes):
+    assert [r.name for r in recipes.pick_recipes("lite0-g, lite0")] == ["lite0-g", "lite0"]
+    assert len(recipes.pick_recipes(None)) == len(recipes.RECIPES)
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        recipes.pick_recipes("lite0,lite9")
+
+
+def _write_set(root: Path, per_class: int) -> Path:
+    for label in ("a", "b", "c"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            (root / label / f"{label}{i}.png").write_bytes(b"not decoded here")
+    return root
+
+
+def test_validation_split_is_stratified_disjoint_and_covers_the_gallery(recipes, tmp_path):
+    source = _write_set(tmp_path / "train", 50)
+    fit, val, gallery = recipes.validation_split(source, tmp_path / "split", quick=False)
+    names = {folder: {p.name for p in folder.rglob("*.png")} for folder in (fit, val, gallery)}
+    assert not names[fit] & names[val]
+    assert names[fit] | names[val] == names[gallery] and len(names[gallery]) == 150
+    assert sorted(len(list((val / label).iterdir())) for label in "abc") == [10, 10, 10]
+    assert all(p.is_symlink() and p.resolve().parent.parent == source for p in val.rglob("*.png"))
+    quick = recipes.validation_split(source, tmp_path / "quick", quick=True)
+    assert len(list(quick[2].rglob("*.png"))) == 120  # 40 per class
+
+
+def test_choice_is_the_best_validation_score_within_the_time_budget(recipes):
+    rows = [
+        {"recipe": "slow", "val_score": 0.9, "train_minutes": 45.0},
+        {"recipe": "fast", "val_score": 0.8, "train_minutes": 5.0},
+        {"recipe": "faster", "val_score": 0.8, "train_minutes": 4.0},
+        {"recipe": "weak", "val_score": 0.7, "train_minutes": 1.0},
+    ]
+    assert recipes.choose(rows, max_minutes=30)["recipe"] == "faster"
+    assert recipes.choose(rows, max_minutes=60)["recipe"] == "slow"
+    assert recipes.score({"recall@1": 0.8, "mmv@5": 0.9}) == pytest.approx(0.85)
