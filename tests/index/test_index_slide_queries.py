@@ -305,3 +305,17 @@ def test_excluding_everything_the_index_holds_is_one_line(archive, checkpoint, t
         )
     )
     assert "leaves nothing to search" in line
+
+
+def test_tile_k_sets_the_evidence_and_by_tile_gives_no_ranking(archive):
+    slides, index_dir = archive
+    args = (slides / QUERY, "--index", index_dir, "--max-tiles", 4, "--exclude", "same-slide")
+    query = _query(*args, "--tile-k", 1, "-k", 10)["queries"][0]
+    # One hit per query tile: the ranking holds exactly the four query tiles' nearest tiles.
+    assert sum(len(entry["tiles"]) for entry in query["ranking"]) == 4
+    assert all(len(entry["tiles"]) == entry["query_tiles"] for entry in query["ranking"])
+    assert query["ranking"][0]["score"] == pytest.approx(
+        sum(hit["similarity"] for hit in query["ranking"][0]["tiles"]), abs=1e-5
+    )
+    tiles_only = _query(*args, "--by", "tile")["queries"][0]
+    assert tiles_only["by"] == "tile" and "ranking" not in tiles_only
