@@ -19,5 +19,6 @@ EXCLUDE_CHOICES = ("same-slide", "same-group")
 #: How tile hits become a slide's score: the sum over query tiles of each one's best
 #: similarity to the slide (the default), or the count of hits (votes). See the README.
 AGGREGATION_RULES = ("similarity", "votes")
-#: Nearest gallery tiles of each query tile that count as evidence for their slides.
-DEFAULT_TILE_K = 10
+#: Nearest gallery tiles of each query tile that count as evidence for their slides; chosen
+#: with benchmarks/wsi.py (see the README).
+DEFAULT_TILE_K = 5

@@ -107,7 +107,7 @@ def test_tile_hits_carry_slide_group_place_and_mpp_in_json(archive):
         )  # fmt: skip
         assert 0 <= hit["query_tile"] < 4
     assert document["index"]["slides"] == 5
-    assert document["search"]["tile_k"] == 10
+    assert document["search"]["tile_k"] == 5
 
 
 def test_a_whole_slide_finds_itself_first_unless_its_slide_or_patient_is_left_out(archive):

@@ -186,7 +186,7 @@ def test_header_notes_and_json_say_what_the_search_did(report, results, tmp_path
         "k": 4,
         "include_self": False,
         "exclude": None,
-        "tile_k": 10,
+        "tile_k": 5,
         "aggregation": "similarity",
         "embedding_seconds": 0.25,
         "search_seconds": 0.002,
