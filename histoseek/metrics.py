@@ -120,3 +120,24 @@ def retrieval_metrics(
     results[f"mmv@{vote_k}"] = float(np.mean(votes))
     results[f"precision@{precision_k}"] = float(relevant[:, :precision_k].mean())
     return results
+
+
+def ranking_metrics(
+    rankings: Sequence[Sequence], query_labels: Sequence, vote_k: int = DEFAULT_VOTE_K
+) -> dict[str, float]:
+    """R@1 and majority-vote accuracy mMV@k of ranked answers (e.g. slides), from their labels.
+
+    `rankings[i]` holds the labels of query i's answers, best first; a query with no answer
+    counts as a miss.
+    """
+    if not rankings:
+        raise ValueError("no rankings to score")
+    first = [
+        bool(ranked) and ranked[0] == label
+        for ranked, label in zip(rankings, query_labels, strict=True)
+    ]
+    votes = [
+        bool(ranked) and majority_label(list(ranked[:vote_k]))[0] == label
+        for ranked, label in zip(rankings, query_labels, strict=True)
+    ]
+    return {"recall@1": float(np.mean(first)), f"mmv@{vote_k}": float(np.mean(votes))}

@@ -66,16 +66,23 @@ def aperio_description(width: int, height: int, mpp: float) -> str:
 
 
 def assemble_kather_slide(
-    folder: Path, class_name: str, aperio: bool = False, margin: int = 200
+    folder: Path,
+    class_name: str,
+    aperio: bool = False,
+    margin: int = 200,
+    source: str | None = None,
 ) -> AssembledSlide:
-    """Stitch the tiles of `class_name`'s largest source image into a pseudo-slide in `folder`.
+    """Stitch the tiles of `class_name` from one source image (`source`, a CRC-Prim-HE-NN
+    token; default: the one with most tiles) into a pseudo-slide in `folder`.
 
     The tiles fill a near-square block row by row (empty cells stay glass), with `margin`
     pixels of glass around it. `aperio` writes an .svs whose mpp is only in the Aperio
     description; otherwise a generic .tif whose resolution tags carry the mpp.
     """
     sources = kather_sources(class_name)
-    source, tiles = max(sources.items(), key=lambda item: (len(item[1]), item[0]))
+    if source is None:
+        source = max(sources, key=lambda name: (len(sources[name]), name))
+    tiles = sources[source]
     columns = math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / columns)
     width = columns * KATHER_TILE + 2 * margin

@@ -84,3 +84,17 @@ def test_neighbours_subset_keeps_the_selected_queries():
     kept = found.subset(np.array([True, False, True]))
     assert kept.indices.tolist() == [found.indices[0].tolist(), found.indices[2].tolist()]
     assert np.array_equal(kept.similarities, found.similarities[[0, 2]])
+
+
+def test_ranking_metrics_first_answer_and_majority_of_the_top_k():
+    from histoseek.metrics import ranking_metrics
+
+    rankings = [
+        ["a", "b", "b", "a", "a"],  # first right, majority a (3/5): right
+        ["b", "a", "a", "a", "b"],  # first wrong, majority a: right
+        ["b", "b", "a"],  # both wrong
+        [],  # no answer: a miss
+    ]
+    metrics = ranking_metrics(rankings, ["a", "a", "a", "a"], vote_k=5)
+    assert metrics == {"recall@1": 0.25, "mmv@5": 0.5}
+    assert ranking_metrics([["b", "a", "a"]], ["a"], vote_k=1) == {"recall@1": 0.0, "mmv@1": 0.0}

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import embedding_options, max_pixels_option, model_option, tta_option
+from histoseek.cli.options import (
+    embedding_options,
+    exclude_option,
+    labels_option,
+    max_pixels_option,
+    max_tiles_option,
+    model_option,
+    tile_k_option,
+    tiling_options,
+    tta_option,
+)
 from histoseek.errors import HistoseekError
 from histoseek.metrics_defaults import (
     DEFAULT_MAP_K,
@@ -24,6 +34,29 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     if not ks or min(ks) < 1:
         raise HistoseekError(f"--recall-k values must be 1 or more: {text!r}")
     return ks
+
+
+#: Options that only a gallery of slides takes.
+SLIDE_OPTIONS = (
+    "mpp",
+    "slide_mpp",
+    "patch_size",
+    "min_tissue",
+    "labels_csv",
+    "exclude",
+    "max_tiles",
+    "tile_k",
+)
+
+
+def _given(names: tuple[str, ...]) -> list[str]:
+    """The options among `names` given on the command line, as spelled there."""
+    context = click.get_current_context()
+    return [
+        "--" + name.replace("_csv", "").replace("_", "-")
+        for name in names
+        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    ]
 
 
 @click.command()
@@ -59,8 +92,18 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 @click.option(
     "--group-regex",
     help="Exclude neighbours whose file name shares this regex's "
-    "match with the query's (e.g. the same slide or source image).",
+    "match with the query's (e.g. the same slide or source image); for slides, the group "
+    "(patient) is this regex on the slide's path, as in `index`.",
 )
+@tiling_options()
+@labels_option()
+@exclude_option(
+    "same-slide",
+    help="Slides: leave out the query's own slide, or its whole group (patient), when it "
+    "queries the others.",
+)
+@max_tiles_option()
+@tile_k_option()
 @embedding_options()
 @max_pixels_option()
 @tta_option()
@@ -74,6 +117,14 @@ def evaluate(
     vote_k,
     precision_k,
     group_regex,
+    mpp,
+    slide_mpp,
+    patch_size,
+    min_tissue,
+    labels_csv,
+    exclude,
+    max_tiles,
+    tile_k,
     backend,
     exported,
     device,
@@ -87,19 +138,44 @@ def evaluate(
 
     Queries with no gallery image of their own class to find are left out of every metric,
     with a note; a one-class gallery, or one in which no query can be scored, is refused.
+    A gallery of slides is tiled as `index` tiles it; each slide queries the others (its own
+    slide or patient left out), scored by tile and by the slides ranked for it.
     """
     import json
 
     from rich.console import Console
 
+    from histoseek.data.folder import display_path
     from histoseek.data.images import pixel_limit
     from histoseek.embedder import load_image_embedder
     from histoseek.evaluate import check_evaluation_set
     from histoseek.evaluate import evaluate as run_evaluation
     from histoseek.report.progress import progress_bar
     from histoseek.report.tables import evaluation_table
+    from histoseek.slide.folder import find_slides_and_images
 
     recall_ks = _parse_ks(recall_k)
+    if find_slides_and_images(gallery).slides:
+        if query is not None:
+            raise HistoseekError(
+                "a gallery of slides is evaluated one slide out at a time; --query is for "
+                "folders of patches"
+            )
+        _evaluate_slides(
+            gallery,
+            model_path,
+            (backend, device, exported, batch_size, workers, tta),
+            (mpp, slide_mpp, patch_size, min_tissue, group_regex, labels_csv),
+            (exclude, max_tiles, tile_k, recall_ks, map_k, vote_k, precision_k),
+            max_pixels,
+            as_json,
+        )
+        return
+    given = _given(SLIDE_OPTIONS)
+    if given:
+        raise HistoseekError(
+            f"{given[0]} applies to a gallery of slides; {display_path(gallery)} holds none"
+        )
     evaluation_set = check_evaluation_set(gallery, query, group_regex)
     # Paths print as they are: markup off, so names with [brackets] are shown, not styled.
     notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
@@ -126,3 +202,56 @@ def evaluate(
         click.echo(json.dumps(document, indent=2, allow_nan=False))
     else:
         Console().print(evaluation_table(document))
+
+
+def _evaluate_slides(gallery, model_path, embedding, tiling, scoring, max_pixels, as_json):
+    """`evaluate` on a folder of slides: tile-level and slide-level metrics."""
+    import json
+
+    from rich.console import Console
+
+    from histoseek.data.images import pixel_limit
+    from histoseek.embedder import load_image_embedder
+    from histoseek.index.slides import TilingOptions
+    from histoseek.report.progress import progress_bars
+    from histoseek.report.tables import slide_evaluation_table
+    from histoseek.slide_evaluation import evaluate_slides
+
+    backend, device, exported, batch_size, workers, tta = embedding
+    mpp, slide_mpp, patch_size, min_tissue, group_regex, labels_csv = tiling
+    exclude, max_tiles, tile_k, recall_ks, map_k, vote_k, precision_k = scoring
+    options = TilingOptions(mpp, patch_size, min_tissue, slide_mpp)
+    notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    with pixel_limit(max_pixels):
+        embedder = load_image_embedder(
+            model_path, backend, device, exported, batch_size, workers, notes.print, tta
+        )
+        bars = [("finding tissue", "slide"), ("embedding", "tile")]
+        with progress_bars(bars, enabled=not as_json) as (tissue_progress, progress):
+            result = evaluate_slides(
+                embedder,
+                gallery,
+                options,
+                group_regex,
+                labels_csv,
+                exclude,
+                max_tiles,
+                tile_k,
+                recall_ks,
+                map_k,
+                vote_k,
+                precision_k,
+                progress=progress,
+                tissue_progress=tissue_progress,
+                notify=notes.print,
+            )
+    document = {
+        "model": embedder.reference,
+        "backend": embedder.name,
+        "tta": embedder.tta,
+        **result.to_dict(),
+    }
+    if as_json:
+        click.echo(json.dumps(document, indent=2, allow_nan=False))
+    else:
+        Console().print(slide_evaluation_table(document))

@@ -15,7 +15,13 @@ import click
 from histoseek.inference import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES
 from histoseek.model.defaults import DEFAULT_IMAGE_SIZE
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
-from histoseek.slide.defaults import DEFAULT_MPP, MPP_RANGE
+from histoseek.slide.defaults import (
+    DEFAULT_MAX_TILES,
+    DEFAULT_MPP,
+    DEFAULT_TILE_K,
+    EXCLUDE_CHOICES,
+    MPP_RANGE,
+)
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -242,6 +248,40 @@ def embedding_options(batch_size: int = DEFAULT_BATCH_SIZE) -> Decorator:
         return func
 
     return apply
+
+
+def max_tiles_option() -> Decorator:
+    """`--max-tiles N`: how many tissue tiles a whole slide queries with."""
+    return click.option(
+        "--max-tiles",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_TILES,
+        show_default=True,
+        help="Tissue tiles a whole-slide query embeds, spread evenly over its tissue.",
+    )
+
+
+def tile_k_option() -> Decorator:
+    """`--tile-k N`: the nearest tiles of each query tile that rank slides and groups."""
+    return click.option(
+        "--tile-k",
+        type=click.IntRange(min=1),
+        default=DEFAULT_TILE_K,
+        show_default=True,
+        help="Nearest tiles of each query tile that count as evidence when slides or groups "
+        "are ranked.",
+    )
+
+
+def exclude_option(default: str | None, help: str) -> Decorator:
+    """`--exclude same-slide|same-group`."""
+    return click.option(
+        "--exclude",
+        type=click.Choice(EXCLUDE_CHOICES),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
 
 
 def index_option() -> Decorator:

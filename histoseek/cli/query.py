@@ -9,14 +9,20 @@ import click
 
 from histoseek.cli.options import (
     embedding_options,
+    exclude_option,
+    group_regex_option,
     index_model_option,
     index_option,
     max_pixels_option,
+    max_tiles_option,
     overwrite_option,
+    slide_mpp_option,
+    tile_k_option,
     tta_option,
 )
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import MAX_SEARCH_K
+from histoseek.slide.defaults import ANSWER_LEVELS
 
 
 def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
@@ -44,6 +50,33 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--region",
+    default=None,
+    help="Query with this region of the one slide given: X,Y,W,H in level-0 pixels, read at "
+    "the index's mpp and resized to the model's input.",
+)
+@click.option(
+    "--by",
+    type=click.Choice(ANSWER_LEVELS),
+    default=None,
+    help="Answer with tiles (and images), or with slides or groups (patients) ranked by "
+    "their tiles' similarity to the query's [default: slide for a whole slide, else tile].",
+)
+@exclude_option(
+    None,
+    help="Leave out the indexed tiles of the query's own slide or group (patient): its entry "
+    "in the index says which, else its file name and --group-regex.",
+)
+@max_tiles_option()
+@tile_k_option()
+@slide_mpp_option(
+    help="Microns per pixel of a query slide whose file records none; a recorded value wins."
+)
+@group_regex_option(
+    help="The group (patient) of a query that is not in the index: this regex's first group "
+    "(else its whole match) on the query's path; for --exclude same-group."
+)
 @index_option()
 @click.option(
     "-k",
@@ -85,6 +118,13 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
 )
 def query(
     images,
+    region,
+    by,
+    exclude,
+    max_tiles,
+    tile_k,
+    slide_mpp,
+    group_regex,
     index_dir,
     k,
     search_k,
@@ -103,9 +143,12 @@ def query(
     max_pixels,
     tta,
 ):
-    """Find the K most similar indexed patches to each IMAGE (a folder: every image in it).
+    """Find the K most similar indexed patches or tiles to each IMAGE, slide region or
+    slide (a folder: every slide and image in it).
 
-    A query image that is itself in the index is left out of its own results.
+    A slide queries with a spread-out sample of its tissue tiles and is answered with the
+    slides most like it; with --region, with that region. A query image that is itself in
+    the index is left out of its own results.
     """
     import json
 
@@ -118,9 +161,11 @@ def query(
         collect_query_images,
         load_index_model,
         open_index,
+        prepare_queries,
         query_tta,
         search_images,
     )
+    from histoseek.index.slide_query import parse_region
     from histoseek.report.progress import progress_bar
     from histoseek.report.results import (
         print_results,
@@ -132,6 +177,7 @@ def query(
     # Paths print as they are: markup off, so names with [brackets] are shown, not styled.
     notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     with pixel_limit(max_pixels):
+        box = None if region is None else parse_region(region)
         _check_outputs([path for path in (html_path, sheet_path) if path is not None], overwrite)
         opened = open_index(index_dir, notify=notes.print)
         paths = collect_query_images(images, notify=notes.print)
@@ -148,15 +194,23 @@ def query(
             notes.print,
             tta=query_tta(opened, tta, notes.print),
         )
+        with progress_bar("reading query slides", enabled=sys.stderr.isatty()) as progress:
+            queries = prepare_queries(
+                opened, paths, box, max_tiles, slide_mpp, progress, notes.print
+            )
         with progress_bar("embedding queries", enabled=sys.stderr.isatty()) as progress:
             report = search_images(
                 opened,
                 embedder,
-                paths,
+                queries,
                 k,
                 search_k=search_k,
                 exact=exact,
                 include_self=include_self,
+                by=by,
+                exclude=exclude,
+                group_regex=group_regex,
+                tile_k=tile_k,
                 progress=progress,
             )
         if html_path is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,16 +14,32 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from histoseek.callbacks import Notify, Progress
-from histoseek.data.folder import display_path, find_images
+from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError, check_image_header
-from histoseek.data.sources import why_unreadable
+from histoseek.data.sources import ImageSource, why_unreadable
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_SEARCH_K, MAX_SEARCH_K
 from histoseek.index.items import IndexItem
 from histoseek.index.manifest import Manifest
+from histoseek.index.ranking import TileHit, best_tile_hits, rank_keys, tile_hits
+from histoseek.index.slide_query import (
+    Box,
+    QueryOrigin,
+    SlideQuery,
+    TileGrid,
+    embed_images,
+    excluded_items,
+    query_origin,
+    region_query,
+    whole_slide_query,
+)
 from histoseek.index.store import OpenIndex
 from histoseek.index.store import open_index as open_index
 from histoseek.metrics import majority_label
+from histoseek.slide.defaults import ANSWER_LEVELS, DEFAULT_MAX_TILES, DEFAULT_TILE_K
+from histoseek.slide.folder import find_slides_and_images
+from histoseek.slide.reader import is_slide_file
+from histoseek.slide.sources import SlideTile
 
 if TYPE_CHECKING:
     from histoseek.embedder import ImageEmbedder
@@ -84,26 +100,29 @@ def query_tta(index: OpenIndex, requested: bool, notify: Notify = lambda line: N
 
 
 def collect_query_images(arguments: Sequence[Path], notify: Notify | None = None) -> list[Path]:
-    """The query images: files as given, folders expanded to every image below them.
+    """The query files: files as given, folders expanded to every slide and image below them.
 
-    Everything is checked before any work: each file must exist, be a regular file and have
-    an image header within the pixel limit. Entries of a folder that are not regular files
-    (a FIFO would block the reader for ever) are left out, with a note.
+    Everything is checked before any work: each file must exist and be a regular file, and
+    an image (not a slide) must have an image header within the pixel limit. Entries of a
+    folder that are not regular files (a FIFO would block the reader for ever) are left out,
+    with a note.
     """
     paths: list[Path] = []
     for argument in arguments:
         argument = Path(argument)
         if argument.is_dir():
-            found = find_images(argument)
+            found = find_slides_and_images(argument)
             if found.skipped and notify is not None:
                 first = found.skipped[0]
                 notify(
                     f"skipped {len(found.skipped)} entr(ies) in {display_path(argument)} that "
-                    f"are not image files (first: {display_path(first.path)}: {first.reason})"
+                    f"are not image files (first: {display_path(first.path)}: "
+                    f"{first.reason})"
                 )
-            if not found.paths:
+            listed = sorted([slide.path for slide in found.slides] + found.images)
+            if not listed:
                 raise HistoseekError(f"no images found in {display_path(argument)}")
-            paths.extend(found.paths)
+            paths.extend(listed)
         elif argument.is_file():
             paths.append(argument)
         elif argument.exists():
@@ -111,6 +130,8 @@ def collect_query_images(arguments: Sequence[Path], notify: Notify | None = None
         else:
             raise HistoseekError(f"query image not found: {display_path(argument)}")
     for path in paths:
+        if is_slide_file(path):
+            continue
         try:
             check_image_header(path)
         except UnreadableImageError:
@@ -122,17 +143,30 @@ def collect_query_images(arguments: Sequence[Path], notify: Notify | None = None
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result: an indexed image or slide tile."""
 
     rank: int
     similarity: float
     label: str
     path: Path
+    item: IndexItem | None = None
+    """The index's entry (for a tile: its slide, group and place)."""
+    query_tile: int | None = None
+    """For a query of several tiles (a whole slide): which of them found this hit."""
 
     @property
     def shown_path(self) -> str:
         """The path as shown to people: relative to the working folder when inside it."""
         return shown_path(self.path)
+
+    @property
+    def is_tile(self) -> bool:
+        """Whether the hit is a slide tile (else a plain image)."""
+        return self.item is not None and self.item.is_tile
+
+    def source(self) -> ImageSource:
+        """What to read to see the hit: its image file, or its tile of its slide."""
+        return SlideTile(self.path, self.item.tile()) if self.is_tile else self.path
 
 
 def shown_path(path: Path) -> str:
@@ -142,17 +176,53 @@ def shown_path(path: Path) -> str:
 
 
 @dataclass
+class RankedAnswer:
+    """A slide or group (patient) ranked by the tile evidence for it (see index.ranking)."""
+
+    rank: int
+    key: str
+    """The slide id (for a plain image: its path) or the group."""
+    label: str
+    score: float
+    query_tiles: int
+    """How many query tiles found it among their nearest tiles."""
+    best_similarity: float
+    hits: list[Hit]
+    """Its tiles among the query tiles' nearest, best first."""
+
+
+@dataclass
 class QueryResult:
-    """The hits for one query image, and the indexed copies of the query left out of them."""
+    """The hits for one query, and the indexed copies of the query left out of them.
+
+    A region or whole-slide query also keeps what was read from its slide and where, the
+    slide and group it comes from, and, answered by slide or group, the ranking.
+    """
 
     query: Path
     hits: list[Hit]
     left_out_self: list[Path] = field(default_factory=list)
+    slide_query: SlideQuery | None = None
+    origin: QueryOrigin | None = None
+    by: str = "tile"
+    """"tile": the hits are the answer; "slide" or "group": `ranking` is."""
+    ranking: list[RankedAnswer] | None = None
+    excluded: int = 0
+    """How many indexed items --exclude left out."""
+
+    @property
+    def kind(self) -> str:
+        """ "image", "region" or "slide"."""
+        return "image" if self.slide_query is None else self.slide_query.kind
 
     def majority(self) -> tuple[str, int] | None:
         """The most common label among the hits and its count (ties: the best-ranked label);
         None without hits."""
         return majority_label([hit.label for hit in self.hits]) if self.hits else None
+
+    def ranking_majority(self) -> tuple[str, int] | None:
+        """The most common label among the ranked slides or groups; None without a ranking."""
+        return majority_label([entry.label for entry in self.ranking]) if self.ranking else None
 
 
 @dataclass
@@ -171,6 +241,8 @@ class SearchReport:
     embedding_seconds: float
     search_seconds: float
     created: datetime
+    exclude: str | None = None
+    tile_k: int = DEFAULT_TILE_K
 
     @property
     def mode(self) -> str:
@@ -230,14 +302,14 @@ def nearest_items(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The k nearest items to each query vector: (item ids, cosine similarities), best first.
 
-    `search_k` (default: see `annoy_search_k`) is how many candidates Annoy inspects per
-    query; `exact` searches the stored embeddings instead. `exclude[i]` holds item ids to
-    leave out of query i's results. A k above the index size gives every item.
+    `search_k` (default: see `annoy_search_k`, for k plus the items left out) is how many
+    candidates Annoy inspects per query; `exact` searches the stored embeddings instead.
+    `exclude[i]` holds item ids to leave out of query i's results (a set, for a large one).
+    A k above the index size gives every item.
     """
     if k < 1:
         raise HistoseekError(f"-k must be 1 or more, not {k}")
     total = len(index.items)
-    search_k = annoy_search_k(k, total, index.manifest.trees, search_k)
     found = []
     for row, query in enumerate(queries):
         left_out = exclude[row] if exclude is not None else ()
@@ -245,12 +317,19 @@ def nearest_items(
         if exact:
             ids, similarities = index.vectors.search_exact(query, asked)
         else:
-            ids, similarities = index.vectors.search(query, asked, search_k)
+            # Annoy inspects enough candidates to still find k once a whole slide is left out.
+            row_search_k = annoy_search_k(asked, total, index.manifest.trees, search_k)
+            ids, similarities = index.vectors.search(query, asked, row_search_k)
         if left_out:
             kept = np.array([int(item) not in left_out for item in ids], dtype=bool)
             ids, similarities = ids[kept], similarities[kept]
         found.append((ids[:k], similarities[:k]))
     return found
+
+
+def _hit(index: OpenIndex, rank: int, item: int, similarity: float, query_tile: int | None) -> Hit:
+    entry = index.items[item]
+    return Hit(rank, float(similarity), entry.label, index.file_of(entry), entry, query_tile)
 
 
 def _nearest(
@@ -261,15 +340,18 @@ def _nearest(
     search_k: int | None,
     exact: bool,
     matcher: _SelfMatcher | None,
-) -> QueryResult:
-    """The k nearest items to one query vector, less the query's own entries if `matcher`."""
+    excluded: frozenset[int],
+) -> tuple[list[tuple[int, float]], list[int]]:
+    """The k nearest (item, similarity) to one query vector, best first, less `excluded` and,
+    if `matcher`, less the query's own entries; and those entries, in the order found."""
     resolved = query_path.resolve()
     query_size = resolved.stat().st_size
-    wanted = min(k, len(index.items))
+    wanted = min(k, len(index.items) - len(excluded))
     # One more than wanted leaves room for the query's own entry without a second search.
     asked = wanted if matcher is None else wanted + 1
-    left_out: list[int] = []  # in the order found, best first
+    copies_found: list[int] = []
     while True:
+        left_out = excluded | set(copies_found)
         ((ids, similarities),) = nearest_items(
             index, vector[None, :], asked, search_k, exact, [left_out]
         )
@@ -281,42 +363,171 @@ def _nearest(
                 for item, _ in found
                 if matcher.matches(resolved, query_size, index.items[item])
             ]
-        left_out += copies
+        copies_found += copies
         kept = [(item, similarity) for item, similarity in found if item not in copies]
         if not copies or len(kept) >= wanted or len(found) < asked:
             break  # else byte-identical copies of the query took more than one place
+    return kept[:wanted], copies_found
+
+
+def _answer_image_query(
+    index: OpenIndex,
+    vector: np.ndarray,
+    path: Path,
+    origin: QueryOrigin,
+    excluded: frozenset[int],
+    k: int,
+    by: str,
+    tile_k: int,
+    search_k: int | None,
+    exact: bool,
+    matcher: _SelfMatcher | None,
+) -> QueryResult:
+    """The k nearest items of an image query, and by slide or group the ranking from its
+    tile_k nearest."""
+    depth = k if by == "tile" else max(k, tile_k)
+    kept, copies = _nearest(index, vector, path, depth, search_k, exact, matcher, excluded)
     hits = [
-        Hit(
-            rank=rank,
-            similarity=float(similarity),
-            label=index.items[item].label,
-            path=index.file_of(index.items[item]),
-        )
-        for rank, (item, similarity) in enumerate(kept[:wanted], 1)
+        _hit(index, rank, item, similarity, None)
+        for rank, (item, similarity) in enumerate(kept[:k], 1)
     ]
-    return QueryResult(query_path, hits, [index.file_of(index.items[item]) for item in left_out])
+    ranking = None
+    if by != "tile":
+        tile = [TileHit(0, item, similarity) for item, similarity in kept[:tile_k]]
+        ranking = _ranking(index, [tile], by, k)
+    copies_shown = [index.file_of(index.items[item]) for item in copies]
+    return QueryResult(path, hits, copies_shown, None, origin, by, ranking, len(excluded))
+
+
+def _item_keys(index: OpenIndex, by: str) -> Callable[[int], str]:
+    """An item's slide (a plain image is a slide of its own, named by its path) or group."""
+
+    def slide_of(item: int) -> str:
+        entry = index.items[item]
+        return entry.slide_id if entry.slide_id is not None else entry.path
+
+    if by == "slide":
+        return slide_of
+
+    def group_of(item: int) -> str:
+        group = index.items[item].group
+        return group if group is not None else slide_of(item)
+
+    return group_of
+
+
+def _ranking(
+    index: OpenIndex, hits_per_tile: list[list[TileHit]], by: str, k: int
+) -> list[RankedAnswer]:
+    """The k best slides or groups by the tile hits of the query tiles (index.ranking)."""
+    ranked = rank_keys(hits_per_tile, _item_keys(index, by), lambda item: index.items[item].label)
+    return [
+        RankedAnswer(
+            entry.rank,
+            entry.key,
+            entry.label,
+            entry.score,
+            entry.query_tiles,
+            entry.best_similarity,
+            [
+                _hit(index, rank, hit.item, hit.similarity, hit.query_tile)
+                for rank, hit in enumerate(entry.hits, 1)
+            ],
+        )
+        for entry in ranked[:k]
+    ]
+
+
+def _answer_slide_query(
+    index: OpenIndex,
+    vectors: np.ndarray,
+    query: SlideQuery,
+    origin: QueryOrigin,
+    excluded: frozenset[int],
+    k: int,
+    by: str,
+    tile_k: int,
+    search_k: int | None,
+    exact: bool,
+) -> QueryResult:
+    """The hits of a region or whole-slide query: the k best tiles over all its query tiles,
+    and by slide or group the ranking from each query tile's tile_k nearest."""
+    depth = k if by == "tile" else max(k, tile_k)
+    neighbours = nearest_items(index, vectors, depth, search_k, exact, [excluded] * len(vectors))
+    per_tile = tile_hits(neighbours)
+    hits = [
+        _hit(index, rank, hit.item, hit.similarity, hit.query_tile if len(vectors) > 1 else None)
+        for rank, hit in enumerate(best_tile_hits(per_tile, k), 1)
+    ]
+    ranking = None
+    if by != "tile":
+        ranking = _ranking(index, [tile[:tile_k] for tile in per_tile], by, k)
+    return QueryResult(query.path, hits, [], query, origin, by, ranking, len(excluded))
+
+
+def prepare_queries(
+    index: OpenIndex,
+    paths: Sequence[Path],
+    region: Box | None = None,
+    max_tiles: int = DEFAULT_MAX_TILES,
+    slide_mpp: float | None = None,
+    progress: Progress | None = None,
+    notify: Notify = lambda message: None,
+) -> list[Path | SlideQuery]:
+    """What each query file is: a path (an image, embedded as the index's images were), or
+    the images read from a slide (`region` of it, else a spread-out sample of at most
+    `max_tiles` of its tissue tiles) on the index's tile grid."""
+    manifest = index.manifest
+    grid = TileGrid(manifest.mpp, manifest.patch_size, manifest.min_tissue)
+    if manifest.slides == 0 and (region is not None or any(map(is_slide_file, paths))):
+        notify(
+            f"note: the index holds no slides; query slides are read in {grid.patch_size}-px "
+            f"tiles at {grid.mpp:g} µm/px (the defaults), whatever its images' resolution"
+        )
+    if region is not None:
+        if len(paths) != 1:
+            raise HistoseekError(f"--region reads one slide; {len(paths)} query files were given")
+        return [region_query(paths[0], region, grid, slide_mpp, notify)]
+    return [
+        whole_slide_query(path, grid, max_tiles, slide_mpp, progress)
+        if is_slide_file(path)
+        else path
+        for path in paths
+    ]
 
 
 def search_images(
     index: OpenIndex,
     embedder: ImageEmbedder,
-    query_paths: Sequence[Path],
+    queries: Sequence[Path | SlideQuery],
     k: int,
     search_k: int | None = None,
     exact: bool = False,
     include_self: bool = False,
+    by: str | None = None,
+    exclude: str | None = None,
+    group_regex: str | None = None,
+    tile_k: int = DEFAULT_TILE_K,
     progress: Progress | None = None,
 ) -> SearchReport:
-    """Embed the query images as the index's images were, and find the k nearest of each.
+    """Embed the queries as the index's items were, and find the k nearest of each.
 
-    `search_k` (default: DEFAULT_SEARCH_K, or k × trees when that is more) is how many
-    candidates Annoy inspects per query; `exact` searches the stored embeddings instead.
-    A query that is itself in the index (same path or same bytes) is left out of its own
-    results unless `include_self`; k results are still returned when the index has them.
-    A k above the index size returns every image.
+    A query is an image file, or what `prepare_queries` read from a slide. `search_k`
+    (default: DEFAULT_SEARCH_K, or k × trees when that is more) is how many candidates
+    Annoy inspects per query; `exact` searches the stored embeddings instead. A query image
+    that is itself in the index (same path or same bytes) is left out of its own results
+    unless `include_self`; k results are still returned when the index has them. A k above
+    the index size returns every item.
+
+    `by` ("tile", "slide" or "group"; default: "slide" for whole-slide queries, else
+    "tile") also ranks the k best slides or groups from each query tile's `tile_k` nearest
+    tiles. `exclude` ("same-slide" or "same-group") leaves out the items of the query's own
+    slide or group: its entry in the index says which, else its file name and `group_regex`.
     """
     if k < 1:
         raise HistoseekError(f"-k must be 1 or more, not {k}")
+    if by is not None and by not in ANSWER_LEVELS:
+        raise HistoseekError(f"--by is {', '.join(ANSWER_LEVELS)}; not {by!r}")
     if embedder.tta != index.manifest.tta:
         raise HistoseekError(
             f"queries must be embedded {'with' if index.manifest.tta else 'without'} --tta, "
@@ -326,25 +537,66 @@ def search_images(
         search_k = annoy_search_k(k, len(index.items), index.manifest.trees, search_k)
     created = datetime.now(timezone.utc)
     started = time.perf_counter()
-    embedded = embedder.embed_files(list(query_paths), progress)
+    files = [query for query in queries if not isinstance(query, SlideQuery)]
+    embedded = embedder.embed_files(files, progress)
     if embedded.failed:
-        bad = query_paths[embedded.failed[0]]
+        bad = files[embedded.failed[0]]
         raise HistoseekError(f"cannot read query image {display_path(bad)}: {why_unreadable(bad)}")
+    # Every file was read (else refused above), so the embeddings are in the files' order.
+    file_vectors = iter(embedded.embeddings)
+    slide_vectors = iter(
+        [
+            embed_images(embedder, query.images, progress)
+            for query in queries
+            if isinstance(query, SlideQuery)
+        ]
+    )
     embedding_seconds = time.perf_counter() - started
     started = time.perf_counter()
     matcher = None if include_self else _SelfMatcher(index)
-    results = [
-        _nearest(
-            index,
-            embedded.embeddings[row],
-            Path(query_paths[int(position)]),
-            k,
-            search_k,
-            exact,
-            matcher,
-        )
-        for row, position in enumerate(embedded.indices)
-    ]
+    source_dir = Path(index.manifest.source_dir)
+    results = []
+    for query in queries:
+        is_slide = isinstance(query, SlideQuery)
+        path = query.path if is_slide else Path(query)
+        origin = query_origin(index.items, source_dir, path, is_slide, group_regex)
+        excluded = excluded_items(index.items, origin, exclude, display_path(path))
+        if len(excluded) == len(index.items):
+            raise HistoseekError(
+                f"--exclude {exclude} leaves nothing to search: every item of the index is "
+                f"from the {exclude.removeprefix('same-')} of {display_path(path)}"
+            )
+        if is_slide:
+            results.append(
+                _answer_slide_query(
+                    index,
+                    next(slide_vectors),
+                    query,
+                    origin,
+                    excluded,
+                    k,
+                    by or ("slide" if query.kind == "slide" else "tile"),
+                    tile_k,
+                    search_k,
+                    exact,
+                )
+            )
+        else:
+            results.append(
+                _answer_image_query(
+                    index,
+                    next(file_vectors),
+                    path,
+                    origin,
+                    excluded,
+                    k,
+                    by or "tile",
+                    tile_k,
+                    search_k,
+                    exact,
+                    matcher,
+                )
+            )
     return SearchReport(
         index_path=index.path,
         manifest=index.manifest,
@@ -358,4 +610,6 @@ def search_images(
         embedding_seconds=embedding_seconds,
         search_seconds=time.perf_counter() - started,
         created=created,
+        exclude=exclude,
+        tile_k=tile_k,
     )

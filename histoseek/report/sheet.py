@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw, ImageFont
 from histoseek.fsutil import atomic_file, write_errors
 from histoseek.index.search import QueryResult
 from histoseek.report.results import shown_label
-from histoseek.report.thumbnails import load_thumbnail
+from histoseek.report.slide_views import QUERY_COLOUR, SlideOverviews
+from histoseek.report.thumbnails import fit_thumbnail, load_thumbnail
 
 TILE = 128
 GAP = 8
@@ -26,6 +27,17 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width:
     return "…" + text
 
 
+def _query_thumbnail(result: QueryResult, overviews: SlideOverviews) -> Image.Image:
+    """The query image; for a region, the region read; for a whole slide, its overview with
+    its query tiles boxed."""
+    query = result.slide_query
+    if query is None:
+        return load_thumbnail(result.query, TILE)
+    if result.kind == "region":
+        return fit_thumbnail(query.images[0], TILE)
+    return fit_thumbnail(overviews.with_boxes(query.path, query.boxes, QUERY_COLOUR), TILE)
+
+
 def contact_sheet(results: list[QueryResult]) -> Image.Image:
     """The contact sheet image for a list of query results."""
     columns = 1 + max(len(result.hits) for result in results)
@@ -37,16 +49,20 @@ def contact_sheet(results: list[QueryResult]) -> Image.Image:
     )
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=11)
+    overviews = SlideOverviews(TILE)
     for row, result in enumerate(results):
         top = GAP + row * (cell_height + GAP)
-        cells = [(result.query, ["query", result.query.name])]
+        cells = [(_query_thumbnail(result, overviews), ["query", result.query.name])]
         cells += [
-            (hit.path, [f"#{hit.rank}  sim {hit.similarity:.3f}", shown_label(hit.label)])
+            (
+                load_thumbnail(hit.source(), TILE),
+                [f"#{hit.rank}  sim {hit.similarity:.3f}", shown_label(hit.label)],
+            )
             for hit in result.hits
         ]
-        for column, (image_path, caption) in enumerate(cells):
+        for column, (thumbnail, caption) in enumerate(cells):
             left = GAP + column * (TILE + GAP)
-            sheet.paste(load_thumbnail(image_path, TILE), (left, top))
+            sheet.paste(thumbnail, (left, top))
             if column == 0:
                 draw.rectangle(
                     (left - 2, top - 2, left + TILE + 1, top + TILE + 1),

@@ -66,6 +66,32 @@ def evaluation_table(document: dict) -> Table:
     return table
 
 
+def slide_evaluation_table(document: dict) -> Table:
+    """A table of tile-level and slide-level metrics of a folder of slides, with what they
+    were measured on as rows below them."""
+    table = Table(title="retrieval quality on slides", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    for level in ("tile", "slide"):
+        for name, value in document[f"{level}_metrics"].items():
+            table.add_row(f"{level} {name}", f"{value:.4f}")
+    table.add_section()
+    slides = str(document["slides"])
+    if document["query_slides_left_out"]:
+        slides += f" ({document['query_slides_left_out']} left out: no other slide of their label)"
+    table.add_row("slides", slides)
+    tiles = f"{document['tiles']}, {document['query_tiles']} of them querying"
+    if document["query_tiles_left_out"]:
+        tiles += f" ({document['query_tiles_left_out']} left out: nothing of their label to find)"
+    table.add_row("tiles", tiles)
+    table.add_row("protocol", Text(document["protocol"]))
+    table.add_row("model", Text(display_path(document["model"])))
+    table.add_row("backend", Text(document["backend"]))
+    if document["skipped_unreadable"]:
+        table.add_row("skipped", f"{len(document['skipped_unreadable'])} unreadable slide(s)")
+    return table
+
+
 def patch_count_table(
     output: Path,
     splits: Sequence[str],

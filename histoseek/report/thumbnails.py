@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 from PIL import Image
 
-from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.images import UnreadableImageError
+from histoseek.data.sources import ImageSource, load_source
 
 #: Shown in place of a result whose file has gone or can no longer be read.
 MISSING_COLOUR = (200, 200, 200)
 
 
-def load_thumbnail(path: Path, size: int) -> Image.Image:
-    """The image fitted into a size×size square (letterboxed in white), or a grey square."""
+def load_thumbnail(source: ImageSource, size: int) -> Image.Image:
+    """The image (a file, or a slide tile) fitted into a size×size square (letterboxed in
+    white), or a grey square when it cannot be read."""
     try:
-        image = load_rgb(path)
+        image = load_source(source)
     except UnreadableImageError:
         return Image.new("RGB", (size, size), MISSING_COLOUR)
+    return fit_thumbnail(image, size)
+
+
+def fit_thumbnail(image: Image.Image, size: int) -> Image.Image:
+    """The image fitted into a size×size square, letterboxed in white."""
     scale = size / max(image.size)
     fitted = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     image = image.resize(fitted, Image.BILINEAR)
@@ -28,8 +34,14 @@ def load_thumbnail(path: Path, size: int) -> Image.Image:
     return square
 
 
-def data_uri(image: Image.Image) -> str:
-    """A JPEG data URI of an image, to embed it in a self-contained HTML page."""
+def data_uri(image: Image.Image, lossless: bool = False) -> str:
+    """A JPEG (or, `lossless`, PNG) data URI of an image, to embed it in a self-contained
+    HTML page."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if lossless:
+        image.save(buffer, format="PNG")
+    else:
+        # No chroma subsampling: thin coloured outlines (boxes on slides) stay sharp.
+        image.save(buffer, format="JPEG", quality=85, subsampling=0)
+    kind = "png" if lossless else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

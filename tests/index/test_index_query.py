@@ -150,11 +150,17 @@ def test_json_document_has_ranked_results_and_majority(shared):
     assert set(results[0]) == {"rank", "similarity", "label", "path"}
     assert set(query) == {
         "query",
+        "kind",
         "results",
         "majority_label",
         "majority_share",
         "left_out_self",
+        "origin",
+        "excluded_items",
+        "by",
     }
+    assert (query["kind"], query["by"], query["excluded_items"]) == ("image", "tile", 0)
+    assert query["origin"] == {"slide": None, "group": None, "in_index": True}
     assert results[0]["path"].endswith(image.name)
     assert results[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
     similarities = [r["similarity"] for r in results]
