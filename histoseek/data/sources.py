@@ -8,6 +8,7 @@ are small and picklable, so decoding workers load them themselves.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +26,21 @@ class LoadableImage(Protocol):
 
 
 ImageSource = Path | str | LoadableImage
+
+
+@dataclass(frozen=True)
+class ImageInMemory:
+    """An image already decoded (a region read from a query slide), as a source."""
+
+    image: Image.Image
+    name: str
+
+    def load(self) -> Image.Image:
+        """The image itself."""
+        return self.image
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def load_source(source: ImageSource, min_size: int | None = None) -> Image.Image:

@@ -16,7 +16,7 @@ import numpy as np
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError, check_image_header
-from histoseek.data.sources import ImageSource, why_unreadable
+from histoseek.data.sources import ImageSource, source_name, why_unreadable
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_SEARCH_K, MAX_SEARCH_K
 from histoseek.index.items import IndexItem
@@ -27,7 +27,6 @@ from histoseek.index.slide_query import (
     QueryOrigin,
     SlideQuery,
     TileGrid,
-    embed_images,
     excluded_items,
     query_origin,
     region_query,
@@ -537,20 +536,19 @@ def search_images(
         search_k = annoy_search_k(k, len(index.items), index.manifest.trees, search_k)
     created = datetime.now(timezone.utc)
     started = time.perf_counter()
-    files = [query for query in queries if not isinstance(query, SlideQuery)]
-    embedded = embedder.embed_files(files, progress)
+    # One embedding run over every query image, so batches and progress span all queries.
+    sources: list[ImageSource] = []
+    spans = []
+    for query in queries:
+        start = len(sources)
+        sources.extend(query.sources() if isinstance(query, SlideQuery) else [query])
+        spans.append(slice(start, len(sources)))
+    embedded = embedder.embed_files(sources, progress)
     if embedded.failed:
-        bad = files[embedded.failed[0]]
-        raise HistoseekError(f"cannot read query image {display_path(bad)}: {why_unreadable(bad)}")
-    # Every file was read (else refused above), so the embeddings are in the files' order.
-    file_vectors = iter(embedded.embeddings)
-    slide_vectors = iter(
-        [
-            embed_images(embedder, query.images, progress)
-            for query in queries
-            if isinstance(query, SlideQuery)
-        ]
-    )
+        bad = sources[embedded.failed[0]]
+        raise HistoseekError(f"cannot read query image {source_name(bad)}: {why_unreadable(bad)}")
+    # Every source was read (else refused above), so the embeddings are in the sources' order.
+    vectors = iter(embedded.embeddings[span] for span in spans)
     embedding_seconds = time.perf_counter() - started
     started = time.perf_counter()
     matcher = None if include_self else _SelfMatcher(index)
@@ -570,7 +568,7 @@ def search_images(
             results.append(
                 _answer_slide_query(
                     index,
-                    next(slide_vectors),
+                    next(vectors),
                     query,
                     origin,
                     excluded,
@@ -585,7 +583,7 @@ def search_images(
             results.append(
                 _answer_image_query(
                     index,
-                    next(file_vectors),
+                    next(vectors)[0],
                     path,
                     origin,
                     excluded,

@@ -11,22 +11,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
 from histoseek.callbacks import Notify, Progress
+from histoseek.data.folder import display_path
+from histoseek.data.sources import ImageInMemory
 from histoseek.data.split import compile_group_regex, regex_group
-from histoseek.data.transforms import EvalTransform
 from histoseek.errors import HistoseekError
 from histoseek.index.items import IndexItem
 from histoseek.slide.defaults import EXCLUDE_CHOICES
 from histoseek.slide.reader import open_slide
 from histoseek.slide.tiling import read_region_at_mpp, read_tile, spread_sample, tissue_tiles
-
-if TYPE_CHECKING:
-    from histoseek.embedder import ImageEmbedder
 
 _REGION = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
 # A region this many times the tile's side (at the index's mpp), or more out of square, is
@@ -78,6 +74,13 @@ class SlideQuery:
     images: list[Image.Image]
     mpp: float
     """The slide's own microns per pixel (level 0)."""
+
+    def sources(self) -> list[ImageInMemory]:
+        """The images as embedding sources, each named by its slide and place."""
+        return [
+            ImageInMemory(image, f"{display_path(self.path)} ({self.kind} at {box.x}, {box.y})")
+            for image, box in zip(self.images, self.boxes, strict=True)
+        ]
 
 
 def region_query(
@@ -138,24 +141,6 @@ def whole_slide_query(
                 progress(done, len(sample))
     boxes = [Box(tile.x, tile.y, tile.size, tile.size) for tile in sample]
     return SlideQuery(Path(path), "slide", boxes, images, mpp)
-
-
-def embed_images(
-    embedder: ImageEmbedder, images: Sequence[Image.Image], progress: Progress | None = None
-) -> np.ndarray:
-    """Embed images already in memory as `embedder.embed_files` embeds files (the model's
-    evaluation transform; test-time augmentation when the embedder has it): (N, dim)."""
-    config = embedder.config
-    transform = EvalTransform(config.image_size, config.mean, config.std)
-    chunks = [np.zeros((0, embedder.backend.dim), np.float32)]
-    for start in range(0, len(images), embedder.batch_size):
-        batch = np.stack(
-            [transform(image) for image in images[start : start + embedder.batch_size]]
-        )
-        chunks.append(embedder.embed_batch(batch).astype(np.float32))
-        if progress is not None:
-            progress(min(start + embedder.batch_size, len(images)), len(images))
-    return np.concatenate(chunks)
 
 
 @dataclass(frozen=True)

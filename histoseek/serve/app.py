@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +28,7 @@ from histoseek.serve.service import (
     SearchService,
     ServiceInfo,
 )
+from histoseek.slide.defaults import EXCLUDE_CHOICES
 
 #: The page's own files, the only ones served by name.
 STATIC_TYPES = {
@@ -187,6 +188,10 @@ def create_app(service: SearchService) -> FastAPI:
         exclude_self: Annotated[
             bool, Form(description="Leave the query item out of its own results.")
         ] = True,
+        exclude: Annotated[
+            Literal[EXCLUDE_CHOICES] | None,
+            Form(description="For an item query: leave out its slide's or patient's items."),
+        ] = None,
     ) -> SearchAnswer:
         """The k indexed items most similar to an uploaded image or to an indexed item."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -196,7 +201,9 @@ def create_app(service: SearchService) -> FastAPI:
             )
         if (image is None) == (item is None):
             raise RequestError(400, "send either an image (field 'image') or an item id ('item')")
-        options = SearchOptions(k=k, search_k=search_k, exact=exact, exclude_self=exclude_self)
+        options = SearchOptions(
+            k=k, search_k=search_k, exact=exact, exclude_self=exclude_self, exclude=exclude
+        )
         if item is not None:
             return service.search_item(item, options)
         data = image.file.read(service.max_upload_bytes + 1)
@@ -221,5 +228,16 @@ def create_app(service: SearchService) -> FastAPI:
     def item_thumbnail(item_id: int) -> Response:
         """The item's image fitted into a small square, as JPEG."""
         return Response(service.item_thumbnail(item_id), media_type="image/jpeg")
+
+    @app.get(
+        "/api/items/{item_id}/slide",
+        summary="A slide tile's slide, with the tile's box (JPEG)",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+    )
+    def item_slide(item_id: int) -> Response:
+        """The thumbnail of the slide a tile item comes from, its place outlined; 404 for an
+        item that is an image file."""
+        return Response(service.slide_overview(item_id), media_type="image/jpeg")
 
     return app

@@ -16,3 +16,7 @@ MAX_SEARCH_K = 1_000_000
 THUMBNAIL_SIZE = 192
 #: Thumbnails kept in memory (about 10 KB each as JPEG).
 THUMBNAIL_CACHE = 2048
+#: Longest side of a slide overview (the slide's thumbnail with a tile's box), in pixels.
+SLIDE_VIEW_SIZE = 640
+#: Slide thumbnails kept in memory to draw boxes on (about 1 MB each decoded).
+SLIDE_VIEW_CACHE = 16

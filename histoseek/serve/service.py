@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,14 +20,15 @@ from PIL import Image, UnidentifiedImageError
 
 from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError, load_rgb
-from histoseek.data.sources import why_unreadable
 from histoseek.data.transforms import EvalTransform
 from histoseek.embedder import ImageEmbedder
 from histoseek.errors import HistoseekError
-from histoseek.index.items import IndexItem
+from histoseek.index.items import IndexItem, read_item_image
 from histoseek.index.search import OpenIndex, nearest_items
+from histoseek.index.slide_query import Box
 from histoseek.metrics import majority_label
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
+from histoseek.report.slide_views import draw_boxes
 from histoseek.serve.batcher import MicroBatcher
 from histoseek.serve.defaults import (
     DEFAULT_BATCH_WINDOW_MS,
@@ -35,9 +36,13 @@ from histoseek.serve.defaults import (
     DEFAULT_MAX_UPLOAD_MB,
     MAX_K,
     MAX_SEARCH_K,
+    SLIDE_VIEW_CACHE,
+    SLIDE_VIEW_SIZE,
     THUMBNAIL_CACHE,
     THUMBNAIL_SIZE,
 )
+from histoseek.slide.defaults import EXCLUDE_CHOICES
+from histoseek.slide.reader import open_slide
 
 
 class RequestError(HistoseekError):
@@ -56,6 +61,8 @@ class SearchOptions:
     search_k: int | None = None
     exact: bool = False
     exclude_self: bool = True
+    exclude: str | None = None
+    """"same-slide" or "same-group": leave out the query item's slide or patient."""
 
 
 @dataclass
@@ -77,6 +84,14 @@ class HitRecord:
     label: str
     path: str
     matches_majority: bool
+    slide: str | None = None
+    """For a slide tile: its slide's id, its group (patient), and where it lies on the slide
+    (top left x, y and side in level-0 pixels, at the slide's mpp). None for an image file."""
+    group: str | None = None
+    x: int | None = None
+    y: int | None = None
+    size: int | None = None
+    mpp: float | None = None
 
 
 @dataclass
@@ -129,6 +144,30 @@ class ServiceInfo:
     batching: dict[str, int | float]
 
 
+def _place(item: IndexItem) -> dict:
+    """A hit's slide, group and place on its slide; only the group for an image file."""
+    if not item.is_tile:
+        return {"group": item.group}
+    return {
+        "slide": item.slide_id,
+        "group": item.group,
+        "x": item.x,
+        "y": item.y,
+        "size": item.tile_size,
+        "mpp": item.mpp,
+    }
+
+
+def _members(items: list[IndexItem], key: str) -> dict[str, set[int]]:
+    """The ids of the items sharing each value of the attribute `key` (slide_id or group)."""
+    members: dict[str, set[int]] = defaultdict(set)
+    for number, item in enumerate(items):
+        value = getattr(item, key)
+        if value is not None:
+            members[value].add(number)
+    return dict(members)
+
+
 def _milliseconds(seconds: float) -> float:
     return round(seconds * 1e3, 3)
 
@@ -166,6 +205,13 @@ class SearchService:
         self.batcher = MicroBatcher(embedder.embed_batch, embedder.batch_size, batch_window_s)
         self.source = Path(index.manifest.source_dir).resolve()
         self.item_thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE)(self._item_thumbnail)
+        self.slide_overview = lru_cache(maxsize=THUMBNAIL_CACHE)(self._slide_overview)
+        self._slide_thumbnail = lru_cache(maxsize=SLIDE_VIEW_CACHE)(self._read_slide_thumbnail)
+        # Exclusion by slide or patient looks its members up, not the whole index per query.
+        self._members = {
+            "same-slide": _members(index.items, "slide_id"),
+            "same-group": _members(index.items, "group"),
+        }
 
     def close(self) -> None:
         """Finish the queries already waiting and stop the batcher."""
@@ -226,6 +272,12 @@ class SearchService:
 
     def search_upload(self, data: bytes, name: str | None, options: SearchOptions) -> SearchAnswer:
         """Search with an uploaded image file (its embedding computed in a shared batch)."""
+        if options.exclude is not None:
+            raise RequestError(
+                400,
+                f"exclude={options.exclude} needs an indexed item as the query: "
+                "an uploaded image's slide and patient are unknown",
+            )
         started = time.perf_counter()
         image = self.preprocess(data)
         decoded = time.perf_counter()
@@ -237,12 +289,28 @@ class SearchService:
     def search_item(self, item_id: int, options: SearchOptions) -> SearchAnswer:
         """Search with an indexed item's stored embedding ("more like this")."""
         started = time.perf_counter()
-        self.item(item_id)
+        left_out = self._left_out(item_id, options)
         vector = np.asarray(self.index.vectors.embeddings[item_id], dtype=np.float32)
-        left_out = {item_id} if options.exclude_self else set()
         ready = time.perf_counter()
         query = QueryRecord(kind="item", item=item_id)
         return self._answer(query, vector, left_out, options, started, ready, ready)
+
+    def _left_out(self, item_id: int, options: SearchOptions) -> set[int]:
+        """The items an item query leaves out: itself, and its slide's or patient's items."""
+        item = self.item(item_id)
+        left_out = {item_id} if options.exclude_self else set()
+        if options.exclude is None:
+            return left_out
+        if options.exclude not in EXCLUDE_CHOICES:
+            raise RequestError(
+                400, f"exclude is {' or '.join(EXCLUDE_CHOICES)}, not {options.exclude!r}"
+            )
+        by_slide = options.exclude == "same-slide"
+        key = item.slide_id if by_slide else item.group
+        if key is None:
+            what = "is an image file, not a slide tile" if by_slide else "has no group"
+            raise RequestError(400, f"exclude={options.exclude}: item {item_id} {what}")
+        return left_out | self._members[options.exclude][key]
 
     def _answer(
         self,
@@ -267,6 +335,7 @@ class SearchService:
                 label=label,
                 path=display_path(self.index.items[int(item)].path),
                 matches_majority=label == majority[0],
+                **_place(self.index.items[int(item)]),
             )
             for rank, (item, similarity, label) in enumerate(
                 zip(ids, similarities, labels, strict=True), 1
@@ -308,13 +377,14 @@ class SearchService:
         return path
 
     def item_image(self, item_id: int) -> Image.Image:
-        """An item's image at full resolution, decoded to RGB."""
+        """An item's image at full resolution, decoded to RGB (a tile read from its slide)."""
         path = self.item_file(item_id)
+        if not path.exists():
+            raise RequestError(404, f"cannot read item {item_id}'s image: the file is missing")
         try:
-            return load_rgb(path)
-        except UnreadableImageError:
-            reason = why_unreadable(path) if path.exists() else "the file is missing"
-            raise RequestError(404, f"cannot read item {item_id}'s image: {reason}") from None
+            return read_item_image(self.source, self.item(item_id))
+        except HistoseekError as error:
+            raise RequestError(404, f"item {item_id}: {error}") from None
 
     def item_png(self, item_id: int) -> bytes:
         """An item's image at full resolution as PNG (any indexed format shows in a browser)."""
@@ -329,3 +399,25 @@ class SearchService:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
         return buffer.getvalue()
+
+    def _slide_overview(self, item_id: int) -> bytes:
+        """A tile item's slide as a thumbnail with the tile's box drawn on it, as JPEG (cached)."""
+        item = self.item(item_id)
+        if not item.is_tile:
+            raise RequestError(404, f"item {item_id} is an image file, not a slide tile")
+        thumbnail, dimensions = self._slide_thumbnail(self.item_file(item_id))
+        box = Box(item.x, item.y, item.tile_size, item.tile_size)
+        buffer = io.BytesIO()
+        # No chroma subsampling: the thin box outline stays sharp.
+        draw_boxes(thumbnail, dimensions, [box]).save(
+            buffer, format="JPEG", quality=85, subsampling=0
+        )
+        return buffer.getvalue()
+
+    def _read_slide_thumbnail(self, path: Path) -> tuple[Image.Image, tuple[int, int]]:
+        """(the slide's thumbnail, its level-0 size), or a 404 when it cannot be read now."""
+        try:
+            with open_slide(path) as slide:
+                return slide.thumbnail(SLIDE_VIEW_SIZE), slide.dimensions
+        except HistoseekError as error:
+            raise RequestError(404, f"cannot read the slide: {error}") from None

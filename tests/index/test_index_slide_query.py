@@ -15,7 +15,6 @@ from histoseek.errors import HistoseekError
 from histoseek.index.slide_query import (
     Box,
     TileGrid,
-    embed_images,
     parse_region,
     region_query,
     whole_slide_query,
@@ -115,11 +114,15 @@ def test_images_in_memory_embed_as_their_files_do(stroma_slide, checkpoint, tmp_
         files.append(tmp_path / f"tile{number}.png")
         image.save(files[-1])
     from_files = embedder.embed_files(files).embeddings
-    in_memory = embed_images(embedder, query.images)
+    in_memory = embedder.embed_files(query.sources()).embeddings
     assert in_memory.shape == from_files.shape == (3, 96)
     np.testing.assert_allclose(in_memory, from_files, atol=1e-5)
-    assert embed_images(embedder, []).shape == (0, 96)
-    embedder.tta = True  # eight flips and rotations, as embed_files does them
+    assert [str(source) for source in query.sources()] == [
+        f"{stroma_slide.path} (slide at {box.x}, {box.y})" for box in query.boxes
+    ]
+    embedder.tta = True  # eight flips and rotations, as for files
     np.testing.assert_allclose(
-        embed_images(embedder, query.images), embedder.embed_files(files).embeddings, atol=1e-5
+        embedder.embed_files(query.sources()).embeddings,
+        embedder.embed_files(files).embeddings,
+        atol=1e-5,
     )

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_helpers import stub_embedder
+from assembled_slides import KATHER
+from serve_helpers import build_slide_archive, stub_embedder
 
 from histoseek.index.build import build_index
 from histoseek.index.search import OpenIndex, open_index
@@ -18,6 +19,14 @@ def stub_index_dir(kather_small, tmp_path_factory) -> Path:
     index_dir = tmp_path_factory.mktemp("serve") / "index"
     build_index(kather_small, index_dir, stub_embedder(), trees=5)
     return index_dir
+
+
+@pytest.fixture(scope="session")
+def slide_index_dir(tmp_path_factory) -> Path:
+    """An index of two pseudo-slides and one image built with the stub backend (read-only)."""
+    if not KATHER.is_dir():
+        pytest.skip(f"the slide archive is assembled from kather2016 tiles: {KATHER} is absent")
+    return build_slide_archive(tmp_path_factory.mktemp("serve_slides"))
 
 
 @pytest.fixture

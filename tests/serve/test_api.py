@@ -28,6 +28,7 @@ ENDPOINTS = {
     "/api/search",
     "/api/items/{item_id}/image",
     "/api/items/{item_id}/thumbnail",
+    "/api/items/{item_id}/slide",
 }
 
 

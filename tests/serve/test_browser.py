@@ -5,10 +5,11 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from serve_helpers import stub_embedder
+from serve_helpers import LOOSE_IMAGE, stub_embedder
 
 from histoseek.index.build import build_index
 from histoseek.index.search import open_index
@@ -32,20 +33,16 @@ def _browser_binaries() -> tuple[str, str]:
     return browser, driver
 
 
-@pytest.fixture
-def page_url(kather_small, tmp_path) -> Iterator[str]:
-    """A real server (uvicorn on 127.0.0.1) over an index of real tiles, one label odd."""
+@contextmanager
+def _serving(index_dir: Path) -> Iterator[str]:
+    """A real server (uvicorn on 127.0.0.1) over the index, with the stub model; its URL."""
     import uvicorn
 
     from histoseek.serve.app import create_app
     from histoseek.serve.server import listen, url_of
     from histoseek.serve.service import SearchService
 
-    source = tmp_path / "tiles"
-    shutil.copytree(kather_small, source)
-    (source / "04_LYMPHO").rename(source / ODD_LABEL)
-    build_index(source, tmp_path / "index", stub_embedder(), trees=5)
-    service = SearchService(open_index(tmp_path / "index"), stub_embedder())
+    service = SearchService(open_index(index_dir), stub_embedder())
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -56,6 +53,17 @@ def page_url(kather_small, tmp_path) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@pytest.fixture
+def page_url(kather_small, tmp_path) -> Iterator[str]:
+    """The page over an index of real tiles, one label odd."""
+    source = tmp_path / "tiles"
+    shutil.copytree(kather_small, source)
+    (source / "04_LYMPHO").rename(source / ODD_LABEL)
+    build_index(source, tmp_path / "index", stub_embedder(), trees=5)
+    with _serving(tmp_path / "index") as url:
+        yield url
 
 
 @pytest.fixture
@@ -156,3 +164,55 @@ def _check_majority_marks(driver) -> None:
         marked = "mismatch" in card.get_attribute("class").split()
         assert marked == (shown != majority), (shown, majority)
         assert bool(label.find_elements(By.CLASS_NAME, "flag")) == marked
+
+
+@pytest.mark.browser
+def test_slide_tiles_show_their_slide_and_search_other_slides(slide_index_dir, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    index = open_index(slide_index_dir)
+    with _serving(slide_index_dir) as url:
+        driver.get(url)
+        wait.until(lambda d: "items" in d.find_element(By.ID, "served-by").text)
+        _set_k(driver, 12)
+        loose = Path(index.manifest.source_dir) / LOOSE_IMAGE
+        cards = _upload_and_wait(driver, loose)
+        tiles = [card for card in cards if _card_place(card).startswith("slide ")]
+        assert tiles, "the upload found no slide tile"
+        chosen_id = tiles[0].get_attribute("data-item")
+        chosen = index.items[int(chosen_id)]
+        place = f"slide {chosen.slide_id} · patient {chosen.group} · x {chosen.x}, y {chosen.y}"
+        assert _card_place(tiles[0]) == place
+
+        tiles[0].find_element(By.CLASS_NAME, "view").click()
+        overview = driver.find_element(By.ID, "viewer-slide-image")
+        wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", overview) > 0)
+        assert driver.find_element(By.ID, "viewer-slide").is_displayed()
+        assert driver.find_element(By.ID, "viewer-slide-caption").text.startswith(place)
+        full = driver.find_element(By.ID, "viewer-image")
+        wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", full) == 64)
+        driver.find_element(By.ID, "viewer-close").click()
+
+        Select(driver.find_element(By.ID, "exclude")).select_by_value("same-slide")
+        answer = driver.find_element(By.ID, "answer")
+        tiles[0].find_element(By.CLASS_NAME, "more").click()
+        wait.until(lambda d: answer.get_attribute("data-query") == f"item:{chosen_id}")
+        wait.until(lambda d: answer.get_attribute("data-state") == "done")
+        again = driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+        assert len(again) == 12
+        for card in again:
+            assert index.items[int(card.get_attribute("data-item"))].slide_id != chosen.slide_id
+
+        # An image result has no slide: the viewer shows no slide overview for it.
+        loose_card = next(card for card in again if _card_place(card) == LOOSE_IMAGE)
+        loose_card.find_element(By.CLASS_NAME, "view").click()
+        assert not driver.find_element(By.ID, "viewer-slide").is_displayed()
+
+
+def _card_place(card) -> str:
+    """What a result card says of where it comes from (its slide and place, or its file)."""
+    from selenium.webdriver.common.by import By
+
+    return card.find_element(By.CLASS_NAME, "path").text

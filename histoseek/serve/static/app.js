@@ -95,10 +95,21 @@
     search(form);
   }
 
+  // Where a hit comes from: its slide, patient and place for a tile, else its file.
+  function origin(hit) {
+    if (hit.slide === null || hit.slide === undefined) return hit.path;
+    return `slide ${hit.slide} · patient ${hit.group} · x ${hit.x}, y ${hit.y}`;
+  }
+
   function searchItem(hit) {
-    showQuery(itemUrl(hit.item, "thumbnail"), `item #${hit.item}: ${hit.label} · ${hit.path}`);
+    showQuery(itemUrl(hit.item, "thumbnail"), `item #${hit.item}: ${hit.label} · ${origin(hit)}`);
     const form = new FormData();
     form.append("item", String(hit.item));
+    const exclude = byId("exclude").value;
+    // An image file has no slide to leave out; its patient only when the index knows it.
+    const applies =
+      exclude === "same-group" ? hit.group !== null : exclude === "same-slide" && hit.slide !== null;
+    if (applies) form.append("exclude", exclude);
     search(form);
   }
 
@@ -119,7 +130,7 @@
     meta.append(element("span", "similarity", hit.similarity.toFixed(4)));
     const label = element("div", "label", hit.label || "-");
     if (!hit.matches_majority) label.append(element("span", "flag", "≠ majority"));
-    const path = element("div", "path", hit.path);
+    const path = element("div", "path", origin(hit));
     path.title = hit.path;
     const more = element("button", "more", "More like this");
     more.type = "button";
@@ -152,6 +163,13 @@
     byId("viewer-open").href = itemUrl(hit.item, "image");
     byId("viewer-caption").textContent =
       `#${hit.rank} · similarity ${hit.similarity.toFixed(4)} · ${hit.label} · ${hit.path}`;
+    const onSlide = hit.slide !== null && hit.slide !== undefined;
+    byId("viewer-slide").hidden = !onSlide;
+    if (onSlide) {
+      byId("viewer-slide-image").src = itemUrl(hit.item, "slide");
+      byId("viewer-slide-caption").textContent =
+        `${origin(hit)} · ${hit.size} px at level 0 (${hit.mpp} µm/px)`;
+    }
     byId("viewer-more").onclick = () => {
       viewer.close();
       searchItem(hit);
