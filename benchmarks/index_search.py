@@ -6,9 +6,10 @@
 Throughput is end to end from image files (decoding in worker processes, batched inference)
 with the built-in model, for each backend that works on this machine.
 
-Vectors: real embeddings of the crc-polyps5 tiles (train + test, about 3,000) by the built-in
-model at each dimension (`build_model(ModelConfig(dim=d), weights="imagenet", seed=0)`, which for
-d = 1536 is the built-in model) on the fastest backend, cached in benchmarks/results/. Larger sets
+Vectors: real embeddings of the crc-polyps5 tiles (train + test, about 3,000) at each dimension
+by the default CGD head on the ImageNet trunk, untrained (`build_model(ModelConfig(dim=d),
+weights="imagenet", seed=0)`; at d = 1536 this was the former built-in model), on the fastest
+backend, cached in benchmarks/results/. Larger sets
 add samples from a Gaussian kernel density estimate of them: a random real embedding plus
 `--bandwidth` × Gaussian noise shaped like the real embeddings' covariance (its top `--rank`
 principal components), L2-normalised again. They are generated in chunks and streamed into Annoy,
@@ -38,7 +39,8 @@ from histoseek.index.defaults import DEFAULT_SEED
 from histoseek.inference import BACKENDS
 from histoseek.inference.embed_files import embed_files
 from histoseek.inference.select import create_embedder
-from histoseek.model.cgd import ModelConfig, build_model, builtin_model
+from histoseek.model.cgd import CGD, ModelConfig, build_model, builtin_model
+from histoseek.model.checkpoint import model_fingerprint
 from histoseek.report.progress import progress_bar
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "crc-polyps5"
@@ -94,22 +96,38 @@ def measure_throughput(paths: list[Path], batch_size: int) -> list[dict]:
     return rows
 
 
-def real_embeddings(paths: list[Path], dims: list[int], batch_size: int) -> dict[int, np.ndarray]:
-    """Embeddings of `paths` by the built-in model at each dim (fastest backend), cached."""
+def model_embeddings(paths: list[Path], model: CGD, name: str, batch_size: int) -> np.ndarray:
+    """Embeddings of `paths` by `model` (fastest backend), cached in RESULTS under `name`."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    embeddings = {}
-    for dim in dims:
-        cached = RESULTS / f"crc-polyps5-builtin-dim{dim}-{len(paths)}.npy"
-        if not cached.is_file():
-            model = build_model(ModelConfig(dim=dim), weights="imagenet", seed=0).eval()
-            embedder = create_embedder(model, "auto", "auto", notify=lambda message: None)
-            with progress_bar(f"real tiles, dim {dim}") as progress:
-                result = embed_files(
-                    embedder, model.config, paths, batch_size, default_workers(), progress
-                )
-            np.save(cached, result.embeddings)
-        embeddings[dim] = np.load(cached)
-    return embeddings
+    cached = RESULTS / f"crc-polyps5-{name}-{len(paths)}.npy"
+    if not cached.is_file():
+        embedder = create_embedder(model, "auto", "auto", notify=lambda message: None)
+        with progress_bar(f"real tiles, {name}") as progress:
+            result = embed_files(
+                embedder, model.config, paths, batch_size, default_workers(), progress
+            )
+        np.save(cached, result.embeddings)
+    return np.load(cached)
+
+
+def real_embeddings(paths: list[Path], dims: list[int], batch_size: int) -> dict[int, np.ndarray]:
+    """Embeddings of `paths` at each dim by the default CGD head on the ImageNet trunk, untrained
+    (its projections drawn with seed 0): how real embeddings of that size are spread."""
+    return {
+        dim: model_embeddings(
+            paths,
+            build_model(ModelConfig(dim=dim), weights="imagenet", seed=0).eval(),
+            f"cgd-seed0-dim{dim}",
+            batch_size,
+        )
+        for dim in dims
+    }
+
+
+def builtin_embeddings(paths: list[Path], batch_size: int) -> np.ndarray:
+    """Embeddings of `paths` by the built-in model, cached per model fingerprint."""
+    model = builtin_model()
+    return model_embeddings(paths, model, f"builtin-{model_fingerprint(model)[:12]}", batch_size)
 
 
 class DensitySampler:

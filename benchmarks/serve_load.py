@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from index_search import DATA, RESULTS, DensitySampler, benchmark_images, real_embeddings
+from index_search import DATA, RESULTS, DensitySampler, benchmark_images, builtin_embeddings
 from rich.console import Console
 from rich.table import Table
 
@@ -57,7 +58,6 @@ from histoseek.index.search import open_index
 from histoseek.model.cgd import builtin_model
 from histoseek.model.checkpoint import BUILTIN_MODEL, model_fingerprint
 
-DIM = 1536  # the built-in model's
 K = 10
 STARTUP_TIMEOUT_S = 600
 SERVING = re.compile(r"at (http://127\.0\.0\.1:\d+/)")
@@ -69,17 +69,20 @@ def _ints(text: str) -> list[int]:
 
 def benchmark_index(paths: list[Path], size: int, trees: int, batch_size: int) -> Path:
     """A histoseek index of the real tiles' embeddings plus density samples, `size` items."""
-    real = real_embeddings(paths, [DIM], batch_size)[DIM]
+    model = builtin_model()
+    fingerprint = model_fingerprint(model)
+    real = builtin_embeddings(paths, batch_size)
     if len(real) != len(paths):
         raise HistoseekError(f"only {len(real)} of the {len(paths)} benchmark tiles could be read")
     real = real[:size]
     index_dir = RESULTS / f"serve-index-{size}-real{len(real)}-trees{trees}"
     if index_dir.is_dir():
         try:
-            open_index(index_dir)
-            return index_dir
+            if open_index(index_dir).manifest.model_fingerprint == fingerprint:
+                return index_dir
         except HistoseekError:
             pass
+        shutil.rmtree(index_dir)  # another model's, or damaged: built again
     sampler = DensitySampler(real, bandwidth=0.5, rank=256)
     sampled = size - len(real)
     vectors = np.concatenate([real, sampler.sample(sampled, seed=1000)]).astype(np.float32)
@@ -90,14 +93,13 @@ def benchmark_index(paths: list[Path], size: int, trees: int, batch_size: int) -
         key = path.resolve().relative_to(source).as_posix()
         items.append(IndexItem(key, path.parent.name, 224, 224, info.st_size, info.st_mtime_ns))
     items += [IndexItem(f"sampled/{i:06d}.png", "sampled", 0, 0, 0, 0) for i in range(sampled)]
-    model = builtin_model()
     manifest = Manifest(
         source_dir=str(source),
         model_reference=BUILTIN_MODEL,
-        model_fingerprint=model_fingerprint(model),
+        model_fingerprint=fingerprint,
         model_config=model.config.to_dict(),
         backend="benchmarks/serve_load.py: real embeddings plus density samples",
-        dim=DIM,
+        dim=model.config.dim,
         trees=trees,
         seed=DEFAULT_SEED,
         items=size,

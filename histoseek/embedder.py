@@ -74,10 +74,12 @@ def embedder_for_model(
     workers: int | None = None,
     notify: Notify = print_note,
     tta: bool = False,
+    decoding_alongside: bool = False,
 ) -> ImageEmbedder:
     """Put an already loaded model on its backend (see histoseek.inference.select), with the
     decoding workers and inference threads of histoseek.inference.cpu; `tta` embeds every image
-    as the mean over its 8 flips and rotations."""
+    as the mean over its 8 flips and rotations. `decoding_alongside`: other threads decode
+    while the model runs (a service's requests), so its threads must not spin."""
     from histoseek.inference.onnx_backend import cpu_cores
     from histoseek.inference.torch_backend import resolve_device
     from histoseek_export.onnx_export import export_onnx
@@ -85,7 +87,7 @@ def embedder_for_model(
     checkpoint = None if reference == BUILTIN_MODEL else Path(reference)
     # Decided without raising: a --device cuda that cannot run is the backend's to refuse.
     on_cpu = backend == "onnx-int8" or device == "cpu" or resolve_device("auto").type == "cpu"
-    plan = cpu_plan(cpu_cores(), workers, inference_on_cpu=on_cpu)
+    plan = cpu_plan(cpu_cores(), workers, on_cpu, decoding_alongside)
     backend_embedder = create_embedder(
         network,
         backend,

@@ -49,7 +49,7 @@ from histoseek.serve.defaults import (
     type=click.FloatRange(min=0),
     default=DEFAULT_BATCH_WINDOW_MS,
     show_default=True,
-    help="How long to wait for more queries to embed in one batch with the first.",
+    help="Longest wait for queries still being decoded to join a batch (a lone query never waits).",
 )
 @backend_option()
 @exported_option()
@@ -97,6 +97,7 @@ def serve(
         0,
         notes.print,
         tta=query_tta(opened, False, notes.print),
+        decoding_alongside=True,
     )
     service = SearchService(
         opened,

@@ -63,7 +63,12 @@ class CpuPlan:
     spinning: bool
 
 
-def cpu_plan(cores: int, workers: int | None = None, inference_on_cpu: bool = True) -> CpuPlan:
+def cpu_plan(
+    cores: int,
+    workers: int | None = None,
+    inference_on_cpu: bool = True,
+    decoding_alongside: bool = False,
+) -> CpuPlan:
     """The plan for embedding images on `cores` cores; `workers` (--workers) when given.
 
     The model always gets every core: threads left out would idle whenever decoding waits.
@@ -71,7 +76,8 @@ def cpu_plan(cores: int, workers: int | None = None, inference_on_cpu: bool = Tr
     cores (at least one); more would only take cores from the model to wait for it. Inference
     on a GPU leaves the cores to decoding: one worker per core, at most MAX_DECODING_WORKERS.
     ONNX Runtime's threads spin between operators only when nothing decodes alongside them
-    (no workers): spinning is faster alone, but it burns the cores that workers need.
+    (no workers, and not `decoding_alongside`, as histoseek serve's request threads do):
+    spinning is faster alone, but it burns the cores that decoding needs.
     """
     cores = max(1, cores)
     if workers is None:
@@ -79,4 +85,5 @@ def cpu_plan(cores: int, workers: int | None = None, inference_on_cpu: bool = Tr
             workers = max(1, cores // CORES_PER_DECODING_WORKER)
         else:
             workers = min(cores, MAX_DECODING_WORKERS)
-    return CpuPlan(decoding_workers=workers, inference_threads=cores, spinning=workers == 0)
+    spinning = workers == 0 and not decoding_alongside
+    return CpuPlan(decoding_workers=workers, inference_threads=cores, spinning=spinning)

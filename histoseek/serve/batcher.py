@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 
 import numpy as np
 
 from histoseek.errors import HistoseekError
 
-_STOP = object()
-
 
 class MicroBatcher:
     """Embeds single preprocessed images from many threads in shared batches, on one thread.
 
-    A caller waits on a future. The worker takes the first waiting image, collects more for up
-    to `window_s` seconds or until it holds `max_batch`, and embeds them with one call: on a
-    CPU a batch of n costs far less than n single images, and only one thread drives the model.
+    A caller waits on a future. The worker embeds what is waiting as soon as no other query is
+    on its way, so a lone query never waits. Queries still being decoded are announced with
+    `arriving()`: while any is, the worker waits for them, up to `window_s` seconds or until
+    it holds `max_batch` images, then embeds them with one call. On a CPU a batch of n costs
+    far less than n single images, and while one batch runs the next one gathers.
     """
 
     def __init__(
@@ -34,53 +35,73 @@ class MicroBatcher:
         self.embed_batch = embed_batch
         self.max_batch = max_batch
         self.window_s = window_s
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._waiting: deque[tuple[np.ndarray, Future]] = deque()
+        self._expected = 0  # announced queries whose image is not waiting yet
+        self._changed = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="histoseek-batcher", daemon=True)
         self._thread.start()
 
     def embed(self, image: np.ndarray) -> np.ndarray:
         """Embed one CHW image (blocks until its batch is done) → its (dim,) embedding."""
+        return self._submit(image, None)
+
+    @contextmanager
+    def arriving(self) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+        """Announce a query whose image is still being decoded; yields the function that
+        embeds it. A batch forming meanwhile waits for it (up to the window); leaving the
+        block without embedding, on an error, withdraws it."""
+        announcement = {"pending": True}
+        with self._changed:
+            self._expected += 1
+        try:
+            yield lambda image: self._submit(image, announcement)
+        finally:
+            with self._changed:
+                if announcement["pending"]:
+                    self._expected -= 1
+                    self._changed.notify_all()
+
+    def _submit(self, image: np.ndarray, announcement: dict | None) -> np.ndarray:
         future: Future = Future()
-        with self._lock:
+        with self._changed:
             if self._closed:
                 raise HistoseekError("the search service is shutting down")
-            self._queue.put((image, future))
+            self._waiting.append((image, future))
+            if announcement is not None and announcement["pending"]:
+                announcement["pending"] = False
+                self._expected -= 1
+            self._changed.notify_all()
         return future.result()
 
     def close(self) -> None:
         """Embed what is already waiting, then stop the worker thread."""
-        with self._lock:
-            if self._closed:
-                return
+        with self._changed:
             self._closed = True
-            self._queue.put(_STOP)
+            self._changed.notify_all()
         self._thread.join()
 
-    def _collect(self) -> tuple[list[tuple[np.ndarray, Future]], bool]:
-        """The next batch, and whether the stop signal came after it."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.window_s
-        while len(batch) < self.max_batch:
-            try:
-                waiting = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if waiting is _STOP:
-                return batch, True
-            batch.append(waiting)
-        return batch, False
+    def _collect(self) -> list[tuple[np.ndarray, Future]]:
+        """The next batch; empty once closed with nothing left waiting."""
+        with self._changed:
+            while not self._waiting and not self._closed:
+                self._changed.wait()
+            deadline = time.monotonic() + self.window_s
+            while (
+                self._waiting
+                and len(self._waiting) < self.max_batch
+                and self._expected > 0
+                and not self._closed
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            count = min(len(self._waiting), self.max_batch)
+            return [self._waiting.popleft() for _ in range(count)]
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = self._collect()
-            if not batch:
-                continue
+        while batch := self._collect():
             futures = [future for _, future in batch]
             try:
                 embeddings = self.embed_batch(np.stack([image for image, _ in batch]))

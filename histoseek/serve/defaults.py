@@ -5,7 +5,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 #: Largest accepted upload, in megabytes (10⁶ bytes).
 DEFAULT_MAX_UPLOAD_MB = 20
-#: How long the batcher waits for more queries to embed together with the first one.
+#: Longest wait of a forming batch for queries still being decoded (a lone one never waits).
 DEFAULT_BATCH_WINDOW_MS = 5.0
 DEFAULT_K = 10
 #: Most results one request may ask for.

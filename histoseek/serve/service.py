@@ -279,9 +279,10 @@ class SearchService:
                 "an uploaded image's slide and patient are unknown",
             )
         started = time.perf_counter()
-        image = self.preprocess(data)
-        decoded = time.perf_counter()
-        vector = self.batcher.embed(image)
+        with self.batcher.arriving() as embed:
+            image = self.preprocess(data)
+            decoded = time.perf_counter()
+            vector = embed(image)
         embedded = time.perf_counter()
         query = QueryRecord(kind="upload", name=name)
         return self._answer(query, vector, set(), options, started, decoded, embedded)

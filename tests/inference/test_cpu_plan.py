@@ -25,6 +25,8 @@ def test_gpu_inference_leaves_the_cores_to_decoding():
 def test_workers_given_are_kept_and_threads_spin_only_without_them():
     assert cpu_plan(2, workers=3) == CpuPlan(3, 2, spinning=False)
     assert cpu_plan(2, workers=0) == CpuPlan(0, 2, spinning=True)
+    # A service decodes uploads on its request threads while the model runs: no spinning.
+    assert cpu_plan(2, workers=0, decoding_alongside=True) == CpuPlan(0, 2, spinning=False)
 
 
 def test_the_embedder_sizes_onnxruntime_by_the_plan(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,12 +30,13 @@ def images(count: int) -> list[np.ndarray]:
 
 
 def embed_together(batcher: MicroBatcher, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Embed every input from its own thread, all released at once."""
-    start = threading.Barrier(len(inputs))
+    """Embed every input from its own thread, each announced before any is handed over."""
+    announced = threading.Barrier(len(inputs))
 
     def one(image: np.ndarray) -> np.ndarray:
-        start.wait()
-        return batcher.embed(image)
+        with batcher.arriving() as embed:
+            announced.wait()
+            return embed(image)
 
     with ThreadPoolExecutor(len(inputs)) as pool:
         return list(pool.map(one, inputs))
@@ -57,6 +59,40 @@ def test_batches_never_exceed_the_batch_size():
     embed_together(batcher, images(7))
     batcher.close()
     assert sum(model.batch_sizes) == 7 and max(model.batch_sizes) == 3
+
+
+def test_a_lone_query_never_waits_for_the_window():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=8, window_s=WIDE_WINDOW_S)
+    started = time.monotonic()
+    batcher.embed(images(1)[0])
+    with batcher.arriving() as embed:
+        embed(images(2)[1])
+    assert time.monotonic() - started < WIDE_WINDOW_S / 2
+    batcher.close()
+    assert model.batch_sizes == [1, 1]
+
+
+def test_a_withdrawn_arrival_holds_no_batch_back():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=8, window_s=WIDE_WINDOW_S)
+    with pytest.raises(ValueError, match="not an image"), batcher.arriving():
+        raise ValueError("not an image")  # its decoding failed: nothing comes
+    started = time.monotonic()
+    batcher.embed(images(1)[0])
+    assert time.monotonic() - started < WIDE_WINDOW_S / 2
+    batcher.close()
+
+
+def test_a_batch_waits_for_announced_queries_only_up_to_the_window():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=8, window_s=0.2)
+    with batcher.arriving():  # announced, never handed over while the first waits
+        started = time.monotonic()
+        batcher.embed(images(1)[0])
+        waited = time.monotonic() - started
+    batcher.close()
+    assert 0.2 <= waited < WIDE_WINDOW_S / 2 and model.batch_sizes == [1]
 
 
 def test_a_lone_query_with_no_window_is_embedded_alone():

@@ -134,3 +134,18 @@ def test_the_command_is_listed_and_keeps_the_cli_light():
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.stdout.strip() == "[]", completed.stdout + completed.stderr
+
+
+def test_the_model_threads_do_not_spin_beside_request_decoding(real_index, started, monkeypatch):
+    import histoseek.embedder
+
+    plans = []
+
+    def recording_plan(*args, **kwargs):
+        plans.append(real_plan(*args, **kwargs))
+        return plans[-1]
+
+    real_plan = histoseek.embedder.cpu_plan
+    monkeypatch.setattr(histoseek.embedder, "cpu_plan", recording_plan)
+    assert serve("--index", real_index, "--backend", "torch", "--port", "0").exit_code == 0
+    assert [(plan.decoding_workers, plan.spinning) for plan in plans] == [(0, False)]

@@ -26,10 +26,16 @@ def test_concurrent_uploads_are_batched_and_answer_as_one_at_a_time(opened):
     assert one_at_a_time.embedder.backend.batch_sizes == [1] * len(uploads)
 
     batched = SearchService(opened, stub_embedder(batch_size=8), batch_window_s=WIDE_WINDOW_S)
-    start = threading.Barrier(len(uploads))
+    decoding = threading.Barrier(len(uploads))
+    preprocess = batched.preprocess
+
+    def preprocess_together(data: bytes):
+        decoding.wait()  # every upload is announced to the batcher before any is embedded
+        return preprocess(data)
+
+    batched.preprocess = preprocess_together
 
     def search(data: bytes):
-        start.wait()
         return batched.search_upload(data, None, options)
 
     with ThreadPoolExecutor(len(uploads)) as pool:
