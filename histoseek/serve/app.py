@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -114,7 +115,8 @@ def create_app(service: SearchService) -> FastAPI:
         yield
         service.close()
 
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load their scripts from a CDN; these come with the package.
+    app = FastAPIOffline(
         title="histoseek",
         version=__version__,
         description="Content-based search of one histopathology image index. "

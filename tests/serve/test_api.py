@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,7 +70,15 @@ def test_health_info_and_openapi_docs(client, opened):
     assert info["manifest"]["source_dir"] == opened.manifest.source_dir
     assert info["limits"]["max_k"] == MAX_K
     assert set(client.get("/openapi.json").json()["paths"]) == ENDPOINTS
-    assert client.get("/docs").status_code == 200
+    for docs_page in ("/docs", "/redoc"):
+        docs = client.get(docs_page)
+        assert docs.status_code == 200
+        # Everything the docs pages load comes from this server: they work offline.
+        loaded = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", docs.text)
+        assert loaded and all(url.startswith("/") for url in loaded), loaded
+        for url in loaded:
+            response = client.get(url)
+            assert response.status_code == 200 and response.content, url
 
 
 def test_an_indexed_tile_uploaded_finds_itself_first(client, opened):

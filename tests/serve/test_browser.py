@@ -216,3 +216,19 @@ def _card_place(card) -> str:
     from selenium.webdriver.common.by import By
 
     return card.find_element(By.CLASS_NAME, "path").text
+
+
+@pytest.mark.browser
+def test_the_api_docs_render_offline(page_url, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(page_url + "docs")
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path")
+    )
+    paths = [
+        element.text
+        for element in driver.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path")
+    ]
+    assert "/api/search" in paths and "/api/items/{item_id}/slide" in paths
