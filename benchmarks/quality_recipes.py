@@ -8,7 +8,13 @@ validation only: R@1 and mMV@5 of validation → (train minus validation). The r
 best mean of the two among those that trained within --max-train-minutes is then evaluated,
 alone, on crc-polyps5 test → train (all 2,000 train images as the gallery).
 
-    python benchmarks/quality_recipes.py [--recipes NAME,...] [--quick] [--out FILE.json]
+    python benchmarks/quality_recipes.py [--recipes NAME,...] [--budget-minutes M] [--quick]
+        [--out FILE.json]
+
+--budget-minutes stops starting new training runs once that much time has passed (recipes are
+tried in the order given; those not reached are listed as skipped), then chooses among the
+recipes done and tests the choice. The JSON is rewritten after every recipe, so an
+interrupted search keeps what it measured.
 
 --quick checks the machinery: 1 epoch on 200 images (40 per class; 160 fit, 40 validation)
 and a test of 100 images against those 200. Recipes that differ only in how they are
@@ -213,6 +219,11 @@ def choose(rows: list[dict], max_minutes: float) -> dict:
     return max(within, key=lambda row: (row["val_score"], -row["train_minutes"]))
 
 
+def budget_spent(started: float, budget_minutes: float | None, now: float) -> bool:
+    """Whether a search begun at `started` (perf_counter seconds) has used its budget."""
+    return budget_minutes is not None and (now - started) / 60 >= budget_minutes
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the search, print the table and write its JSON; returns the JSON document."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="1 epoch on 200 images")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--max-train-minutes", type=float, default=30.0)
+    parser.add_argument(
+        "--budget-minutes", type=float, default=None, help="start no training run after this"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=RESULTS / "quality-recipes")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality_recipes.json")
@@ -239,10 +253,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
 
     runs: dict[str, tuple[Path, float]] = {}
-    rows = []
+    rows: list[dict] = []
+    skipped: list[str] = []
+    document = {
+        "benchmark": "quality_recipes",
+        "quick": args.quick,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "split": {
+            "val_fraction": VAL_FRACTION,
+            "fit_images": len(scan_labelled_folder(fit_dir).paths),
+            "val_images": len(scan_labelled_folder(val_dir).paths),
+        },
+        "max_train_minutes": args.max_train_minutes,
+        "budget_minutes": args.budget_minutes,
+        "rows": rows,
+        "skipped": skipped,
+        "partial": True,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for recipe in recipes:
         key = recipe.training_key()
         if key not in runs:
+            if budget_spent(started, args.budget_minutes, time.perf_counter()):
+                skipped.append(recipe.name)
+                continue
             console.print(f"training {recipe.name} …")
             run_dir = work / "runs" / recipe.name
             runs[key] = train_recipe(recipe, fit_dir, val_dir, run_dir, args.quick, args.workers)
@@ -263,7 +301,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{recipe.name}: val R@1 {metrics['recall@1']:.3f}, mMV@5 {metrics['mmv@5']:.3f}, "
             f"{minutes:.1f} min training"
         )
+        args.out.write_text(json.dumps(document, indent=2))
 
+    if not rows:
+        raise SystemExit(f"no recipe was trained within --budget-minutes {args.budget_minutes:g}")
     chosen = choose(rows, args.max_train_minutes)
     recipe = RECIPES_BY_NAME[chosen["recipe"]]
     checkpoint = runs[recipe.training_key()][0]
@@ -305,25 +346,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"min): {chosen['recipe']}; test = crc-polyps5/test → train, {test.query_size} queries "
         f"against {test.gallery_size}; total {seconds / 60:.1f} min"
     )
-    document = {
-        "benchmark": "quality_recipes",
-        "quick": args.quick,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
-        "split": {
-            "val_fraction": VAL_FRACTION,
-            "fit_images": len(scan_labelled_folder(fit_dir).paths),
-            "val_images": len(scan_labelled_folder(val_dir).paths),
-        },
-        "max_train_minutes": args.max_train_minutes,
-        "chosen": chosen["recipe"],
-        "rows": rows,
-        "seconds": seconds,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if skipped:
+        console.print(f"not reached within --budget-minutes: {', '.join(skipped)}")
+    document.update(chosen=chosen["recipe"], seconds=seconds, partial=False)
     args.out.write_text(json.dumps(document, indent=2))
     console.print(f"wrote {args.out}")
     return document

@@ -77,3 +77,9 @@ def test_choice_is_the_best_validation_score_within_the_time_budget(recipes):
     assert recipes.choose(rows, max_minutes=30)["recipe"] == "faster"
     assert recipes.choose(rows, max_minutes=60)["recipe"] == "slow"
     assert recipes.score({"recall@1": 0.8, "mmv@5": 0.9}) == pytest.approx(0.85)
+
+
+def test_the_budget_stops_new_training_runs_only_once_spent(recipes):
+    assert not recipes.budget_spent(100.0, None, 1e9)  # no budget: never spent
+    assert not recipes.budget_spent(100.0, 2.0, 100.0 + 119)
+    assert recipes.budget_spent(100.0, 2.0, 100.0 + 120)
