@@ -36,6 +36,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in {"RGBA", "LA"} and image.getchannel("A").getextrema() == (255, 255):
+        # Fully opaque (as slide regions inside the tissue are): nothing to composite.
+        return image.convert("RGB")
     if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
         # Transparent areas become white, the colour of empty glass on a slide.
         rgba = image.convert("RGBA")

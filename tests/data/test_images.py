@@ -55,6 +55,19 @@ def test_transparency_becomes_white(tmp_path):
     assert np.asarray(load_rgb(path)).tolist()[0][0] == [255, 255, 255]
 
 
+def test_opaque_and_partly_transparent_images_keep_their_colours():
+    from histoseek.data.images import to_rgb
+
+    pixels = np.random.default_rng(1).integers(0, 255, (5, 7, 4), np.uint8)
+    pixels[..., 3] = 255
+    opaque = to_rgb(Image.fromarray(pixels, "RGBA"))
+    assert np.array_equal(np.asarray(opaque), pixels[..., :3])
+    pixels[0, 0, 3] = 0  # one clear pixel: it alone becomes white
+    mixed = np.asarray(to_rgb(Image.fromarray(pixels, "RGBA")))
+    assert mixed[0, 0].tolist() == [255, 255, 255]
+    assert np.array_equal(mixed[1:], pixels[1:, :, :3])
+
+
 def test_truncated_and_garbage_files_raise(tmp_path):
     good = tmp_path / "good.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(good)
