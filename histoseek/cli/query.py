@@ -156,13 +156,11 @@ def query(
 
     from histoseek.data.folder import display_path
     from histoseek.data.images import pixel_limit
-    from histoseek.embedder import embedder_for_model
     from histoseek.index.search import (
         collect_query_images,
-        load_index_model,
         open_index,
         prepare_queries,
-        query_tta,
+        query_embedder,
         search_images,
     )
     from histoseek.index.slide_query import parse_region
@@ -181,18 +179,16 @@ def query(
         _check_outputs([path for path in (html_path, sheet_path) if path is not None], overwrite)
         opened = open_index(index_dir, notify=notes.print)
         paths = collect_query_images(images, notify=notes.print)
-        network, class_names, reference = load_index_model(opened, model_path)
-        embedder = embedder_for_model(
-            network,
-            reference,
-            class_names,
+        embedder = query_embedder(
+            opened,
+            model_path,
+            tta,
             backend,
             device,
             exported,
             batch_size,
             workers,
             notes.print,
-            tta=query_tta(opened, tta, notes.print),
         )
         with progress_bar("reading query slides", enabled=sys.stderr.isatty()) as progress:
             queries = prepare_queries(

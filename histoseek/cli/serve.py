@@ -70,8 +70,7 @@ def serve(
     """Serve an index: a JSON API (docs at /docs) and a search page at /, model loaded once."""
     from rich.console import Console
 
-    from histoseek.embedder import embedder_for_model
-    from histoseek.index.search import load_index_model, open_index, query_tta
+    from histoseek.index.search import open_index, query_embedder
     from histoseek.serve.app import create_app
     from histoseek.serve.server import listen, run_server, url_of
     from histoseek.serve.service import SearchService
@@ -85,18 +84,16 @@ def serve(
             f"warning: listening on {host}; histoseek serve has no authentication: anyone who "
             "can reach this address can search the index and see its images"
         )
-    network, class_names, reference = load_index_model(opened, model_path)
-    embedder = embedder_for_model(
-        network,
-        reference,
-        class_names,
+    embedder = query_embedder(
+        opened,
+        model_path,
+        False,
         backend,
         device,
         exported,
         batch_size,
         0,
         notes.print,
-        tta=query_tta(opened, False, notes.print),
         decoding_alongside=True,
     )
     service = SearchService(

@@ -34,6 +34,7 @@ from histoseek.index.slide_query import (
 )
 from histoseek.index.store import OpenIndex
 from histoseek.index.store import open_index as open_index
+from histoseek.inference import DEFAULT_BATCH_SIZE
 from histoseek.metrics import majority_label
 from histoseek.slide.defaults import ANSWER_LEVELS, DEFAULT_MAX_TILES, DEFAULT_TILE_K
 from histoseek.slide.folder import find_slides_and_images
@@ -96,6 +97,39 @@ def query_tta(index: OpenIndex, requested: bool, notify: Notify = lambda line: N
     if index.manifest.tta and not requested:
         notify(f"note: the index {shown} was built with --tta, so queries are embedded with it")
     return index.manifest.tta
+
+
+def query_embedder(
+    index: OpenIndex,
+    model: str | Path | None = None,
+    tta: bool = False,
+    backend: str = "auto",
+    device: str = "auto",
+    exported: Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    notify: Notify = lambda line: None,
+    decoding_alongside: bool = False,
+) -> ImageEmbedder:
+    """The embedder for queries of `index`: the model it was built with (`model` where its
+    checkpoint has moved, see load_index_model) on its backend, with the index's test-time
+    augmentation (see query_tta); the rest as histoseek.embedder.embedder_for_model."""
+    from histoseek.embedder import embedder_for_model
+
+    network, class_names, reference = load_index_model(index, model)
+    return embedder_for_model(
+        network,
+        reference,
+        class_names,
+        backend,
+        device,
+        exported,
+        batch_size,
+        workers,
+        notify,
+        tta=query_tta(index, tta, notify),
+        decoding_alongside=decoding_alongside,
+    )
 
 
 def collect_query_images(arguments: Sequence[Path], notify: Notify | None = None) -> list[Path]:
