@@ -9,7 +9,7 @@ bright-field light passing through a stained section would.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -344,7 +344,7 @@ def render_tissue(tissue: str, size: tuple[int, int], rng: np.random.Generator) 
     The image depends only on the arguments and the state of `rng`, and its texture has a fixed
     pixel scale (about 0.5 micrometre per pixel), so a larger size shows a larger field of view.
     """
-    _checked_classes([tissue])
+    checked_classes([tissue])
     width, height = size
     _check_size(width, height)
     canvas = _Canvas(width, height)
@@ -352,18 +352,35 @@ def render_tissue(tissue: str, size: tuple[int, int], rng: np.random.Generator) 
     return _to_image(haematoxylin, eosin, rng)
 
 
-def _checked_classes(classes: Sequence[str] | None) -> list[str]:
+def checked_classes(
+    classes: Sequence[str] | None,
+    allowed: Sequence[str] = TISSUE_CLASSES,
+    refused: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The classes asked for, once each in the order given (None: all of `allowed`); an
+    empty or unknown choice is one line, and `refused` says why a known name is not allowed."""
     if classes is None:
-        return list(TISSUE_CLASSES)
+        return list(allowed)
     names = list(dict.fromkeys(classes))
+    choose = f"choose from {', '.join(allowed)}"
     if not names:
-        raise HistoseekError("no tissue classes given; choose from " + ", ".join(TISSUE_CLASSES))
-    unknown = [name for name in names if name not in TISSUE_CLASSES]
-    if unknown:
-        raise HistoseekError(
-            f"unknown tissue class {unknown[0]!r}; choose from {', '.join(TISSUE_CLASSES)}"
-        )
+        raise HistoseekError(f"no tissue classes given; {choose}")
+    for name in names:
+        if refused and name in refused:
+            raise HistoseekError(f"{refused[name]} ({choose})")
+        if name not in allowed:
+            raise HistoseekError(f"unknown tissue class {name!r}; {choose}")
     return names
+
+
+def provenance(title: str, body: str, facts: Mapping[str, object], command: str) -> str:
+    """The SYNTHETIC.md of a generated folder: what it is (never real tissue), its settings
+    and the command that regenerates it."""
+    listed = "".join(f"- {name}: {value}\n" for name, value in facts.items())
+    return (
+        f"# {title} - not real tissue\n\n{body}\n\n{listed}\n"
+        f"The same histoseek version regenerates identical files with:\n\n    {command}\n"
+    )
 
 
 def _provenance(per_class: int, width: int, height: int, seed: int, names: list[str]) -> str:
@@ -371,20 +388,21 @@ def _provenance(per_class: int, width: int, height: int, seed: int, names: list[
         f"histoseek synth OUT --per-class {per_class} --size {width} --height {height} "
         f"--classes {','.join(names)} --seed {seed}"
     )
-    return (
-        "# Synthetic H&E-like patches - not real tissue\n\n"
+    body = (
         "Every image in this folder was generated procedurally by `histoseek synth` "
         f"(histoseek {__version__}). None of them shows real tissue or comes from a real slide: "
         "they are drawn from simple rules (round nuclei, rings of glandular nuclei, wavy fibres, "
         "fat-cell membranes) in haematoxylin-and-eosin colours, for tests, demos and checking a "
         "pipeline end to end. Results measured on them say nothing about real histopathology.\n\n"
-        "Layout: `<class>/synthetic_<class>_<NNNN>.png`; the folder name is the label.\n\n"
-        f"- classes: {', '.join(names)}\n"
-        f"- images per class: {per_class}\n"
-        f"- image size: {width}x{height} pixels\n"
-        f"- seed: {seed}\n\n"
-        f"The same histoseek version regenerates identical files with:\n\n    {command}\n"
+        "Layout: `<class>/synthetic_<class>_<NNNN>.png`; the folder name is the label."
     )
+    facts = {
+        "classes": ", ".join(names),
+        "images per class": per_class,
+        "image size": f"{width}x{height} pixels",
+        "seed": seed,
+    }
+    return provenance("Synthetic H&E-like patches", body, facts, command)
 
 
 def write_synthetic_set(
@@ -403,7 +421,7 @@ def write_synthetic_set(
     and asking for more images or fewer classes leaves the others unchanged.
     """
     out = Path(out)
-    names = _checked_classes(classes)
+    names = checked_classes(classes)
     width, height = size, size if height is None else height
     if per_class < 1:
         raise HistoseekError(f"need at least 1 image per class, got {per_class}")

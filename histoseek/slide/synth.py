@@ -15,7 +15,7 @@ import numpy as np
 from histoseek import __version__
 from histoseek.callbacks import Progress
 from histoseek.data.folder import display_path
-from histoseek.data.synth import TISSUE_CLASSES, render_tissue
+from histoseek.data.synth import TISSUE_CLASSES, checked_classes, provenance, render_tissue
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
 from histoseek.slide.defaults import DEFAULT_SLIDE_SIZE, DEFAULT_SLIDES_PER_CLASS, SLIDE_CLASSES
@@ -79,23 +79,7 @@ def slide_description(tissue: str, number: int, seed: int) -> str:
     )
 
 
-def _checked_slide_classes(classes: Sequence[str] | None) -> list[str]:
-    if classes is None:
-        return list(SLIDE_CLASSES)
-    names = list(dict.fromkeys(classes))
-    if not names:
-        raise HistoseekError("no tissue classes given; choose from " + ", ".join(SLIDE_CLASSES))
-    for name in names:
-        if name == "background":
-            raise HistoseekError(
-                "synthetic slides show tissue on glass; 'background' would be a blank slide "
-                f"(choose from {', '.join(SLIDE_CLASSES)})"
-            )
-        if name not in SLIDE_CLASSES:
-            raise HistoseekError(
-                f"unknown tissue class {name!r}; choose from {', '.join(SLIDE_CLASSES)}"
-            )
-    return names
+NO_BLANK_SLIDES = "synthetic slides show tissue on glass; 'background' would be a blank slide"
 
 
 def _provenance(per_class: int, width: int, height: int, seed: int, names: list[str]) -> str:
@@ -103,8 +87,7 @@ def _provenance(per_class: int, width: int, height: int, seed: int, names: list[
         f"histoseek synth OUT --slides --per-class {per_class} --size {width} --height {height} "
         f"--classes {','.join(names)} --seed {seed}"
     )
-    return (
-        "# Synthetic H&E-like whole-slide images - not real tissue\n\n"
+    body = (
         "Every slide in this folder was generated procedurally by `histoseek synth --slides` "
         f"(histoseek {__version__}). None of them shows real tissue or comes from a scanner: "
         "each holds a few pieces of one synthetic tissue class (the same drawing rules as "
@@ -113,13 +96,15 @@ def _provenance(per_class: int, width: int, height: int, seed: int, names: list[
         "Each file's ImageDescription says so too.\n\n"
         "Layout: `<class>/synthetic_<class>_slide_<NNNN>.tif`; the folder name is the label. "
         f"Each is a tiled, zlib-compressed pyramidal TIFF (levels halving down to at most "
-        f"512 px), {SLIDE_MPP} µm per pixel at level 0, recorded in its resolution tags.\n\n"
-        f"- classes: {', '.join(names)}\n"
-        f"- slides per class: {per_class}\n"
-        f"- level-0 size: {width}x{height} pixels\n"
-        f"- seed: {seed}\n\n"
-        f"The same histoseek version regenerates identical files with:\n\n    {command}\n"
+        f"512 px), {SLIDE_MPP} µm per pixel at level 0, recorded in its resolution tags."
     )
+    facts = {
+        "classes": ", ".join(names),
+        "slides per class": per_class,
+        "level-0 size": f"{width}x{height} pixels",
+        "seed": seed,
+    }
+    return provenance("Synthetic H&E-like whole-slide images", body, facts, command)
 
 
 def write_synthetic_slides(
@@ -138,7 +123,11 @@ def write_synthetic_slides(
     `progress(done, total)` is called after each slide.
     """
     out = Path(out)
-    names = _checked_slide_classes(classes)
+    names = checked_classes(
+        classes,
+        SLIDE_CLASSES,
+        {"background": NO_BLANK_SLIDES},
+    )
     width, height = size
     if per_class < 1:
         raise HistoseekError(f"need at least 1 slide per class, got {per_class}")
