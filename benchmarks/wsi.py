@@ -31,18 +31,16 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from histoseek.data.synth import render_tissue
 from histoseek.slide.defaults import AGGREGATION_RULES, EXCLUDE_CHOICES
-from histoseek.slide.pyramid import TILE_SIDE, write_pyramidal_tiff
+from histoseek.slide.pyramid import TILE_SIDE, TileAt, write_pyramidal_tiff, write_streamed_pyramid
 from histoseek.slide.reader import open_slide
 from histoseek.slide.tiling import read_tile, tissue_tiles
 
@@ -60,40 +58,11 @@ TILE_KS = (5, 10, 20)
 FULL = {"throughput_side": 8192, "sparse_side": 50_000, "tissue_side": 20_000, "per_slide": 64}
 QUICK = {"throughput_side": 2048, "sparse_side": 12_000, "tissue_side": 3000, "per_slide": 12}
 
-TileSource = Callable[[int, int, int], np.ndarray]
-"""(downsample, left, top) of a level → that TILE_SIDE² tile's RGB pixels."""
 
-
-def write_tiled_slide(path: Path, side: int, tile_at: TileSource) -> None:
+def write_tiled_slide(path: Path, side: int, tile_at: TileAt) -> None:
     """A side × side pyramidal TIFF at MPP µm/px, written tile by tile (never whole in memory)."""
-    with tifffile.TiffWriter(path, bigtiff=True) as writer:
-        downsample = 1
-        while True:
-            level_side = math.ceil(side / downsample)
-
-            def tiles(downsample: int = downsample, level_side: int = level_side) -> Iterator:
-                for top in range(0, level_side, TILE_SIDE):
-                    for left in range(0, level_side, TILE_SIDE):
-                        yield tile_at(downsample, left, top)
-
-            writer.write(
-                tiles(),
-                shape=(level_side, level_side, 3),
-                dtype=np.uint8,
-                photometric="rgb",
-                tile=(TILE_SIDE, TILE_SIDE),
-                compression="zlib",
-                subfiletype=1 if downsample > 1 else 0,
-                resolution=(1e4 / (MPP * downsample),) * 2,
-                resolutionunit="CENTIMETER",
-                description="histoseek benchmark slide: synthetic, not real tissue"
-                if downsample == 1
-                else None,
-                metadata=None,
-            )
-            if level_side <= 512:
-                return
-            downsample *= 2
+    description = "histoseek benchmark slide: synthetic, not real tissue"
+    write_streamed_pyramid(path, side, tile_at, MPP, description)
 
 
 def tissue_pool(count: int = 16, seed: int = 0) -> list[np.ndarray]:
@@ -106,7 +75,7 @@ def tissue_pool(count: int = 16, seed: int = 0) -> list[np.ndarray]:
     return pool
 
 
-def sparse_tile_source(side: int, pool: list[np.ndarray]) -> TileSource:
+def sparse_tile_source(side: int, pool: list[np.ndarray]) -> TileAt:
     """Mostly glass, with a few squares of tissue (about 2% of the slide)."""
     squares = [(0.1, 0.15, 0.06), (0.45, 0.4, 0.08), (0.75, 0.7, 0.05), (0.2, 0.8, 0.04)]
     squares = [(int(x * side), int(y * side), int(s * side)) for x, y, s in squares]
@@ -123,7 +92,7 @@ def sparse_tile_source(side: int, pool: list[np.ndarray]) -> TileSource:
     return tile_at
 
 
-def full_tile_source(pool: list[np.ndarray]) -> TileSource:
+def full_tile_source(pool: list[np.ndarray]) -> TileAt:
     """Tissue everywhere."""
 
     def tile_at(downsample: int, left: int, top: int) -> np.ndarray:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from histoseek.slide.pyramid import TILE_SIDE, write_pyramidal_tiff
+from histoseek.slide.pyramid import TILE_SIDE, write_pyramidal_tiff, write_streamed_pyramid
 from histoseek.slide.synth import SLIDE_MPP, render_slide
 
 KATHER = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kather2016"
@@ -124,46 +122,23 @@ def corrupt_levels(path: Path, target: Path, levels: tuple[int, ...] = (0,)) -> 
     target.write_bytes(bytes(data))
 
 
-def _sparse_tiles(
-    side: int, downsample: int, patches: list[tuple[int, int, int]]
-) -> Iterator[bytes]:
-    """zlib-compressed tiles of one level: glass, and flat H&E pink inside `patches`."""
-    level_side = math.ceil(side / downsample)
-    glass = np.full((TILE_SIDE, TILE_SIDE, 3), GLASS, np.uint8)
-    glass_bytes = zlib.compress(glass.tobytes())
-    for top in range(0, level_side, TILE_SIDE):
-        for left in range(0, level_side, TILE_SIDE):
-            tile = None
-            for x, y, size in patches:
-                x0, y0 = x // downsample - left, y // downsample - top
-                x1, y1 = x0 + size // downsample, y0 + size // downsample
-                x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, TILE_SIDE), min(y1, TILE_SIDE)
-                if x0 < x1 and y0 < y1:
-                    tile = glass.copy() if tile is None else tile
-                    tile[y0:y1, x0:x1] = (200, 110, 170)
-            yield glass_bytes if tile is None else zlib.compress(tile.tobytes())
-
-
 def sparse_slide(path: Path, side: int = 20000) -> list[tuple[int, int, int]]:
     """A side × side pyramidal TIFF at 0.5 µm/px, mostly glass, written tile by tile (never
     whole in memory); returns its tissue squares as (x, y, size) in level-0 pixels."""
     patches = [(2000, 3000, 2400), (9000, 8000, 3000), (15000, 14000, 2200), (4000, 16000, 1800)]
-    with tifffile.TiffWriter(path) as writer:
-        downsample = 1
-        while True:
-            level_side = math.ceil(side / downsample)
-            writer.write(
-                _sparse_tiles(side, downsample, patches),
-                shape=(level_side, level_side, 3),
-                dtype=np.uint8,
-                photometric="rgb",
-                tile=(TILE_SIDE, TILE_SIDE),
-                compression="zlib",
-                subfiletype=1 if downsample > 1 else 0,
-                resolution=(1e4 / (SLIDE_MPP * downsample),) * 2,
-                resolutionunit="CENTIMETER",
-                metadata=None,
-            )
-            if level_side <= 512:
-                return patches
-            downsample *= 2
+    glass = np.full((TILE_SIDE, TILE_SIDE, 3), GLASS, np.uint8)
+
+    def tile_at(downsample: int, left: int, top: int) -> np.ndarray:
+        """Glass, and flat H&E pink inside the patches."""
+        tile = glass
+        for x, y, size in patches:
+            x0, y0 = x // downsample - left, y // downsample - top
+            x1, y1 = x0 + size // downsample, y0 + size // downsample
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, TILE_SIDE), min(y1, TILE_SIDE)
+            if x0 < x1 and y0 < y1:
+                tile = glass.copy() if tile is glass else tile
+                tile[y0:y1, x0:x1] = (200, 110, 170)
+        return tile
+
+    write_streamed_pyramid(path, side, tile_at, SLIDE_MPP)
+    return patches

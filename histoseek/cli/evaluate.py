@@ -141,7 +141,6 @@ def evaluate(
     A gallery of slides is tiled as `index` tiles it; each slide queries the others (its own
     slide or patient left out), scored by tile and by the slides ranked for it.
     """
-    import json
 
     from rich.console import Console
 
@@ -192,21 +191,11 @@ def evaluate(
             f"note: {result.left_out} of {result.query_size} queries have no gallery image of "
             "their own class to find and are left out of every metric"
         )
-    document = {
-        "model": embedder.reference,
-        "backend": embedder.name,
-        "tta": embedder.tta,
-        **result.to_dict(),
-    }
-    if as_json:
-        click.echo(json.dumps(document, indent=2, allow_nan=False))
-    else:
-        Console().print(evaluation_table(document))
+    _print_evaluation(embedder, result.to_dict(), as_json, evaluation_table)
 
 
 def _evaluate_slides(gallery, model_path, embedding, tiling, scoring, max_pixels, as_json):
     """`evaluate` on a folder of slides: tile-level and slide-level metrics."""
-    import json
 
     from rich.console import Console
 
@@ -245,13 +234,18 @@ def _evaluate_slides(gallery, model_path, embedding, tiling, scoring, max_pixels
                 tissue_progress=tissue_progress,
                 notify=notes.print,
             )
-    document = {
-        "model": embedder.reference,
-        "backend": embedder.name,
-        "tta": embedder.tta,
-        **result.to_dict(),
-    }
+    _print_evaluation(embedder, result.to_dict(), as_json, slide_evaluation_table)
+
+
+def _print_evaluation(embedder, metrics: dict, as_json: bool, table) -> None:
+    """The evaluation with the model and backend that produced it: JSON, or a `table`."""
+    import json
+
+    from rich.console import Console
+
+    document = {"model": embedder.reference, "backend": embedder.name, "tta": embedder.tta}
+    document.update(metrics)
     if as_json:
         click.echo(json.dumps(document, indent=2, allow_nan=False))
     else:
-        Console().print(slide_evaluation_table(document))
+        Console().print(table(document))

@@ -8,6 +8,8 @@ JPEG and the other codecs need the imagecodecs package, which histoseek does not
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,9 @@ TILE_SIDE = 256
 # Levels halve until the longer side is at most this, as scanners' pyramids end near 1-2k px.
 SMALLEST_LEVEL_SIDE = 512
 _CLASSIC_TIFF_LIMIT = 2**32 - 2**26
+
+TileAt = Callable[[int, int, int], np.ndarray]
+"""(downsample, left, top) of a level → that level's TILE_SIDE² RGB tile at (left, top)."""
 
 
 def pyramid_levels(rgb: np.ndarray) -> list[np.ndarray]:
@@ -62,3 +67,43 @@ def write_pyramidal_tiff(
                 metadata=None,
             )
     return len(levels)
+
+
+def write_streamed_pyramid(
+    path: Path, side: int, tile_at: TileAt, mpp: float, description: str | None = None
+) -> int:
+    """Write a side × side RGB slide as a tiled, zlib-compressed TIFF pyramid tile by tile,
+    never whole in memory (for slides too large to hold); return its levels.
+
+    `tile_at` draws each level's tiles; levels halve down to SMALLEST_LEVEL_SIDE pixels, each
+    with its µm per pixel in the resolution tags. The file appears only once it is complete.
+    """
+    levels = 0
+    with atomic_file(path) as staging, tifffile.TiffWriter(staging, bigtiff=True) as writer:
+        downsample = 1
+        while True:
+            level_side = math.ceil(side / downsample)
+
+            def tiles(downsample: int = downsample, level_side: int = level_side) -> Iterator:
+                for top in range(0, level_side, TILE_SIDE):
+                    for left in range(0, level_side, TILE_SIDE):
+                        yield tile_at(downsample, left, top)
+
+            writer.write(
+                tiles(),
+                shape=(level_side, level_side, 3),
+                dtype=np.uint8,
+                photometric="rgb",
+                tile=(TILE_SIDE, TILE_SIDE),
+                compression="zlib",
+                subfiletype=1 if downsample > 1 else 0,
+                description=description if downsample == 1 else None,
+                resolution=(1e4 / (mpp * downsample),) * 2,
+                resolutionunit="CENTIMETER",
+                software=f"histoseek {__version__}",
+                metadata=None,
+            )
+            levels += 1
+            if level_side <= SMALLEST_LEVEL_SIDE:
+                return levels
+            downsample *= 2
