@@ -27,8 +27,10 @@ def build_annoy(embeddings: np.ndarray, trees: int, seed: int, path: Path) -> No
     """
     index = AnnoyIndex(embeddings.shape[1], METRIC)
     index.set_seed(seed)
-    for item, vector in enumerate(embeddings):
-        index.add_item(item, vector)
+    # Rows of a plain array, as lists: a memory-mapped array's rows are memmap objects, each
+    # slower to make than Annoy takes to add it (10× the whole loop).
+    for item, vector in enumerate(np.asarray(embeddings)):
+        index.add_item(item, vector.tolist())
     index.build(trees, n_jobs=1)
     try:
         with _annoy_stderr_silenced():
