@@ -58,6 +58,7 @@ class AllDescriptors:
         }
         self.dim = sum(self.parts.values())
         self.name = "torch (cpu), all descriptors"
+        self.batch_threads = 1
 
     @torch.inference_mode()
     def embed_batch(self, images: np.ndarray) -> np.ndarray:

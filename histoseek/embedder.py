@@ -34,6 +34,7 @@ class ImageEmbedder:
     fingerprint: str
     class_names: list[str]
     batch_size: int
+    #: Decoding worker processes (0 where the backend's batch threads decode).
     workers: int
     # Test-time augmentation: each image embedded as the mean over its 8 flips and rotations.
     tta: bool = False
@@ -105,7 +106,8 @@ def embedder_for_model(
         fingerprint=model_fingerprint(network),
         class_names=list(class_names),
         batch_size=batch_size,
-        workers=plan.decoding_workers,
+        # A backend running batches side by side decodes in its own threads.
+        workers=0 if backend_embedder.batch_threads > 1 else plan.decoding_workers,
         tta=tta,
     )
 

@@ -77,8 +77,10 @@ def batch_size_option(
 
 
 def workers_option(
-    help: str = "Image-decoding worker processes [default: one per 4 CPU cores when the model "
-    "runs on the CPU, else one per core, at most 8; 0 = decode in the main process].",
+    help: str = "Image-decoding worker processes, feeding a model that runs one batch at a time "
+    "[default: none for ONNX Runtime on the CPU, which runs a batch per core, each thread "
+    "decoding its own; else one per 4 CPU cores when the model runs on the CPU, one per core "
+    "(at most 8) on a GPU; 0 = decode in the main process].",
 ) -> Decorator:
     """`--workers N`."""
     return click.option("--workers", type=click.IntRange(min=0), default=None, help=help)

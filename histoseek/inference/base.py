@@ -14,6 +14,8 @@ class Embedder(Protocol):
     name: str
     #: Embedding dimension.
     dim: int
+    #: Batches that may run side by side, one per calling thread (1: one at a time).
+    batch_threads: int
 
     def embed_batch(self, images: np.ndarray) -> np.ndarray:
         """Embed an NCHW float32 batch (already resized and normalised) → (N, dim) float32."""

@@ -1,9 +1,12 @@
 """The CPU: its INT8 instructions, and how image decoding and inference share its cores.
 
 Measured on crc-polyps5's 224 px JPEG patches: decoding and preprocessing one takes about
-1 ms of one core (1.4 ms with the hand-over from a worker process), INT8 inference about 5 ms
-and FP32 inference about 8. Decoding is the small share, so the model gets every core, and a
-decoding worker per four cores keeps up with it.
+1 ms of one core, INT8 inference about 5 ms and FP32 inference about 8. A backend that can
+run batches side by side (ONNX Runtime on the CPU) gets one thread per core, each decoding a
+batch and then running the model on it with one intra-op thread: the cores never wait for
+each other, and nothing is handed between processes. Other backends run one batch at a time
+on every core, fed by decoding worker processes: one per four cores keeps up with a CPU
+model, and a GPU leaves the cores to decoding.
 """
 
 from __future__ import annotations
@@ -55,12 +58,17 @@ def _cpuinfo_lines() -> list[str]:
 
 @dataclass(frozen=True)
 class CpuPlan:
-    """How many processes decode images, and how ONNX Runtime's intra-op threads run."""
+    """How images are decoded and the model's threads run, for either kind of backend."""
 
+    #: For a backend that runs one batch at a time: processes decoding images for it.
     decoding_workers: int
+    #: For a backend that runs one batch at a time: its intra-op threads.
     inference_threads: int
-    #: Whether idle inference threads busy-wait for the next operator instead of sleeping.
+    #: Whether those threads busy-wait for the next operator instead of sleeping.
     spinning: bool
+    #: For a backend that can run batches side by side: threads that each decode a batch and
+    #: run the model on it with one intra-op thread (1: run one batch at a time instead).
+    batch_threads: int
 
 
 def cpu_plan(
@@ -71,19 +79,27 @@ def cpu_plan(
 ) -> CpuPlan:
     """The plan for embedding images on `cores` cores; `workers` (--workers) when given.
 
-    The model always gets every core: threads left out would idle whenever decoding waits.
-    By default inference on the CPU has one decoding worker per CORES_PER_DECODING_WORKER
-    cores (at least one); more would only take cores from the model to wait for it. Inference
-    on a GPU leaves the cores to decoding: one worker per core, at most MAX_DECODING_WORKERS.
-    ONNX Runtime's threads spin between operators only when nothing decodes alongside them
-    (no workers, and not `decoding_alongside`, as histoseek serve's request threads do):
-    spinning is faster alone, but it burns the cores that decoding needs.
+    By default a backend that can run batches side by side gets one batch thread per core.
+    One that cannot gets every core for its intra-op threads (threads left out would idle
+    whenever decoding waits) and, on the CPU, one decoding worker per
+    CORES_PER_DECODING_WORKER cores (at least one; more would only take cores from the model
+    to wait for it); on a GPU one worker per core, at most MAX_DECODING_WORKERS.
+
+    `workers` asks for decoding worker processes, so batches run one at a time. So they do
+    when `decoding_alongside`: other threads decode while the model runs (histoseek serve's
+    requests), and the model's threads must then not spin, as spinning burns the cores that
+    decoding needs. Spinning is faster where nothing decodes alongside (no workers).
     """
     cores = max(1, cores)
+    one_at_a_time = workers is not None or decoding_alongside or not inference_on_cpu
     if workers is None:
         if inference_on_cpu:
             workers = max(1, cores // CORES_PER_DECODING_WORKER)
         else:
             workers = min(cores, MAX_DECODING_WORKERS)
-    spinning = workers == 0 and not decoding_alongside
-    return CpuPlan(decoding_workers=workers, inference_threads=cores, spinning=spinning)
+    return CpuPlan(
+        decoding_workers=workers,
+        inference_threads=cores,
+        spinning=workers == 0 and not decoding_alongside,
+        batch_threads=1 if one_at_a_time else cores,
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from histoseek.callbacks import Progress
-from histoseek.data.dataset import ImageDataset, make_loader
+from histoseek.data.dataset import Batch, ImageDataset, collate_skipping_unreadable, make_loader
 from histoseek.data.sources import ImageSource
 from histoseek.data.transforms import EvalTransform
 from histoseek.inference.base import Embedder
@@ -60,29 +61,36 @@ def embed_files(
     tta: bool = False,
 ) -> EmbeddedFiles:
     """Embed image files or slide tiles with the model's test-time preprocessing; unreadable
-    sources are skipped and listed by index. Each worker decodes (and opens slides) itself.
+    sources are skipped and listed by index.
 
-    `tta` embeds each image as the renormalised mean over its 8 flips and rotations (8× the
-    work).
+    Where the embedder runs batches side by side (`batch_threads` > 1), as many threads each
+    decode a batch and embed it; otherwise `workers` processes decode for batches embedded one
+    at a time. Each thread or worker reads (and opens slides) itself. `tta` embeds each image
+    as the renormalised mean over its 8 flips and rotations (8× the work).
     """
     transform = EvalTransform(config.image_size, config.mean, config.std)
     # Large JPEGs decode straight to about the model's size; the transform resizes the rest.
     dataset = ImageDataset(sources, [0] * len(sources), transform, decode_size=config.image_size)
-    loader = make_loader(
-        dataset, workers=decoding_workers(len(sources), batch_size, workers), batch_size=batch_size
-    )
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        embedded = embed_batch_tta(embedder, images) if tta else embedder.embed_batch(images)
+        return embedded.astype(np.float32, copy=False)
+
+    if embedder.batch_threads > 1:
+        batches = _embedded_side_by_side(dataset, batch_size, embedder.batch_threads, embed)
+    else:
+        workers = decoding_workers(len(sources), batch_size, workers)
+        batches = _embedded_one_at_a_time(dataset, batch_size, workers, embed)
     chunks: list[np.ndarray] = []
     indices: list[np.ndarray] = []
     failed: list[int] = []
     done = 0
-    for batch in loader:
-        failed.extend(batch.failed)
-        if len(batch.indices):
-            images = batch.images.numpy()
-            embedded = embed_batch_tta(embedder, images) if tta else embedder.embed_batch(images)
-            chunks.append(embedded.astype(np.float32))
-            indices.append(batch.indices.numpy())
-        done += len(batch.indices) + len(batch.failed)
+    for embedded in batches:
+        failed.extend(embedded.failed)
+        if len(embedded.indices):
+            chunks.append(embedded.embeddings)
+            indices.append(embedded.indices)
+        done += len(embedded.indices) + len(embedded.failed)
         if progress is not None:
             progress(done, len(sources))
     if chunks:
@@ -90,3 +98,46 @@ def embed_files(
     return EmbeddedFiles(
         np.zeros((0, embedder.dim), np.float32), np.zeros(0, np.int64), sorted(failed)
     )
+
+
+Embed = Callable[[np.ndarray], np.ndarray]
+
+
+def _embedded(batch: Batch, embed: Embed) -> EmbeddedFiles:
+    """A collated batch's embeddings (none where every image was unreadable)."""
+    if not len(batch.indices):
+        return EmbeddedFiles(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), batch.failed)
+    return EmbeddedFiles(embed(batch.images.numpy()), batch.indices.numpy(), batch.failed)
+
+
+def _embedded_one_at_a_time(
+    dataset: ImageDataset, batch_size: int, workers: int, embed: Embed
+) -> Iterator[EmbeddedFiles]:
+    """Batches decoded by `workers` processes, embedded in this thread, in order."""
+    for batch in make_loader(dataset, workers=workers, batch_size=batch_size):
+        yield _embedded(batch, embed)
+
+
+def _embedded_side_by_side(
+    dataset: ImageDataset, batch_size: int, threads: int, embed: Embed
+) -> Iterator[EmbeddedFiles]:
+    """Batches each decoded and embedded by one of `threads` threads, yielded in order.
+
+    Decoding (Pillow, OpenSlide) and ONNX Runtime release the GIL, so the threads keep every
+    core busy without handing pixels between processes. A batch smaller than one per thread
+    is split over the threads, so a single batch also uses every core.
+    """
+    size = min(batch_size, max(1, -(-len(dataset) // threads)))
+    starts = range(0, len(dataset), size)
+
+    def decode_and_embed(start: int) -> EmbeddedFiles:
+        items = [dataset[index] for index in range(start, min(start + size, len(dataset)))]
+        return _embedded(collate_skipping_unreadable(items), embed)
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="histoseek-embed")
+    try:
+        # map submits every batch now but yields results in order; pending ones are cancelled
+        # if the caller stops early (an error, Ctrl-C).
+        yield from pool.map(decode_and_embed, starts)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

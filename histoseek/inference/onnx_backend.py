@@ -40,8 +40,9 @@ class OnnxEmbedder:
     """Runs an exported ONNX model, FP32 or INT8, with ONNX Runtime (all graph optimisations).
 
     `fingerprint` and `precision`, when given, must match what the export records. `threads`
-    (default: every core) and `spinning` size ONNX Runtime's intra-op thread pool (see
-    histoseek.inference.cpu).
+    (default: every core) and `spinning` size ONNX Runtime's intra-op thread pool;
+    `batch_threads` > 1 says that many batches may run side by side, one per calling thread,
+    each on a single intra-op thread (see histoseek.inference.cpu).
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class OnnxEmbedder:
         precision: str | None = None,
         threads: int | None = None,
         spinning: bool = True,
+        batch_threads: int = 1,
     ):
         ort = import_onnxruntime()
         path = Path(path)
@@ -62,8 +64,10 @@ class OnnxEmbedder:
         providers = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or cpu_cores()
-        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+        side_by_side = batch_threads > 1
+        options.intra_op_num_threads = 1 if side_by_side else threads or cpu_cores()
+        spin = spinning and not side_by_side
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin)))
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -86,6 +90,7 @@ class OnnxEmbedder:
         self.config = config_from_metadata(path, props)
         self.path = path
         self.dim = self.config.dim
+        self.batch_threads = batch_threads
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         # Static exports fix H and W as ints; dynamic ones name them with strings.

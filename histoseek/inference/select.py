@@ -161,7 +161,11 @@ class _ExportFinder:
 
         threads = {}
         if self.cpu is not None and device == "cpu":
-            threads = {"threads": self.cpu.inference_threads, "spinning": self.cpu.spinning}
+            threads = {
+                "threads": self.cpu.inference_threads,
+                "spinning": self.cpu.spinning,
+                "batch_threads": self.cpu.batch_threads,
+            }
         return OnnxEmbedder(
             path, device=device, fingerprint=self.fingerprint, precision=precision, **threads
         )

@@ -75,6 +75,7 @@ class TensorRTEmbedder:
         self.output_dtype = self._torch_dtype(self.output_name)
         self.max_batch = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0]
         self.dim = int(metadata["config"]["dim"])
+        self.batch_threads = 1
         self.name = f"tensorrt ({metadata['precision']}, {torch.cuda.get_device_name()})"
 
     @classmethod

@@ -32,6 +32,7 @@ class TorchEmbedder:
         self.model = model.eval().to(self.device, memory_format=self.layout)
         self.amp = amp and self.device.type == "cuda"
         self.dim = model.config.dim
+        self.batch_threads = 1
         self.name = f"torch ({self.device.type}{', amp' if self.amp else ''})"
 
     @torch.inference_mode()

@@ -1,14 +1,16 @@
 """Slide tiles as image sources for the embedding pipeline, read by whichever process loads them.
 
 A `SlideTile` is a slide's path and a Tile: small and picklable, unlike an open slide, so each
-decoding worker opens the slide itself, once, and keeps it open while it reads that slide's
-tiles. OpenSlide refuses every read on a handle after one failed read, so the first error is
-kept and given again for every later tile of that slide: the caller skips the whole slide.
+decoding worker (process or thread) opens the slide itself, once, and keeps it open while it
+reads that slide's tiles. OpenSlide refuses every read on a handle after one failed read, so
+the first error is kept and given again for every later tile of that slide: the caller skips
+the whole slide.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,46 +22,58 @@ from histoseek.data.images import UnreadableImageError
 from histoseek.slide.reader import Slide, SlideError, open_slide
 from histoseek.slide.tiling import Tile, read_tile
 
-# Slides a process keeps open at once: a loader reads one slide's tiles after another, so one
+# Slides a thread keeps open at once: a loader reads one slide's tiles after another, so one
 # would do; two spare a reopen where a batch spans two slides.
 OPEN_SLIDES = 2
 
-# The slides this process holds open (or the error that made one unreadable), most recent last,
-# and the process they were opened in: a forked worker must not use its parent's handles.
-_open: OrderedDict[Path, Slide | SlideError] = OrderedDict()
-_owner = os.getpid()
+
+class _OpenSlides(threading.local):
+    """The slides this thread holds open (or the error that made one unreadable), most recent
+    last, and the process they were opened in: a forked worker must not use its parent's
+    handles. Each thread has its own, as one thread must not close a slide another reads;
+    a thread's slides are closed when it ends."""
+
+    def __init__(self) -> None:
+        self.slides: OrderedDict[Path, Slide | SlideError] = OrderedDict()
+        self.owner = os.getpid()
+
+    def mine(self) -> OrderedDict[Path, Slide | SlideError]:
+        """The slides, forgotten first if they were inherited from the parent process."""
+        if self.owner != os.getpid():
+            self.slides.clear()  # inherited from the parent process: not ours to use or close
+            self.owner = os.getpid()
+        return self.slides
+
+
+_held = _OpenSlides()
 
 
 def _slide(path: Path) -> Slide:
-    """The open slide at `path` for this process, opened on first use; its first error again."""
-    global _owner
-    if _owner != os.getpid():
-        _open.clear()  # inherited from the parent process: not ours to use or close
-        _owner = os.getpid()
-    if path in _open:
-        _open.move_to_end(path)
+    """The open slide at `path` for this thread, opened on first use; its first error again."""
+    held = _held.mine()
+    if path in held:
+        held.move_to_end(path)
     else:
-        while len(_open) >= OPEN_SLIDES:
-            _, evicted = _open.popitem(last=False)
+        while len(held) >= OPEN_SLIDES:
+            _, evicted = held.popitem(last=False)
             if isinstance(evicted, Slide):
                 evicted.close()
         try:
-            _open[path] = open_slide(path)
+            held[path] = open_slide(path)
         except SlideError as error:
-            _open[path] = error
-    held = _open[path]
-    if isinstance(held, SlideError):
-        raise held
-    return held
+            held[path] = error
+    slide = held[path]
+    if isinstance(slide, SlideError):
+        raise slide
+    return slide
 
 
 def close_slides() -> None:
-    """Close the slides this process holds open and forget their errors."""
-    if _owner == os.getpid():
-        for held in _open.values():
-            if isinstance(held, Slide):
-                held.close()
-    _open.clear()
+    """Close the slides this thread holds open and forget their errors."""
+    for slide in _held.mine().values():
+        if isinstance(slide, Slide):
+            slide.close()
+    _held.slides.clear()
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,7 @@ class SlideTile:
             try:
                 return read_tile(slide, self.tile)
             except SlideError as error:
-                _open[self.slide] = error  # OpenSlide refuses this handle from now on
+                _held.mine()[self.slide] = error  # OpenSlide refuses this handle from now on
                 slide.close()
                 raise
         except SlideError as error:

@@ -35,6 +35,7 @@ class StubBackend:
 
     name = "stub (cpu)"
     dim = DIM
+    batch_threads = 1
 
     def __init__(self):
         self.batch_sizes: list[int] = []

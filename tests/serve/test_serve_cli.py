@@ -148,4 +148,6 @@ def test_the_model_threads_do_not_spin_beside_request_decoding(real_index, start
     real_plan = histoseek.embedder.cpu_plan
     monkeypatch.setattr(histoseek.embedder, "cpu_plan", recording_plan)
     assert serve("--index", real_index, "--backend", "torch", "--port", "0").exit_code == 0
-    assert [(plan.decoding_workers, plan.spinning) for plan in plans] == [(0, False)]
+    assert [(plan.decoding_workers, plan.spinning, plan.batch_threads) for plan in plans] == [
+        (0, False, 1)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -76,3 +77,28 @@ def test_after_one_failed_read_every_tile_of_the_slide_fails_at_once(tmp_path, s
     assert why_unreadable(broken_tiles[3]) == str(first.value)
     close_slides()
     assert why_unreadable(SlideTile(tmp_path / "absent.svs", tiles[0].tile)) == "no such file"
+
+
+def test_threads_open_the_slide_each_for_itself_and_agree(tiles):
+    expected = [np.asarray(source.load()) for source in tiles]
+    read: dict[str, list[np.ndarray]] = {}
+    handles: dict[str, object] = {}
+    side_by_side = threading.Barrier(2)
+
+    def read_tiles(name: str) -> None:
+        side_by_side.wait()
+        read[name] = [np.asarray(source.load()) for source in tiles]
+        handles[name] = sources._held.mine()[tiles[0].slide]
+        close_slides()
+
+    threads = [threading.Thread(target=read_tiles, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Each thread held its own handle; this thread's is still open and still its own.
+    assert handles["a"] is not handles["b"]
+    assert sources._held.mine()[tiles[0].slide] not in handles.values()
+    close_slides()
+    for arrays in read.values():
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, expected, strict=True))
