@@ -1,4 +1,4 @@
-"""Slide tiles as image sources for the embedding pipeline, read by whichever process loads them.
+"""Slide tiles as image sources for the embedding pipeline, read by whichever thread loads them.
 
 A `SlideTile` is a slide's path and a Tile: small and picklable, unlike an open slide, so each
 decoding worker (process or thread) opens the slide itself, once, and keeps it open while it
