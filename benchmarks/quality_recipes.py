@@ -67,6 +67,9 @@ class Recipe:
         return json.dumps(self.train, sort_keys=True)
 
 
+# The built-in model's descriptor as the trained model's starting point.
+FROM_BUILTIN = {"gd_config": "S", "dim": 1280, "power": 0.5, "identity_init": True}
+
 RECIPES: tuple[Recipe, ...] = (
     Recipe("lite0", "the current defaults (Lite0 224 px, 5 stages frozen, SMG 1536, 12 epochs)"),
     Recipe("lite0-tta", "the defaults, embedded with --tta", tta=True),
@@ -80,6 +83,12 @@ RECIPES: tuple[Recipe, ...] = (
         "lite0-dim384", "a 384-d embedding (the README's choice for large indexes)", {"dim": 384}
     ),
     Recipe("lite0-20ep", "20 epochs", {"epochs": 20}),
+    Recipe(
+        "lite0-from-builtin",
+        "start from the built-in model (√ average pooling, identity projection), then train",
+        FROM_BUILTIN,
+    ),
+    Recipe("lite0-from-builtin-tta", "that, embedded with --tta", FROM_BUILTIN, tta=True),
     Recipe("lite0-stain0.1", "weaker stain jitter", {"stain_jitter": 0.1}),
     Recipe("lite0-stain0.4", "stronger stain jitter", {"stain_jitter": 0.4}),
     Recipe("lite0-256", "train and test at 256 px", {"image_size": 256}),

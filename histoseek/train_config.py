@@ -18,6 +18,12 @@ class TrainConfig:
     weights: str = "imagenet"
     gd_config: str = "SMG"
     dim: int = 1536
+    # Power normalisation of the pooled descriptors (0.5: the built-in model's square root).
+    power: float = 1.0
+    # Projections that start as the identity, so training starts from the pooled descriptors
+    # themselves (with gd_config "S" and power 0.5: from the built-in model). Needs dim =
+    # the trunk's channels × the number of descriptors.
+    identity_init: bool = False
     image_size: int = 224
     # Multi-scale training: each batch resized to one of these sides, drawn at random
     # (None: every batch at image_size, which is also the size the model is evaluated at).

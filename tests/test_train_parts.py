@@ -159,6 +159,17 @@ def test_setup_checks_then_builds_the_run_and_writes_only_config_and_log(tiny, t
     assert lines[0] in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_training_can_start_from_the_pooled_descriptors_themselves(tiny, tmp_path):
+    options = {"gd_config": "SG", "dim": 2 * 1280, "power": 0.5, "identity_init": True}
+    run = setup_run(_config(tiny, tmp_path / "run", **options))
+    assert run.model.config.power == 0.5
+    for projection in run.model.projections:
+        assert torch.equal(projection.weight, torch.eye(1280))
+    with pytest.raises(HistoseekError, match=r"identity projections need dim 2560 .* not 6"):
+        setup_run(_config(tiny, tmp_path / "refused", gd_config="SG", identity_init=True))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_one_epoch_trains_the_unfrozen_weights_and_reports_progress(tiny, tmp_path):
     run = setup_run(_config(tiny, tmp_path / "run"))
     frozen_before = [p.clone() for stage in run.frozen for p in stage.parameters()]

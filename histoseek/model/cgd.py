@@ -180,6 +180,20 @@ def builtin_model() -> CGD:
     trunk_channels = get_backbone_spec(DEFAULT_BACKBONE).out_channels
     config = ModelConfig(gd_config="S", dim=trunk_channels, power=0.5)
     model = build_model(config, weights="imagenet")
-    with torch.no_grad():
-        model.projections[0].weight.copy_(torch.eye(trunk_channels))
+    set_identity_projections(model)
     return model.eval()
+
+
+def set_identity_projections(model: CGD) -> None:
+    """Make every projection the identity, so the embedding is the pooled descriptors
+    themselves; refused unless dim is the trunk's channels × the number of descriptors."""
+    channels = get_backbone_spec(model.config.backbone).out_channels
+    descriptors = len(model.config.gd_config)
+    if model.config.dim != channels * descriptors:
+        raise HistoseekError(
+            f"identity projections need dim {channels * descriptors} ({channels} channels × "
+            f"{descriptors} descriptor(s) of {model.config.gd_config}), not {model.config.dim}"
+        )
+    with torch.no_grad():
+        for projection in model.projections:
+            projection.weight.copy_(torch.eye(channels))

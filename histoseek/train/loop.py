@@ -27,7 +27,7 @@ from histoseek.inference.embed_files import embed_files
 from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
 from histoseek.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
 from histoseek.metrics import exact_neighbours, retrieval_metrics
-from histoseek.model.cgd import CGD, ModelConfig, build_model
+from histoseek.model.cgd import CGD, ModelConfig, build_model, set_identity_projections
 from histoseek.model.checkpoint import save_checkpoint
 from histoseek.train.distributed import (
     Distributed,
@@ -164,8 +164,11 @@ def setup_run(
         dim=config.dim,
         num_classes=len(class_names),
         image_size=config.image_size,
+        power=config.power,
     )
     model = build_model(model_config, weights=config.weights, seed=config.seed)
+    if config.identity_init:
+        set_identity_projections(model)
     frozen = freeze_stages(model, config.freeze_stages)
     model.to(device, memory_format=torch.channels_last)
 

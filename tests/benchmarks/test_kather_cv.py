@@ -31,3 +31,11 @@ def test_pooled_metrics_weight_each_fold_by_its_queries(kather_cv):
     base = dict.fromkeys(kather_cv.METRICS, 0.0)
     folds = [{**base, "recall@1": 1.0, "queries": 30}, {**base, "recall@1": 0.0, "queries": 10}]
     assert kather_cv.pooled(folds)["recall@1"] == pytest.approx(0.75)
+
+
+def test_a_recipe_beats_the_builtin_model_only_above_it_in_both_r1_and_mmv5(kather_cv):
+    builtin = {"recall@1": 0.72, "mmv@5": 0.72}
+    assert kather_cv.beats({"recall@1": 0.73, "mmv@5": 0.73}, builtin)
+    assert not kather_cv.beats({"recall@1": 0.73, "mmv@5": 0.66}, builtin)
+    assert not kather_cv.beats({"recall@1": 0.72, "mmv@5": 0.80}, builtin)  # a tie is no win
+    assert kather_cv.builtin_name(True) == "built-in --tta"
