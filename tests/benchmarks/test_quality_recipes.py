@@ -76,6 +76,7 @@ def test_choice_is_the_best_validation_score_within_the_time_budget(recipes):
     ]
     assert recipes.choose(rows, max_minutes=30)["recipe"] == "faster"
     assert recipes.choose(rows, max_minutes=60)["recipe"] == "slow"
+    assert recipes.choose(rows, max_minutes=0.5)["recipe"] == "slow"  # none within: all count
     assert recipes.score({"recall@1": 0.8, "mmv@5": 0.9}) == pytest.approx(0.85)
 
 
