@@ -102,7 +102,8 @@ def index(
     embedder = load_image_embedder(
         model_path, backend, device, exported, batch_size, workers, notify=notify, tta=tta
     )
-    bars = [("finding tissue", "slide"), ("embedding", "tile")]
+    # Slide tiles and plain patches are counted together, as images.
+    bars = [("finding tissue", "slide"), ("embedding", "img")]
     with pixel_limit(max_pixels), progress_bars(bars) as (tissue_progress, progress):
         report = build_index(
             directory,
