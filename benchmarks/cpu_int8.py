@@ -203,10 +203,8 @@ def run(args: argparse.Namespace) -> dict:
             # The other layout, for comparison: one batch at a time on every core (its threads
             # spinning when alone for the raw figure), fed by one decoding worker process.
             compared = embedder.backend.batch_threads > 1
-            alone = embedder_with(0) if compared else None
-            raw, *raw_alone = raw_in_turns(
-                [embedder, alone] if alone else [embedder], batch, seconds
-            )
+            measured = [embedder, embedder_with(0)] if compared else [embedder]
+            raw, *raw_alone = raw_in_turns(measured, batch, seconds)
             print(f"{embedder.name}: raw {raw:.1f} images/s", flush=True)
             e2e = end_to_end(embedder, train, scratch / f"index-{backend}")
             print(f"{embedder.name}: index {e2e['images_per_s']:.1f} images/s", flush=True)

@@ -141,7 +141,6 @@ def evaluate(
     A gallery of slides is tiled as `index` tiles it; each slide queries the others (its own
     slide or patient left out), scored by tile and by the slides ranked for it.
     """
-
     from rich.console import Console
 
     from histoseek.data.folder import display_path
@@ -196,7 +195,6 @@ def evaluate(
 
 def _evaluate_slides(gallery, model_path, embedding, tiling, scoring, max_pixels, as_json):
     """`evaluate` on a folder of slides: tile-level and slide-level metrics."""
-
     from rich.console import Console
 
     from histoseek.data.images import pixel_limit
