@@ -1,8 +1,9 @@
 """Embedding throughput (images/s) of every inference backend usable on this machine.
 
 Runs the same model through each backend at several batch sizes: torch eager and ONNX Runtime on
-the CPU; on a CUDA machine also torch eager FP32, torch AMP, ONNX Runtime CUDA (needs
-onnxruntime-gpu) and TensorRT FP16 (needs tensorrt). Prints a table and writes JSON.
+the CPU; on a CUDA machine also torch eager FP32 and AMP (channels-last, as histoseek runs them, and
+NCHW), ONNX Runtime CUDA (needs onnxruntime-gpu) and TensorRT FP16 (needs tensorrt). Prints a
+table and writes JSON.
 
     python benchmarks/inference_speed.py                      # the default model at 224 px
     python benchmarks/inference_speed.py --quick              # one timed run per cell
@@ -98,6 +99,16 @@ def backends(model: CGD, onnx_path: Path, max_batch: int) -> Iterator[tuple[str,
         return
     yield "torch eager fp32", "cuda", lambda: TorchEmbedder(copy.deepcopy(model), device="cuda")
     yield "torch amp fp16", "cuda", lambda: TorchEmbedder(copy.deepcopy(model), "cuda", amp=True)
+    yield (
+        "torch eager fp32 nchw",
+        "cuda",
+        lambda: TorchEmbedder(copy.deepcopy(model), device="cuda", channels_last=False),
+    )
+    yield (
+        "torch amp fp16 nchw",
+        "cuda",
+        lambda: TorchEmbedder(copy.deepcopy(model), "cuda", amp=True, channels_last=False),
+    )
     if ort_has_cuda():
         yield "onnxruntime", "cuda", lambda: OnnxEmbedder(onnx_path, device="cuda")
     yield "tensorrt fp16", "cuda", lambda: tensorrt_embedder(model, onnx_path, max_batch)
@@ -167,6 +178,14 @@ def speedups(rows: list[dict]) -> dict:
         "onnxruntime_cpu_vs_torch_nchw_cpu_batch32": (
             ("onnxruntime", "cpu", 32),
             ("torch eager fp32 nchw", "cpu", 32),
+        ),
+        "torch_amp_vs_torch_fp32_cuda_batch256": (
+            ("torch amp fp16", "cuda", 256),
+            ("torch eager fp32", "cuda", 256),
+        ),
+        "torch_fp32_vs_torch_nchw_cuda_batch256": (
+            ("torch eager fp32", "cuda", 256),
+            ("torch eager fp32 nchw", "cuda", 256),
         ),
         "tensorrt_fp16_vs_torch_fp32_cuda_batch256": (
             ("tensorrt fp16", "cuda", 256),
