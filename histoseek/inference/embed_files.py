@@ -30,6 +30,10 @@ def decoding_workers(count: int, batch_size: int, workers: int) -> int:
     return workers if count > batch_size else 0
 
 
+# Two mirror images times four quarter turns: what --tta embeds and averages.
+DIHEDRAL_VIEWS = 8
+
+
 def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
     """The 8 flips and 90° rotations of an NCHW batch of square images, the identity first."""
     views = []

@@ -28,6 +28,8 @@ class BackboneSpec:
     # How many stages training freezes by default: the early, generic, high-resolution ones,
     # which are also the costliest to back-propagate through.
     default_frozen_stages: int
+    # The input side its ImageNet weights were trained at: training's default image size.
+    native_size: int
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -94,13 +96,21 @@ def _lite_spec(variant: LiteVariant) -> BackboneSpec:
         _efficientnet_lite(variant),
         EfficientNetLite.stages,
         5,
+        variant.native_size,
     )
 
 
 BACKBONE_SPECS: dict[str, BackboneSpec] = {
     **{variant.name: _lite_spec(variant) for variant in (LITE0, LITE1, LITE2)},
     "resnet50": BackboneSpec(
-        "resnet50", 2048, IMAGENET_MEAN, IMAGENET_STD, _resnet_trunk("resnet50"), _resnet_stages, 2
+        "resnet50",
+        2048,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _resnet_trunk("resnet50"),
+        _resnet_stages,
+        2,
+        224,
     ),
     "resnext50": BackboneSpec(
         "resnext50",
@@ -110,6 +120,7 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
         _resnet_trunk("resnext50"),
         _resnet_stages,
         2,
+        224,
     ),
 }
 

@@ -167,6 +167,12 @@ def build_model(config: ModelConfig, weights: str = "none", seed: int = 0) -> CG
         return CGD(config, build_trunk(config.backbone, weights))
 
 
+def builtin_config() -> ModelConfig:
+    """The built-in model's configuration (its architecture; see builtin_model)."""
+    trunk_channels = get_backbone_spec(DEFAULT_BACKBONE).out_channels
+    return ModelConfig(gd_config="S", dim=trunk_channels, power=0.5)
+
+
 def builtin_model() -> CGD:
     """The built-in model: ImageNet EfficientNet-Lite0, average-pooled, square-rooted, 1280-d.
 
@@ -177,9 +183,7 @@ def builtin_model() -> CGD:
     crc-polyps5/train and matches or beats each on kather2016 in all but one figure (README,
     "The built-in model"; benchmarks/builtin_pooling.py). A trained checkpoint is better still.
     """
-    trunk_channels = get_backbone_spec(DEFAULT_BACKBONE).out_channels
-    config = ModelConfig(gd_config="S", dim=trunk_channels, power=0.5)
-    model = build_model(config, weights="imagenet")
+    model = build_model(builtin_config(), weights="imagenet")
     set_identity_projections(model)
     return model.eval()
 

