@@ -9,12 +9,13 @@ from dataclasses import dataclass
 class TrainConfig:
     """Every training choice; saved with the run so `--resume` continues it exactly.
 
-    The defaults are the recipe that met the crc-polyps5 quality target (README, Benchmarks).
+    The defaults are the recipe benchmarks/quality_recipes.py chose on crc-polyps5 validation
+    (README, "Recipe search on validation").
     """
 
     data_dir: str
     run_dir: str
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "efficientnet_lite1"
     weights: str = "imagenet"
     gd_config: str = "SMG"
     dim: int = 1536
@@ -24,7 +25,8 @@ class TrainConfig:
     # themselves (with gd_config "S" and power 0.5: from the built-in model). Needs dim =
     # the trunk's channels × the number of descriptors.
     identity_init: bool = False
-    image_size: int = 224
+    # None: the backbone's native input size (BackboneSpec.native_size).
+    image_size: int | None = None
     # Multi-scale training: each batch resized to one of these sides, drawn at random
     # (None: every batch at image_size, which is also the size the model is evaluated at).
     train_sizes: list[int] | None = None

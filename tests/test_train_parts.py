@@ -155,7 +155,7 @@ def test_setup_checks_then_builds_the_run_and_writes_only_config_and_log(tiny, t
         "train.log",
         "train_config.json",
     ]
-    assert lines[0].startswith("training efficientnet_lite0 CGD (SMG, dim 6)")
+    assert lines[0].startswith("training efficientnet_lite1 CGD (SMG, dim 6)")
     assert lines[0] in (tmp_path / "run" / "train.log").read_text()
 
 
@@ -366,10 +366,21 @@ def test_an_overwrite_that_fails_mid_run_restores_the_old_run(tiny, tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)],
+)
+def test_no_image_size_means_the_backbones_native_size(tiny, tmp_path, backbone, size):
+    config = _config(tiny, tmp_path / "run", backbone=backbone, image_size=None)
+    run = setup_run(config, notify=lambda line: None)
+    assert run.model.config.image_size == size
+    assert run.loader.dataset.transform.size == size
+
+
 def test_a_successful_overwrite_replaces_only_the_run_files(tiny, tmp_path):
     before = _old_run(tiny, tmp_path / "run")
     train(_config(tiny, tmp_path / "run", seed=1), overwrite=True)
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     assert set(after) == set(before) and after["notes.txt"] == b"mine"
     assert after["model.pt"] != before["model.pt"]
-    assert after["train.log"].count(b"training efficientnet_lite0") == 1
+    assert after["train.log"].count(b"training efficientnet_lite1") == 1

@@ -111,14 +111,14 @@ def overwrite_option(help: str = "Replace existing output instead of refusing.")
 
 
 def image_size_option(
-    default: int = DEFAULT_IMAGE_SIZE, help: str = "Model input size in pixels (square)."
+    default: int | None = DEFAULT_IMAGE_SIZE, help: str = "Model input size in pixels (square)."
 ) -> Decorator:
-    """`--image-size N`."""
+    """`--image-size N`; a None default is stated in `help`."""
     return click.option(
         "--image-size",
         type=click.IntRange(min=32),
         default=default,
-        show_default=True,
+        show_default=default is not None,
         help=help,
     )
 

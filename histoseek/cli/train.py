@@ -42,7 +42,11 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     help="Global descriptors in order: S=SPoC, M=MAC, G=GeM (first feeds the classifier).",
 )
 @click.option("--dim", type=click.IntRange(min=1), default=_TRAIN.dim, show_default=True)
-@image_size_option(_TRAIN.image_size)
+@image_size_option(
+    _TRAIN.image_size,
+    help="Model input size in pixels (square) [default: the backbone's native size: 240 for "
+    "EfficientNet-Lite1, 224 for Lite0 and the ResNets, 260 for Lite2].",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True)
 @batch_size_option(_TRAIN.batch_size, help="Training images per step (all processes together).")
 @click.option(

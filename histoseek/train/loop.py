@@ -27,6 +27,7 @@ from histoseek.inference.embed_files import embed_files
 from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
 from histoseek.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
 from histoseek.metrics import exact_neighbours, retrieval_metrics
+from histoseek.model.backbones import get_backbone_spec
 from histoseek.model.cgd import CGD, ModelConfig, build_model, set_identity_projections
 from histoseek.model.checkpoint import save_checkpoint
 from histoseek.train.distributed import (
@@ -163,7 +164,7 @@ def setup_run(
         gd_config=config.gd_config,
         dim=config.dim,
         num_classes=len(class_names),
-        image_size=config.image_size,
+        image_size=config.image_size or get_backbone_spec(config.backbone).native_size,
         power=config.power,
     )
     model = build_model(model_config, weights=config.weights, seed=config.seed)
@@ -181,7 +182,7 @@ def setup_run(
         rank=ddp.rank,
     )
     transform = TrainTransform(
-        config.image_size,
+        model_config.image_size,
         model_config.mean,
         model_config.std,
         crop_scale=(config.crop_scale, 1.0),
