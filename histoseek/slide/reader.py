@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
 
+import numpy as np
 from PIL import Image
 
 from histoseek.data.folder import display_path
@@ -390,26 +391,33 @@ class _ImageSlide(Slide):
                         f"{width * height * 3 / 2**30:.1f} GiB): raise --max-pixels or convert "
                         "it to a tiled pyramidal TIFF"
                     )
-                self._image = load_rgb(path)
+                with load_rgb(path) as image:
+                    # Regions are sliced from an array: Pillow before 13 puts a crop as large
+                    # as the image through its decompression-bomb check, which the limit
+                    # lifted here no longer covers.
+                    self._pixels = np.asarray(image)
         except UnreadableImageError as error:
             raise SlideError(f"{name}: not a readable image ({error.__cause__})") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise SlideError(f"{name}: not a readable image ({error})") from None
-        if self._image.size != (width, height):
-            raise SlideError(f"{name}: decodes to {self._image.size}, not {(width, height)}")
+        decoded = self._pixels.shape[1::-1]
+        if decoded != (width, height):
+            raise SlideError(f"{name}: decodes to {decoded}, not {(width, height)}")
         super().__init__(path, (Level(width, height, 1.0),), found[0], found[1], "image")
 
     def _read(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
-        region = Image.new("RGB", (width, height), (255, 255, 255))
+        region = np.full((height, width, 3), 255, np.uint8)
         left, top = max(x, 0), max(y, 0)
-        right = min(x + width, self._image.width)
-        bottom = min(y + height, self._image.height)
+        right = min(x + width, self._pixels.shape[1])
+        bottom = min(y + height, self._pixels.shape[0])
         if left < right and top < bottom:
-            region.paste(self._image.crop((left, top, right, bottom)), (left - x, top - y))
-        return region
+            region[top - y : bottom - y, left - x : right - x] = self._pixels[
+                top:bottom, left:right
+            ]
+        return Image.fromarray(region)
 
     def close(self) -> None:
-        self._image.close()
+        self._pixels = np.empty((0, 0, 3), np.uint8)
 
 
 def open_slide(
