@@ -30,7 +30,12 @@ def cache(clear: bool) -> None:
     folder = cache_dir()
     if not clear:
         files = cached_files()
-        console.print(cache_table(folder, files) if files else f"{folder}: no cached export")
+        if not files:
+            console.print(f"{folder}: no cached export")
+            return
+        # On its own line rather than as the table's title, which would wrap a long path.
+        console.print(f"histoseek cache: {folder}", soft_wrap=True)
+        console.print(cache_table(folder, files))
         return
     removed = clear_cache()
     for cached in removed:

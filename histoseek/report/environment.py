@@ -53,8 +53,8 @@ def environment_table(
 
 
 def cache_table(folder: Path, files: Sequence[CachedFile]) -> Table:
-    """histoseek's files in its cache: name, size, date, and a total row."""
-    table = Table(title=f"histoseek cache: {folder}")
+    """histoseek's files in `folder`, its cache: name, size, date, and a total row."""
+    table = Table()
     table.add_column("file", overflow="fold")
     table.add_column("kind")
     table.add_column("size", justify="right")

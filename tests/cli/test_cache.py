@@ -15,7 +15,8 @@ from histoseek.inference.exported import cached_onnx_path
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
+    # Longer than the listing's table is wide: the path must still print whole, on one line.
+    folder = tmp_path / ("cache-" + "x" * 100)
     monkeypatch.setenv("HISTOSEEK_CACHE", str(folder))
     monkeypatch.setenv("COLUMNS", "250")
     return folder
