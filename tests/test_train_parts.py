@@ -122,6 +122,7 @@ def _tiny_folder(root, classes=("a", "b"), per_class=6):
 def _config(data, run_dir, **changes) -> TrainConfig:
     options = {
         "weights": "none",
+        "device": "cpu",
         "image_size": 32,
         "dim": 6,
         "batch_size": 4,

@@ -56,6 +56,8 @@ def index_args(directory: Path, checkpoint: Path, *extra: str | Path) -> list[st
         "torch",
         "--workers",
         "0",
+        "--device",
+        "cpu",
         *extra,
     ]
 
@@ -99,6 +101,11 @@ os.replace = replace
 """
 
 
+def _python_path() -> str:
+    """PYTHONPATH for a child process: this checkout first, then whatever was set already."""
+    return os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+
+
 def start_run(args: list[str | Path], patch: str = "") -> subprocess.Popen:
     """Start `histoseek ARGS` in another process, with the Python code `patch` run first."""
     code = f"{patch}\nfrom histoseek.cli import main\nmain()\n"
@@ -107,7 +114,7 @@ def start_run(args: list[str | Path], patch: str = "") -> subprocess.Popen:
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "250"},
+        env={**os.environ, "PYTHONPATH": _python_path(), "COLUMNS": "250"},
     )
 
 

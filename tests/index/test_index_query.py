@@ -6,19 +6,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from index_helpers import copy_tiles, error_line, index_args, run_cli
+from index_helpers import copy_tiles, error_line, index_args, run_cli, start_run, stop
 
 from histoseek.index.manifest import read_manifest
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import save_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _build(tiles: Path, checkpoint: Path, path: Path) -> Path:
@@ -313,14 +309,7 @@ def test_killed_update_leaves_the_previous_index_usable(index_dir, tiles, checkp
     for i in range(400):
         shutil.copyfile(sources[i % len(sources)], extra / f"copy{i:03d}.tif")
 
-    command = [
-        sys.executable,
-        "-c",
-        "from histoseek.cli import main; main()",
-        *map(str, index_args(tiles, checkpoint, "-o", index_dir, "--batch-size", "1")),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    process = start_run(index_args(tiles, checkpoint, "-o", index_dir, "--batch-size", "1"))
     try:
         line = process.stderr.readline()
         assert "embedding 400 new or changed image(s)" in line, line
@@ -328,8 +317,7 @@ def test_killed_update_leaves_the_previous_index_usable(index_dir, tiles, checkp
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
-        process.kill()
-        process.stderr.close()
+        stop(process)
     assert process.returncode == -signal.SIGKILL, "the update finished before it was killed"
 
     assert (index_dir / "manifest.json").read_text() == before

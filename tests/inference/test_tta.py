@@ -72,7 +72,9 @@ def test_tta_embedding_does_not_change_when_the_image_is_rotated(model, tmp_path
     path = _tile(tmp_path)
     rotated = tmp_path / "rotated.png"
     Image.open(path).transpose(Image.Transpose.ROTATE_90).save(rotated)
-    embedder = embedder_for_model(model, "builtin", backend="torch", workers=0, tta=True)
+    embedder = embedder_for_model(
+        model, "builtin", backend="torch", device="cpu", workers=0, tta=True
+    )
     with_tta = embedder.embed_files([path, rotated]).embeddings
     np.testing.assert_allclose(with_tta[0], with_tta[1], atol=1e-5)
     embedder.tta = False
@@ -99,7 +101,9 @@ def test_evaluate_tta_option_is_used_and_recorded(model, tmp_path):
 
 def test_image_embedder_batches_follow_its_tta_setting(model):
     images = np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
-    embedder = embedder_for_model(model, "builtin", backend="torch", workers=0, tta=True)
+    embedder = embedder_for_model(
+        model, "builtin", backend="torch", device="cpu", workers=0, tta=True
+    )
     views = np.concatenate(dihedral_views(images))
     each = embedder.backend.embed_batch(views).reshape(8, 2, -1).sum(axis=0)
     expected = each / np.linalg.norm(each, axis=1, keepdims=True)
