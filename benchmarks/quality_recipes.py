@@ -41,6 +41,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from histoseek.data.colour_groups import clusters_per_class, colour_groups
 from histoseek.data.folder import LabelledImages, scan_labelled_folder
 from histoseek.data.split import stratified_group_split
 from histoseek.embedder import ImageEmbedder, embedder_for_model
@@ -117,6 +118,11 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("lite0-ms-test256", "multi-scale training, test at 256", MULTI_SCALE, test_size=256),
     Recipe("lite1-240", "EfficientNet-Lite1 at its native 240 px", LITE1),
     Recipe("lite1-240-tta", "Lite1 at 240 px, embedded with --tta", LITE1, tta=True),
+    Recipe(
+        "lite1-240-stain0.4",
+        "Lite1 at 240 px, stronger stain jitter",
+        {**LITE1, "stain_jitter": 0.4},
+    ),
     Recipe("lite2-260", "EfficientNet-Lite2 at its native 260 px", LITE2),
     Recipe("lite2-260-tta", "Lite2 at 260 px, embedded with --tta", LITE2, tta=True),
 )
@@ -157,15 +163,22 @@ def stratified_sample(images: LabelledImages, per_class: int, seed: int) -> list
 
 
 def validation_split(
-    train_dir: Path, work: Path, quick: bool, seed: int = 0
+    train_dir: Path, work: Path, quick: bool, val_groups: str = "none", seed: int = 0
 ) -> tuple[Path, Path, Path]:
-    """(fit folder, validation folder, full gallery folder) as folders of links under `work`."""
+    """(fit folder, validation folder, full gallery folder) as folders of links under `work`.
+
+    crc-polyps5 records no patients. With `val_groups` "none" every image is its own group (a
+    stratified random split); with "colour", whole colour clusters within each class are held
+    out, as stand-ins for patients.
+    """
     images = scan_labelled_folder(train_dir)
     pool = stratified_sample(images, 40, seed) if quick else list(range(len(images)))
-    # No groups are recorded, so every image is its own group: a stratified split.
-    assignment = stratified_group_split(
-        [images.labels[i] for i in pool], pool, [1 - VAL_FRACTION, VAL_FRACTION], seed
-    )
+    labels = [images.labels[i] for i in pool]
+    groups: list = pool
+    if val_groups == "colour":
+        paths = [images.paths[i] for i in pool]
+        groups = colour_groups(paths, labels, clusters_per_class(VAL_FRACTION), seed)
+    assignment = stratified_group_split(labels, groups, [1 - VAL_FRACTION, VAL_FRACTION], seed)
     fit = [i for i, part in zip(pool, assignment, strict=True) if part == 0]
     val = [i for i, part in zip(pool, assignment, strict=True) if part == 1]
     return (
@@ -265,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--budget-minutes", type=float, default=None, help="start no training run after this"
     )
+    parser.add_argument(
+        "--val-groups",
+        choices=("none", "colour"),
+        default="none",
+        help="hold out single images (none) or whole colour clusters per class (colour)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=RESULTS / "quality-recipes")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality_recipes.json")
@@ -279,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # Exports made on the fly for evaluation stay with the runs, out of the user's cache.
     os.environ.setdefault("HISTOSEEK_CACHE", str(work / "onnx-cache"))
     fit_dir, val_dir, gallery_dir = validation_split(
-        args.data / "train", work / "split", args.quick
+        args.data / "train", work / "split", args.quick, args.val_groups
     )
     started = time.perf_counter()
 
@@ -296,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         },
         "split": {
             "val_fraction": VAL_FRACTION,
+            "val_groups": args.val_groups,
             "fit_images": len(scan_labelled_folder(fit_dir).paths),
             "val_images": len(scan_labelled_folder(val_dir).paths),
         },

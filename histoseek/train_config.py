@@ -47,6 +47,9 @@ class TrainConfig:
     val_dir: str | None = None
     val_fraction: float = 0.1
     group_regex: str | None = None
+    # Hold out whole colour clusters of each class (stand-ins for patients) instead of single
+    # images, for data whose file names record no patient or slide.
+    colour_groups: bool = False
     seed: int = 0
     device: str = "auto"
     amp: bool = False

@@ -212,6 +212,20 @@ def test_bad_data_folders_fail_with_one_line(case, kather_small, tmp_path):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_colour_groups_choose_the_validation_images(kather_small, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run("train", kather_small, "-o", run_dir, "--epochs", "1", "--colour-groups", *FAST)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "train_config.json").read_text())["colour_groups"] is True
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_images"] + metrics["val_images"] == 24 and metrics["val_images"] > 0
+
+    both = run("train", kather_small, "-o", tmp_path / "other", "--colour-groups",
+               "--group-regex", "x", *FAST)  # fmt: skip
+    assert_one_line_error(both, "give --group-regex or --colour-groups, not both")
+    assert not (tmp_path / "other" / "model.pt").exists()
+
+
 def test_validation_folder_with_one_image_is_refused(kather_small, tmp_path):
     val = tmp_path / "val"
     shutil.copytree(kather_small / "01_TUMOR", val / "01_TUMOR")

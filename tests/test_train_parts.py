@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from histoseek.data.colour_groups import clusters_per_class, colour_groups
+from histoseek.data.folder import scan_labelled_folder
 from histoseek.errors import HistoseekError
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import load_checkpoint
@@ -103,6 +106,40 @@ def test_validation_split_keeps_groups_together(tmp_path):
     val_slides = {slide_of(p) for p in splits.val.paths}
     assert train_slides and val_slides and not train_slides & val_slides
     assert {splits.val.class_names[i] for i in splits.val.labels} == {"a", "b"}
+
+
+def test_colour_groups_hold_out_whole_colour_clusters(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for number in range(12):
+            colour = (230, 150, 190) if number % 2 else (120, 70, 160)
+            noise = rng.normal(0, 6, (16, 16, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / label / f"{number}.png")
+    config = TrainConfig(data_dir=str(tmp_path), run_dir="", val_fraction=0.5, colour_groups=True)
+    splits = prepare_splits(config)
+    images = scan_labelled_folder(tmp_path)
+    groups = colour_groups(images.paths, images.labels, clusters_per_class(0.5), config.seed)
+    group_of = dict(zip(images.paths, groups, strict=True))
+    train_groups = {group_of[path] for path in splits.train.paths}
+    val_groups = {group_of[path] for path in splits.val.paths}
+    assert train_groups and val_groups and not train_groups & val_groups
+    assert len(splits.train) + len(splits.val) == 24
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"group_regex": "x"}, "give --group-regex or --colour-groups, not both"),
+        ({"val_dir": "elsewhere"}, "--colour-groups splits DATA_DIR; it has no use with --val-dir"),
+    ],
+)
+def test_colour_groups_refuse_other_ways_of_choosing_validation(tmp_path, changes, message):
+    _tiny_folder(tmp_path / "data")
+    config = TrainConfig(data_dir=str(tmp_path / "data"), run_dir="", colour_groups=True, **changes)
+    with pytest.raises(HistoseekError, match=re.escape(message)):
+        prepare_splits(config)
 
 
 # The loop's parts on tiny images made here: no pretrained weights, 32 px, a few steps.

@@ -129,6 +129,12 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     help="Regex whose match (or first group) in a file name is its "
     "group, e.g. a slide id; groups never straddle train and validation.",
 )
+@click.option(
+    "--colour-groups",
+    is_flag=True,
+    help="With no patient or slide in the file names: hold out whole clusters of similar "
+    "colour within each class, as stand-ins for patients, instead of single images.",
+)
 @click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
 @device_option()
 @click.option(

@@ -1,9 +1,11 @@
-"""Which images train and which validate: `--val-dir`, or a group-aware held-out fraction."""
+"""Which images train and which validate: `--val-dir`, or a group-aware held-out fraction
+(groups from --group-regex or --colour-groups)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from histoseek.data.colour_groups import clusters_per_class, colour_groups
 from histoseek.data.folder import LabelledImages, display_path, scan_labelled_folder
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.data.split import group_ids_from_regex, stratified_group_split
@@ -35,6 +37,8 @@ def prepare_splits(config: TrainConfig) -> Splits:
     """Scan the data and hold out validation images: `--val-dir`, or a group-aware fraction."""
     images = scan_labelled_folder(config.data_dir, min_classes=2)
     if config.val_dir:
+        if config.colour_groups:
+            raise HistoseekError("--colour-groups splits DATA_DIR; it has no use with --val-dir")
         val = scan_labelled_folder(config.val_dir, class_names=images.class_names)
         known = [i for i, label in enumerate(val.labels) if label >= 0]
         if len(known) < MIN_VALIDATION_IMAGES:
@@ -45,8 +49,14 @@ def prepare_splits(config: TrainConfig) -> Splits:
         return Splits(images, _select(val, known))
     if config.val_fraction <= 0:
         return Splits(images, None)
-    names = [path.name for path in images.paths]
-    groups = group_ids_from_regex(names, config.group_regex)
+    if config.colour_groups:
+        if config.group_regex:
+            raise HistoseekError("give --group-regex or --colour-groups, not both")
+        per_class = clusters_per_class(config.val_fraction)
+        groups = colour_groups(images.paths, images.labels, per_class, config.seed)
+    else:
+        names = [path.name for path in images.paths]
+        groups = group_ids_from_regex(names, config.group_regex)
     fractions = [1.0 - config.val_fraction, config.val_fraction]
     assignment = stratified_group_split(images.labels, groups, fractions, config.seed)
     train = _select(images, [i for i, s in enumerate(assignment) if s == 0])

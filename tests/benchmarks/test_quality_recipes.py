@@ -6,8 +6,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from histoseek.data.colour_groups import clusters_per_class, colour_groups
+from histoseek.data.folder import scan_labelled_folder
 from histoseek.model.backbones import BACKBONE_SPECS
 from histoseek.model.cgd import ModelConfig
 from histoseek.train_config import TrainConfig
@@ -65,6 +69,25 @@ def test_validation_split_is_stratified_disjoint_and_covers_the_gallery(recipes,
     assert all(p.is_symlink() and p.resolve().parent.parent == source for p in val.rglob("*.png"))
     quick = recipes.validation_split(source, tmp_path / "quick", quick=True)
     assert len(list(quick[2].rglob("*.png"))) == 120  # 40 per class
+
+
+def test_colour_validation_holds_out_whole_colour_clusters(recipes, tmp_path):
+    source = tmp_path / "train"
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (source / label).mkdir(parents=True)
+        for i in range(40):
+            shade = np.array((230, 150, 190) if i % 2 else (120, 70, 160)) * (0.8 + i / 200)
+            pixels = np.clip(shade + rng.normal(0, 4, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(source / label / f"{label}{i}.png")
+    fit, val, _ = recipes.validation_split(source, tmp_path / "split", False, "colour")
+    images = scan_labelled_folder(source)
+    groups = colour_groups(images.paths, images.labels, clusters_per_class(recipes.VAL_FRACTION))
+    group_of = {path.name: group for path, group in zip(images.paths, groups, strict=True)}
+    fit_groups = {group_of[p.name] for p in fit.rglob("*.png")}
+    val_groups = {group_of[p.name] for p in val.rglob("*.png")}
+    assert val_groups and not fit_groups & val_groups
+    assert {p.parent.name for p in val.rglob("*.png")} == {"a", "b"}
 
 
 def test_choice_is_the_best_validation_score_within_the_time_budget_and_cost_cap(recipes):
