@@ -133,6 +133,7 @@ def test_colour_groups_hold_out_whole_colour_clusters(tmp_path):
     [
         ({"group_regex": "x"}, "give --group-regex or --colour-groups, not both"),
         ({"val_dir": "elsewhere"}, "--colour-groups splits DATA_DIR; it has no use with --val-dir"),
+        ({"val_fraction": 0.0}, "--colour-groups chooses validation images; give --val-fraction"),
     ],
 )
 def test_colour_groups_refuse_other_ways_of_choosing_validation(tmp_path, changes, message):

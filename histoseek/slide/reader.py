@@ -411,9 +411,8 @@ class _ImageSlide(Slide):
         right = min(x + width, self._pixels.shape[1])
         bottom = min(y + height, self._pixels.shape[0])
         if left < right and top < bottom:
-            region[top - y : bottom - y, left - x : right - x] = self._pixels[
-                top:bottom, left:right
-            ]
+            inside = self._pixels[top:bottom, left:right]
+            region[top - y : bottom - y, left - x : right - x] = inside
         return Image.fromarray(region)
 
     def close(self) -> None:

@@ -48,6 +48,8 @@ def prepare_splits(config: TrainConfig) -> Splits:
             )
         return Splits(images, _select(val, known))
     if config.val_fraction <= 0:
+        if config.colour_groups:
+            raise HistoseekError("--colour-groups chooses validation images; give --val-fraction")
         return Splits(images, None)
     if config.colour_groups:
         if config.group_regex:
