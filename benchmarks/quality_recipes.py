@@ -284,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         default="none",
         help="hold out single images (none) or whole colour clusters per class (colour)",
     )
+    parser.add_argument(
+        "--skip-test",
+        action="store_true",
+        help="choose on validation and stop: the test set is not read (the runs are kept)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=RESULTS / "quality-recipes")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality_recipes.json")
@@ -361,14 +366,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     chosen = choose(rows, args.max_train_minutes, args.max_embed_cost)
     recipe = RECIPES_BY_NAME[chosen["recipe"]]
     checkpoint = runs[recipe.training_key()][0]
-    test_dir = args.data / "test"
-    if args.quick:
-        test_images = scan_labelled_folder(test_dir)
-        keep = stratified_sample(test_images, 20, seed=1)
-        test_dir = link_images(test_images, keep, work / "split" / "test")
-    test_set = check_evaluation_set(gallery_dir, test_dir)
-    test = evaluate(recipe_embedder(checkpoint, recipe, args.workers), test_set)
-    chosen["test"] = test.metrics
+    test = None
+    if not args.skip_test:
+        test_dir = args.data / "test"
+        if args.quick:
+            test_images = scan_labelled_folder(test_dir)
+            keep = stratified_sample(test_images, 20, seed=1)
+            test_dir = link_images(test_images, keep, work / "split" / "test")
+        test_set = check_evaluation_set(gallery_dir, test_dir)
+        test = evaluate(recipe_embedder(checkpoint, recipe, args.workers), test_set)
+        chosen["test"] = test.metrics
     seconds = time.perf_counter() - started
 
     table = Table(title="recipe search on crc-polyps5 (validation only; test for the choice)")
@@ -384,9 +391,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ):
         table.add_column(column, justify="left" if column in ("recipe", "tries") else "right")
     for row in rows:
-        tested = row is chosen
+        tested = "test" in row
         table.add_row(
-            f"[bold]{row['recipe']}[/bold] (chosen)" if tested else row["recipe"],
+            f"[bold]{row['recipe']}[/bold] (chosen)" if row is chosen else row["recipe"],
             row["tries"],
             f"{row['val']['recall@1']:.3f}",
             f"{row['val']['mmv@5']:.3f}",
@@ -399,8 +406,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     console.print(
         f"chosen by validation (mean of R@1 and mMV@5, training ≤ {args.max_train_minutes:g} "
         f"min, embedding ≤ {args.max_embed_cost:g}× the built-in model's work): "
-        f"{chosen['recipe']}; test = crc-polyps5/test → train, {test.query_size} queries "
-        f"against {test.gallery_size}; total {seconds / 60:.1f} min"
+        f"{chosen['recipe']}; "
+        + (
+            f"test = crc-polyps5/test → train, {test.query_size} queries against "
+            f"{test.gallery_size}"
+            if test is not None
+            else "test not read (--skip-test)"
+        )
+        + f"; total {seconds / 60:.1f} min"
     )
     if skipped:
         console.print(f"not reached within --budget-minutes: {', '.join(skipped)}")

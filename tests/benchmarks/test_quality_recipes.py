@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,3 +126,33 @@ def test_the_budget_stops_new_training_runs_only_once_spent(recipes):
     assert not recipes.budget_spent(100.0, None, 1e9)  # no budget: never spent
     assert not recipes.budget_spent(100.0, 2.0, 100.0 + 119)
     assert recipes.budget_spent(100.0, 2.0, 100.0 + 120)
+
+
+def test_skip_test_chooses_on_validation_without_reading_the_test_set(
+    recipes, tmp_path, monkeypatch
+):
+    data = tmp_path / "crc"
+    _write_set(data / "train", 10)  # and no test/ folder: reading it would fail
+    val_scores = {"lite0": 0.7, "lite0-g": 0.9}
+    evaluated = []
+
+    def fake_train(recipe, fit_dir, val_dir, run_dir, quick, workers):
+        return run_dir / "model.pt", 1.0
+
+    def fake_evaluate(embedder, evaluation_set):
+        evaluated.append(evaluation_set)
+        score = val_scores[embedder]
+        return SimpleNamespace(metrics={"recall@1": score, "mmv@5": score})
+
+    monkeypatch.setattr(recipes, "train_recipe", fake_train)
+    monkeypatch.setattr(recipes, "recipe_embedder", lambda path, recipe, workers: recipe.name)
+    monkeypatch.setattr(recipes, "evaluate", fake_evaluate)
+    out = tmp_path / "search.json"
+    document = recipes.main(
+        ["--recipes", "lite0,lite0-g", "--skip-test", "--data", str(data),
+         "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    )  # fmt: skip
+    assert document["chosen"] == "lite0-g" and len(evaluated) == 2  # validation only
+    assert all("test" not in row for row in document["rows"])
+    assert json.loads(out.read_text())["chosen"] == "lite0-g"
+    assert (tmp_path / "work" / "full" / "split" / "val").is_dir()
