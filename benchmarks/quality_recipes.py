@@ -403,17 +403,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{row['test']['mmv@5']:.3f}" if tested else "",
         )
     console.print(table)
+    tested_on = (
+        "test not read (--skip-test)"
+        if test is None
+        else f"test = crc-polyps5/test → train, {test.query_size} queries against "
+        f"{test.gallery_size}"
+    )
     console.print(
         f"chosen by validation (mean of R@1 and mMV@5, training ≤ {args.max_train_minutes:g} "
         f"min, embedding ≤ {args.max_embed_cost:g}× the built-in model's work): "
-        f"{chosen['recipe']}; "
-        + (
-            f"test = crc-polyps5/test → train, {test.query_size} queries against "
-            f"{test.gallery_size}"
-            if test is not None
-            else "test not read (--skip-test)"
-        )
-        + f"; total {seconds / 60:.1f} min"
+        f"{chosen['recipe']}; {tested_on}; total {seconds / 60:.1f} min"
     )
     if skipped:
         console.print(f"not reached within --budget-minutes: {', '.join(skipped)}")
