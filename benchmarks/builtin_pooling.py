@@ -100,7 +100,9 @@ class DescriptorView:
         embedded = self.shared.embed(paths)
         part = embedded.embeddings[:, self.start : self.stop]
         part = part / np.linalg.norm(part, axis=1, keepdims=True)
-        return EmbeddedFiles(part.astype(np.float32), embedded.indices, embedded.failed)
+        return EmbeddedFiles(
+            part.astype(np.float32), embedded.indices, embedded.failed, embedded.stored_sizes
+        )
 
 
 def compare(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,19 +14,32 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from histoseek.data.images import UnreadableImageError
-from histoseek.data.sources import ImageSource, load_source, source_name
+from histoseek.data.sources import ImageSource, load_source_sized, source_name
 from histoseek.data.transforms import seed_worker_transform
 from histoseek.errors import HistoseekError
 
 
-class ImageDataset(Dataset):
-    """Items are (array CHW or None, label, index, indices of unreadable files met).
+class Item(NamedTuple):
+    """One dataset item: an image's array, label and index, and the unreadable files met."""
 
-    By default an unreadable file gives (None, label, index, [index]), and the collate leaves
+    #: CHW array as the transform makes it; None for an unreadable file (when not replaced).
+    image: np.ndarray | None
+    label: int
+    index: int
+    #: Indices of the unreadable files met on the way (the item's own, or those replaced).
+    failed: list[int]
+    #: The source's width and height as stored (before any reduced-scale decoding).
+    stored_size: tuple[int, int] | None
+
+
+class ImageDataset(Dataset):
+    """Items (`Item`) are an image's array, label and index, with the unreadable files met.
+
+    By default an unreadable file gives an item without an image, and the collate leaves
     it out. With `replace_unreadable` (training), it gives the next readable image of the same
     class instead, so every batch keeps its size: under DDP all processes then take the same
     steps. The choice depends only on which files are readable, so it repeats. With
-    `decode_size`, JPEGs larger than needed decode at reduced scale (load_rgb's min_size);
+    `decode_size`, JPEGs larger than needed decode at reduced scale (load_rgb_sized's min_size);
     training leaves it None, as its random crops want every pixel.
 
     `paths` are image sources: file paths, or slide tiles that each worker reads itself.
@@ -53,27 +67,29 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, int, list[int]]:
-        image = self._load(index)
-        if image is not None:
-            return self.transform(image), self.labels[index], index, []
+    def __getitem__(self, index: int) -> Item:
+        loaded = self._load(index)
+        if loaded is not None:
+            return Item(self.transform(loaded[0]), self.labels[index], index, [], loaded[1])
         if not self.replace_unreadable:
-            return None, self.labels[index], index, [index]
+            return Item(None, self.labels[index], index, [index], None)
         members = self._class_members[self.labels[index]]
         start = members.index(index)
         for other in members[start + 1 :] + members[:start]:
-            image = self._load(other)
-            if image is not None:
-                return self.transform(image), self.labels[other], other, [index]
+            loaded = self._load(other)
+            if loaded is not None:
+                return Item(
+                    self.transform(loaded[0]), self.labels[other], other, [index], loaded[1]
+                )
         raise HistoseekError(
             f"no image of the class of {source_name(self.paths[index])} is readable"
         )
 
-    def _load(self, index: int) -> Image.Image | None:
+    def _load(self, index: int) -> tuple[Image.Image, tuple[int, int]] | None:
         if index in self._unreadable:
             return None
         try:
-            return load_source(self.paths[index], min_size=self.decode_size)
+            return load_source_sized(self.paths[index], min_size=self.decode_size)
         except UnreadableImageError:
             self._unreadable.add(index)
             return None
@@ -87,21 +103,22 @@ class Batch:
     labels: torch.Tensor
     indices: torch.Tensor
     failed: list[int]
+    #: Width and height as stored of each readable item's source, in the order of `indices`.
+    stored_sizes: list[tuple[int, int]]
 
 
-def collate_skipping_unreadable(
-    items: list[tuple[np.ndarray | None, int, int, list[int]]],
-) -> Batch:
+def collate_skipping_unreadable(items: list[Item]) -> Batch:
     """Stack the items that have an image; report every unreadable file met by index."""
-    good = [item for item in items if item[0] is not None]
-    failed = [index for item in items for index in item[3]]
+    good = [item for item in items if item.image is not None]
+    failed = [index for item in items for index in item.failed]
     if not good:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), failed, [])
     return Batch(
-        images=torch.from_numpy(np.stack([item[0] for item in good])),
-        labels=torch.tensor([item[1] for item in good], dtype=torch.long),
-        indices=torch.tensor([item[2] for item in good], dtype=torch.long),
+        images=torch.from_numpy(np.stack([item.image for item in good])),
+        labels=torch.tensor([item.label for item in good], dtype=torch.long),
+        indices=torch.tensor([item.index for item in good], dtype=torch.long),
         failed=failed,
+        stored_sizes=[item.stored_size for item in good],
     )
 
 

@@ -74,21 +74,32 @@ def _check_pixel_limit(size: tuple[int, int]) -> None:
 
 
 def load_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
-    """Open an image file fully decoded as 8-bit RGB, or raise UnreadableImageError.
+    """Open an image file fully decoded as 8-bit RGB, or raise UnreadableImageError (see
+    load_rgb_sized)."""
+    return load_rgb_sized(path, min_size)[0]
+
+
+def load_rgb_sized(
+    path: Path | str, min_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """An image file decoded as 8-bit RGB, and its width and height as stored; or raise
+    UnreadableImageError.
 
     Images above the pixel limit are refused from their header, before anything is decoded.
     With `min_size`, a JPEG more than twice that size on both sides is decoded at 1/2, 1/4 or
     1/8 scale (libjpeg scales in the DCT domain, far faster than decoding every pixel), at the
     largest reduction that keeps both sides at least `min_size`; other files decode in full.
+    The stored size is the file's own either way.
     """
     try:
         with Image.open(path) as image:
-            _check_pixel_limit(image.size)
+            stored_size = image.size
+            _check_pixel_limit(stored_size)
             if min_size is not None:
                 # The mode is kept as is: draft only scales; to_rgb converts below.
                 image.draft(image.mode, (min_size, min_size))
             image.load()
-            return to_rgb(image)
+            return to_rgb(image), stored_size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"{path}: {error}") from error
 

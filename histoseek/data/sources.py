@@ -1,6 +1,6 @@
 """Image sources: what the embedding pipeline reads, an image file or a region of a slide.
 
-An image source is either a path (decoded whole by `load_rgb`) or an object with a `load()`
+An image source is either a path (decoded whole by `load_rgb_sized`) or an object with a `load()`
 method returning an RGB image (a slide tile: histoseek.slide.sources.SlideTile). Such objects
 are small and picklable, so decoding workers load them themselves.
 """
@@ -15,7 +15,7 @@ from typing import Protocol
 from PIL import Image
 
 from histoseek.data.folder import display_path
-from histoseek.data.images import UnreadableImageError, load_rgb
+from histoseek.data.images import UnreadableImageError, load_rgb_sized
 
 
 class LoadableImage(Protocol):
@@ -43,12 +43,21 @@ class ImageInMemory:
         return self.name
 
 
-def load_source(source: ImageSource, min_size: int | None = None) -> Image.Image:
-    """The source's pixels as 8-bit RGB, or UnreadableImageError. `min_size` lets a large
-    JPEG decode at reduced scale (see load_rgb); a slide tile is read at its own size."""
+def load_source(source: ImageSource) -> Image.Image:
+    """The source's pixels as 8-bit RGB, or UnreadableImageError."""
+    return load_source_sized(source)[0]
+
+
+def load_source_sized(
+    source: ImageSource, min_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The source's pixels as 8-bit RGB and its width and height as stored, or
+    UnreadableImageError. `min_size` lets a large JPEG decode at reduced scale (see
+    load_rgb_sized); a slide tile is read at its own size."""
     if isinstance(source, (str, os.PathLike)):
-        return load_rgb(source, min_size=min_size)
-    return source.load()
+        return load_rgb_sized(source, min_size=min_size)
+    image = source.load()
+    return image, image.size
 
 
 def source_name(source: ImageSource) -> str:

@@ -21,7 +21,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import display_path
@@ -192,11 +191,6 @@ def _check_previous(
         )
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
-
-
 class _Counter:
     """One progress count over several embedding jobs run one after another."""
 
@@ -317,7 +311,7 @@ def _embed_images(
             run.skip(image.key, why_unreadable(image.path))
         for row, position in enumerate(embedded.indices):
             image = plan.to_embed[int(position)]
-            width, height = _image_size(image.path)
+            width, height = (int(side) for side in embedded.stored_sizes[row])
             label = PurePosixPath(image.key).parent.name
             group = regex_group(group_regex, image.key)
             item = IndexItem(

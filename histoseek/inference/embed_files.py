@@ -23,6 +23,8 @@ class EmbeddedFiles:
     embeddings: np.ndarray
     indices: np.ndarray
     failed: list[int]
+    #: (width, height) as stored of each readable source, row by row with `indices`.
+    stored_sizes: np.ndarray
 
 
 def decoding_workers(count: int, batch_size: int, workers: int) -> int:
@@ -85,33 +87,48 @@ def embed_files(
     else:
         workers = decoding_workers(len(sources), batch_size, workers)
         batches = _embedded_one_at_a_time(dataset, batch_size, workers, embed)
-    chunks: list[np.ndarray] = []
-    indices: list[np.ndarray] = []
+    # An empty first part, so that nothing embedded still has the embeddings' width.
+    parts = [_nothing_embedded(embedder.dim)]
     failed: list[int] = []
     done = 0
     for embedded in batches:
         failed.extend(embedded.failed)
         if len(embedded.indices):
-            chunks.append(embedded.embeddings)
-            indices.append(embedded.indices)
+            parts.append(embedded)
         done += len(embedded.indices) + len(embedded.failed)
         if progress is not None:
             progress(done, len(sources))
-    if chunks:
-        return EmbeddedFiles(np.concatenate(chunks), np.concatenate(indices), sorted(failed))
     return EmbeddedFiles(
-        np.zeros((0, embedder.dim), np.float32), np.zeros(0, np.int64), sorted(failed)
+        np.concatenate([part.embeddings for part in parts]),
+        np.concatenate([part.indices for part in parts]),
+        sorted(failed),
+        np.concatenate([part.stored_sizes for part in parts]),
     )
 
 
 Embed = Callable[[np.ndarray], np.ndarray]
 
 
+def _nothing_embedded(dim: int, failed: tuple[int, ...] | list[int] = ()) -> EmbeddedFiles:
+    """No embeddings (of width `dim`), and `failed` unreadable sources."""
+    return EmbeddedFiles(
+        np.zeros((0, dim), np.float32),
+        np.zeros(0, np.int64),
+        list(failed),
+        np.zeros((0, 2), np.int64),
+    )
+
+
 def _embedded(batch: Batch, embed: Embed) -> EmbeddedFiles:
     """A collated batch's embeddings (none where every image was unreadable)."""
     if not len(batch.indices):
-        return EmbeddedFiles(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), batch.failed)
-    return EmbeddedFiles(embed(batch.images.numpy()), batch.indices.numpy(), batch.failed)
+        return _nothing_embedded(0, batch.failed)
+    return EmbeddedFiles(
+        embed(batch.images.numpy()),
+        batch.indices.numpy(),
+        batch.failed,
+        np.array(batch.stored_sizes, np.int64).reshape(-1, 2),
+    )
 
 
 def _embedded_one_at_a_time(

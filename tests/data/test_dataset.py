@@ -59,11 +59,11 @@ def test_training_replaces_an_unreadable_file_with_the_next_one_of_its_class(tmp
     labels = [0, 1, 0, 1, 0, 1]
     transform = EvalTransform(16, (0, 0, 0), (1, 1, 1))
     dataset = ImageDataset(paths, labels, transform, replace_unreadable=True)
-    image, label, index, unreadable = dataset[1]
+    item = dataset[1]
     # Class 1 is 1, 3, 5: after 1 comes 3 (unreadable too), then 5.
-    assert (label, index, unreadable) == (1, 5, [1])
-    assert np.array_equal(image, dataset[5][0])
-    assert dataset[3][2] == 5  # and from 3 it wraps round to 5 as well
+    assert (item.label, item.index, item.failed, item.stored_size) == (1, 5, [1], (20, 20))
+    assert np.array_equal(item.image, dataset[5].image)
+    assert dataset[3].index == 5  # and from 3 it wraps round to 5 as well
     (batch,) = list(make_loader(dataset, workers=0, batch_size=6))
     assert len(batch.labels) == 6 and batch.labels.tolist() == labels
     assert sorted(batch.failed) == [1, 3]
@@ -79,3 +79,16 @@ def test_a_class_with_no_readable_file_cannot_be_replaced(tmp_path):
     )
     with pytest.raises(HistoseekError, match="no image of the class of .*0.png is readable"):
         dataset[0]
+
+
+def test_batches_carry_each_images_stored_size_even_when_decoded_reduced(tmp_path):
+    large, small, broken = tmp_path / "large.jpg", tmp_path / "small.png", tmp_path / "bad.png"
+    Image.new("RGB", (1000, 900), (200, 100, 150)).save(large)
+    Image.new("RGB", (30, 20), (10, 20, 30)).save(small)
+    broken.write_bytes(b"broken")
+    transform = EvalTransform(16, (0, 0, 0), (1, 1, 1))
+    dataset = ImageDataset([large, broken, small], [0, 0, 0], transform, decode_size=224)
+    (batch,) = list(make_loader(dataset, workers=0, batch_size=3))
+    # The large JPEG decodes at 1/4 scale (250 × 225), yet its stored size is reported.
+    assert batch.indices.tolist() == [0, 2] and batch.failed == [1]
+    assert batch.stored_sizes == [(1000, 900), (30, 20)]

@@ -67,9 +67,19 @@ def test_side_by_side_embeds_what_one_at_a_time_does_in_input_order(files):
     assert threaded.failed == serial.failed == [3, 8]
     assert threaded.indices.tolist() == serial.indices.tolist() == [0, 1, 2, 4, 5, 6, 7, 9, 10]
     np.testing.assert_allclose(threaded.embeddings, serial.embeddings, atol=1e-6)
+    assert threaded.stored_sizes.tolist() == serial.stored_sizes.tolist() == [[SIZE * 2, SIZE]] * 9
     assert progress[-1] == (11, 11) and [done for done, _ in progress] == sorted(
         done for done, _ in progress
     )
+
+
+@pytest.mark.parametrize("batch_threads", [1, 2])
+def test_a_job_of_only_unreadable_files_gives_empty_arrays_of_the_right_shape(files, batch_threads):
+    unreadable = [files[3], files[8]]
+    embedded = embed_files(ChannelMeans(batch_threads), CONFIG, unreadable, batch_size=4)
+    assert embedded.failed == [0, 1]
+    assert embedded.embeddings.shape == (0, 3) and embedded.embeddings.dtype == np.float32
+    assert embedded.indices.shape == (0,) and embedded.stored_sizes.shape == (0, 2)
 
 
 def test_batches_run_on_every_thread_and_a_small_job_is_split_over_them(files):
