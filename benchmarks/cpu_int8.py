@@ -3,8 +3,9 @@
 On crc-polyps5/train (2,000 JPEG patches): for each backend, the raw model's images/s on
 preprocessed batches and `histoseek index`'s images/s from files to a finished index, in
 histoseek's layout of the cores (ONNX Runtime: a batch per core, each thread decoding its own)
-and, for ONNX Runtime, also one batch at a time on every core fed by a decoding process; where
-a serial pipeline spends its time (decode, resize and normalise, inference, Annoy); and R@1 on
+and, for ONNX Runtime, also one batch at a time on every core fed by a decoding process, each
+the median of --turns raw figures and index runs taken in turn; where a serial pipeline
+spends its time (decode, resize and normalise, inference, Annoy); and R@1 on
 crc-polyps5 test → train for FP32 and INT8 side by side. The INT8 model is made the way
 `histoseek export --int8` makes it (calibrated on crc-polyps5/train, its parity gate judged on
 crc-polyps5/test), unless --int8-export names one. Prints a table and writes JSON.
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,7 +59,7 @@ MAX_R1_LOSS = 0.01
 # A batch per core, each thread decoding its own (histoseek's default for ONNX Runtime on the
 # CPU); or one batch at a time on every core, fed by one decoding worker process.
 LAYOUT_NAMES = {True: "batch per core", False: "one at a time"}
-RAW_TURNS = 3
+TURNS = 3
 
 
 def subset(folder: Path, count: int | None, scratch: Path) -> Path:
@@ -119,24 +121,46 @@ def raw_images_per_second(embedder: ImageEmbedder, batch: np.ndarray, seconds: f
     return calls * len(batch) / (time.perf_counter() - started)
 
 
-def raw_in_turns(
-    embedders: list[ImageEmbedder], batch: np.ndarray, seconds: float, turns: int = RAW_TURNS
-) -> list[float]:
-    """Each embedder's raw images/s: the median of `turns` measurements taken in turn, so
-    layouts are compared at the same moments (a VM's speed drifts by ±15% over minutes)."""
-    measured = [[] for _ in embedders]
-    for _ in range(turns):
-        for embedder, values in zip(embedders, measured, strict=True):
-            values.append(raw_images_per_second(embedder, batch, seconds))
-    return [float(np.median(values)) for values in measured]
-
-
 def end_to_end(embedder: ImageEmbedder, source: Path, index_dir: Path) -> dict:
-    """`histoseek index` from files to a finished index at `index_dir`."""
+    """`histoseek index` from files to a finished index at `index_dir`, built afresh (an index
+    of the same folder and model left there would be reused, not embedded again)."""
+    shutil.rmtree(index_dir, ignore_errors=True)
     started = time.perf_counter()
     report = build_index(source, index_dir, embedder, overwrite=True)
     seconds = time.perf_counter() - started
     return {"images": report.items, "seconds": seconds, "images_per_s": report.items / seconds}
+
+
+def measured_in_turns(
+    layouts: list[tuple[ImageEmbedder, ImageEmbedder]],
+    batch: np.ndarray,
+    seconds: float,
+    source: Path,
+    index_dir: Path,
+    turns: int = TURNS,
+) -> list[dict]:
+    """For each layout (the embedder timed raw, the embedder that indexes): the median of
+    `turns` raw figures and of `turns` index runs, every measurement of every layout taken in
+    turn, so that raw and index figures sample the same moments (a VM's speed drifts by ±15%
+    over minutes, which one index run after three raw figures would not average out)."""
+    raw: list[list[float]] = [[] for _ in layouts]
+    runs: list[list[dict]] = [[] for _ in layouts]
+    for _ in range(turns):
+        for number, (timed_raw, indexing) in enumerate(layouts):
+            raw[number].append(raw_images_per_second(timed_raw, batch, seconds))
+            runs[number].append(end_to_end(indexing, source, index_dir))
+    return [
+        {
+            "raw_images_per_s": float(np.median(raw_figures)),
+            "raw_turns": raw_figures,
+            "index": {
+                "images": index_runs[0]["images"],
+                "images_per_s": float(np.median([run["images_per_s"] for run in index_runs])),
+                "turns": [run["images_per_s"] for run in index_runs],
+            },
+        }
+        for raw_figures, index_runs in zip(raw, runs, strict=True)
+    ]
 
 
 def make_int8(model_ref: str, scratch: Path, train: Path, test: Path, count: int) -> Path:
@@ -200,30 +224,35 @@ def run(args: argparse.Namespace) -> dict:
                 )
 
             embedder = embedder_with(args.workers)
-            # The other layout, for comparison: one batch at a time on every core (its threads
-            # spinning when alone for the raw figure), fed by one decoding worker process.
+            # The other layout, for comparison: one batch at a time on every core, fed by one
+            # decoding worker process (its threads spinning when alone, for the raw figure).
             compared = embedder.backend.batch_threads > 1
-            measured = [embedder, embedder_with(0)] if compared else [embedder]
-            raw, *raw_alone = raw_in_turns(measured, batch, seconds)
-            print(f"{embedder.name}: raw {raw:.1f} images/s", flush=True)
-            e2e = end_to_end(embedder, train, scratch / f"index-{backend}")
-            print(f"{embedder.name}: index {e2e['images_per_s']:.1f} images/s", flush=True)
+            layouts = [(embedder, embedder)]
+            if compared:
+                layouts.append((embedder_with(0), embedder_with(1)))
+            own, *other = measured_in_turns(
+                layouts, batch, seconds, train, scratch / f"index-{backend}", args.turns
+            )
             row = {
                 "backend": backend,
                 "name": embedder.name,
-                "raw_images_per_s": raw,
-                "index": e2e,
+                **own,
                 "batch_threads": embedder.backend.batch_threads,
                 "decoding_workers": embedder.workers,
             }
-            if compared:
-                fed = end_to_end(embedder_with(1), train, scratch / f"index-{backend}-fed")
+            print(
+                f"{embedder.name}: raw {own['raw_images_per_s']:.1f}, "
+                f"index {own['index']['images_per_s']:.1f} images/s",
+                flush=True,
+            )
+            if other:
+                row["one_batch_at_a_time"] = other[0]
                 print(
-                    f"{embedder.name}, one batch at a time: raw {raw_alone[0]:.1f}, "
-                    f"index {fed['images_per_s']:.1f} images/s",
+                    f"{embedder.name}, one batch at a time: raw "
+                    f"{other[0]['raw_images_per_s']:.1f}, index "
+                    f"{other[0]['index']['images_per_s']:.1f} images/s",
                     flush=True,
                 )
-                row["one_batch_at_a_time"] = {"raw_images_per_s": raw_alone[0], "index": fed}
             if backend == "onnx-int8":
                 row["parity"] = json.loads(embedder.backend.metadata.get(META_PARITY, "{}"))
             if backend != "torch":
@@ -341,8 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="A few hundred images, 1 s timings.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="[default: histoseek's plan]")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="Per raw measurement.")
     parser.add_argument(
-        "--min-seconds", type=float, default=3.0, help=f"Per raw measurement ({RAW_TURNS} each)."
+        "--turns",
+        type=int,
+        default=TURNS,
+        help="Raw figures and index runs per layout, taken in turn; medians are reported.",
     )
     parser.add_argument("--calibration-images", type=int, default=192)
     parser.add_argument("--out", type=Path, default=None, help="JSON output file.")

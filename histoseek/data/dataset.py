@@ -68,7 +68,7 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Item:
-        loaded = self._load(index)
+        loaded = self.load(index)
         if loaded is not None:
             return Item(self.transform(loaded[0]), self.labels[index], index, [], loaded[1])
         if not self.replace_unreadable:
@@ -76,7 +76,7 @@ class ImageDataset(Dataset):
         members = self._class_members[self.labels[index]]
         start = members.index(index)
         for other in members[start + 1 :] + members[:start]:
-            loaded = self._load(other)
+            loaded = self.load(other)
             if loaded is not None:
                 return Item(
                     self.transform(loaded[0]), self.labels[other], other, [index], loaded[1]
@@ -85,7 +85,9 @@ class ImageDataset(Dataset):
             f"no image of the class of {source_name(self.paths[index])} is readable"
         )
 
-    def _load(self, index: int) -> tuple[Image.Image, tuple[int, int]] | None:
+    def load(self, index: int) -> tuple[Image.Image, tuple[int, int]] | None:
+        """The source at `index` decoded (without the transform) and its stored size; None if
+        it is unreadable."""
         if index in self._unreadable:
             return None
         try:

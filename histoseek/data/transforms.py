@@ -43,14 +43,16 @@ class EvalTransform:
             np.float32
         )
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """An RGB image → float32 CHW (size × size), normalised, in a single new array."""
+    def __call__(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """An RGB image → float32 CHW (size × size), normalised, written into `out` (a
+        contiguous float32 array of that shape) when given, else into a single new array."""
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BILINEAR)
         pixels = np.asarray(image)  # HWC uint8
         # The transposed view is read once, converted and scaled straight into the output,
         # instead of a float copy, a transposed copy and two more for the normalisation.
-        out = np.empty((3, self.size, self.size), dtype=np.float32)
+        if out is None:
+            out = np.empty((3, self.size, self.size), dtype=np.float32)
         np.multiply(pixels.transpose(2, 0, 1), self._scale, out=out)
         out += self._offset
         return out

@@ -20,6 +20,15 @@ def test_eval_transform_resizes_the_whole_patch_and_normalises(image):
     assert np.allclose(array, expected.transpose(2, 0, 1), atol=1e-5)
 
 
+def test_eval_transform_writes_into_a_given_row_of_a_batch(image):
+    transform = EvalTransform(64, MEAN, STD)
+    batch = np.full((2, 3, 64, 64), np.nan, np.float32)
+    returned = transform(image, out=batch[1])
+    assert np.shares_memory(returned, batch[1])
+    assert np.array_equal(batch[1], transform(image))
+    assert np.isnan(batch[0]).all()  # the other row is left alone
+
+
 def test_train_transform_output_shape_and_seeded_randomness(image):
     first = TrainTransform(48, MEAN, STD, seed=1)
     second = TrainTransform(48, MEAN, STD, seed=1)
