@@ -1,8 +1,8 @@
 """Image sources: what the embedding pipeline reads, an image file or a region of a slide.
 
-An image source is either a path (decoded whole by `load_rgb_sized`) or an object with a `load()`
-method returning an RGB image (a slide tile: histoseek.slide.sources.SlideTile). Such objects
-are small and picklable, so decoding workers load them themselves.
+An image source is either a path (decoded whole by `load_rgb_sized`) or an object with a
+`load()` method returning an RGB image (a slide tile: histoseek.slide.sources.SlideTile). Such
+objects are small and picklable, so decoding workers load them themselves.
 """
 
 from __future__ import annotations

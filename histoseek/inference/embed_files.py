@@ -149,7 +149,7 @@ def _embedded_side_by_side(
     core busy without handing pixels between processes. A batch smaller than one per thread
     is split over the threads, so a single batch also uses every core. Each thread decodes
     into one batch array of its own, reused for every batch: a fresh array per image and a
-    stacked copy per batch cost about a third as much as decoding itself.
+    stacked copy per batch cost about 0.3 ms an image on crc-polyps5, beside 0.7 of decoding.
     """
     size = min(batch_size, max(1, -(-len(dataset) // threads)))
     starts = range(0, len(dataset), size)
