@@ -10,12 +10,12 @@ class TrainConfig:
     """Every training choice; saved with the run so `--resume` continues it exactly.
 
     The defaults are the recipe benchmarks/quality_recipes.py chose on crc-polyps5 validation
-    (README, "Recipe search on validation").
+    (README, "Validation by colour clusters").
     """
 
     data_dir: str
     run_dir: str
-    backbone: str = "efficientnet_lite1"
+    backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     gd_config: str = "SMG"
     dim: int = 1536
@@ -33,7 +33,7 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 60
     m_per_class: int = 12
-    lr: float = 1e-3
+    lr: float = 3e-3
     backbone_lr_scale: float = 0.1
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0

@@ -76,7 +76,7 @@ def test_train_writes_model_metrics_and_log(trained_run):
 
 def test_checkpoint_loads_with_safe_torch_load(trained_run):
     payload = torch.load(trained_run / "model.pt", weights_only=True)
-    assert payload["config"]["backbone"] == TrainConfig.backbone == "efficientnet_lite1"
+    assert payload["config"]["backbone"] == TrainConfig.backbone == "efficientnet_lite0"
 
 
 def test_evaluate_reports_metrics_in_range(trained_run, kather_small):
@@ -252,7 +252,7 @@ def test_corrupt_checkpoint_fails_with_one_line(tmp_path, kather_small):
 def test_info_reports_a_trained_model(trained_run):
     result = run("info", "--model", trained_run / "model.pt", "--image-size", "64")
     assert result.exit_code == 0, result.output
-    assert "efficientnet_lite1" in result.stdout and "01_TUMOR" in result.stdout
+    assert "efficientnet_lite0" in result.stdout and "01_TUMOR" in result.stdout
 
 
 def test_info_reproduces_reference_figures():

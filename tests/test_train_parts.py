@@ -194,7 +194,7 @@ def test_setup_checks_then_builds_the_run_and_writes_only_config_and_log(tiny, t
         "train.log",
         "train_config.json",
     ]
-    assert lines[0].startswith("training efficientnet_lite1 CGD (SMG, dim 6)")
+    assert lines[0].startswith("training efficientnet_lite0 CGD (SMG, dim 6)")
     assert lines[0] in (tmp_path / "run" / "train.log").read_text()
 
 
@@ -341,11 +341,12 @@ def test_resume_applies_the_options_that_may_change(tiny, tmp_path):
     _finished_run(tiny, tmp_path / "run")
     moved = tmp_path / "moved"
     shutil.copytree(tiny, moved)
-    given = {"epochs": 3, "workers": 1, "device": "cpu", "data_dir": moved, "lr": 1e-3}
+    given = {"epochs": 3, "workers": 1, "device": "cpu", "data_dir": moved, "lr": TrainConfig.lr}
     config = resume_config(tmp_path / "run", given)
     assert (config.epochs, config.workers, config.device) == (3, 1, "cpu")
     assert config.data_dir == str(moved) and config.run_dir == str(tmp_path / "run")
-    assert config.dim == 6 and config.lr == 1e-3  # an option repeating the run's value is fine
+    # An option repeating the run's value (its default learning rate) is fine.
+    assert config.dim == 6 and config.lr == TrainConfig.lr
 
 
 def test_resume_refuses_every_other_option_naming_them(tiny, tmp_path):
@@ -422,4 +423,4 @@ def test_a_successful_overwrite_replaces_only_the_run_files(tiny, tmp_path):
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     assert set(after) == set(before) and after["notes.txt"] == b"mine"
     assert after["model.pt"] != before["model.pt"]
-    assert after["train.log"].count(b"training efficientnet_lite1") == 1
+    assert after["train.log"].count(b"training efficientnet_lite0") == 1
