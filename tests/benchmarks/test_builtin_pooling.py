@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,18 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "builtin_pooling.py"
 KATHER = ROOT / ".." / "shared" / "data" / "kather2016"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("builtin_pooling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_descriptor_is_scored_on_every_set_with_and_without_tta(tmp_path: Path):
+def test_every_descriptor_is_scored_on_every_set_with_and_without_tta(
+    benchmark_script, tmp_path: Path
+):
     if not KATHER.is_dir():
         pytest.skip(f"real tiles not available: {KATHER} is absent")
     kather = tmp_path / "kather"
@@ -31,7 +24,9 @@ def test_every_descriptor_is_scored_on_every_set_with_and_without_tta(tmp_path: 
             shutil.copy(tile, kather / name)
     out = tmp_path / "pooling.json"
     argv = ["--kather", str(kather), "--synthetic-per-class", "2", "--image-size", "48"]
-    document = _load_script().main([*argv, "--workers", "0", "--out", str(out)])
+    document = benchmark_script("builtin_pooling").main(
+        [*argv, "--workers", "0", "--out", str(out)]
+    )
     assert json.loads(out.read_text()) == document
     rows = document["results"]
     assert {(r["set"], r["tta"]) for r in rows} == {

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_int8.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("cpu_int8", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cpu_int8"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_raw_figures_and_index_runs_alternate_and_their_medians_are_kept(monkeypatch, tmp_path):
-    script = _load_script()
+def test_raw_figures_and_index_runs_alternate_and_their_medians_are_kept(
+    benchmark_script, monkeypatch, tmp_path
+):
+    script = benchmark_script("cpu_int8")
     schedule: list[tuple[str, str]] = []
     raw_figures = iter([100.0, 50.0, 300.0, 60.0, 200.0, 40.0])
     index_figures = iter([80.0, 30.0, 90.0, 20.0, 70.0, 25.0])
@@ -43,8 +31,8 @@ def test_raw_figures_and_index_runs_alternate_and_their_medians_are_kept(monkeyp
     assert other["raw_images_per_s"] == 50.0 and other["index"]["images_per_s"] == 25.0
 
 
-def test_an_index_run_starts_from_an_empty_folder(monkeypatch, tmp_path):
-    script = _load_script()
+def test_an_index_run_starts_from_an_empty_folder(benchmark_script, monkeypatch, tmp_path):
+    script = benchmark_script("cpu_int8")
     stale = tmp_path / "index" / "manifest.json"
     stale.parent.mkdir()
     stale.write_text("{}")

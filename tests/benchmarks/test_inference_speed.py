@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import save_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "inference_speed.py"
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("inference_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_measures_cpu_backends_and_writes_json(tmp_path: Path):
+def test_benchmark_measures_cpu_backends_and_writes_json(benchmark_script, tmp_path: Path):
     checkpoint = tmp_path / "model.pt"
     save_checkpoint(checkpoint, build_model(ModelConfig(image_size=64)), [])
     out = tmp_path / "speed.json"
     argv = ["--model", str(checkpoint), "--image-size", "48", "--batch-sizes", "1,2"]
-    document = _load_script().main([*argv, "--quick", "--out", str(out)])
+    document = benchmark_script("inference_speed").main([*argv, "--quick", "--out", str(out)])
     assert json.loads(out.read_text()) == document
     assert document["config"]["image_size"] == 48
     assert document["machine"]["cpu_cores"] >= 1

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture
-def kather_cv(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    return importlib.import_module("kather_cv")
+def kather_cv(benchmark_script):
+    return benchmark_script("kather_cv")
 
 
 def test_folds_keep_each_source_image_whole(kather_cv):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,16 +16,10 @@ from histoseek.model.backbones import BACKBONE_SPECS
 from histoseek.model.cgd import ModelConfig
 from histoseek.train_config import TrainConfig
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality_recipes.py"
-
 
 @pytest.fixture(scope="module")
-def recipes():
-    spec = importlib.util.spec_from_file_location("quality_recipes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality_recipes"] = module
-    spec.loader.exec_module(module)
-    return module
+def recipes(benchmark_script):
+    return benchmark_script("quality_recipes")
 
 
 def test_every_recipe_is_a_valid_training_configuration(recipes):
