@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calibration-images", type=int, default=192)
     parser.add_argument("--out", type=Path, default=None, help="JSON output file.")
     args = parser.parse_args(argv)
+    if args.turns < 1:
+        parser.error(f"--turns must be 1 or more, not {args.turns} (medians of no figures)")
     document = run(args)
     out = args.out or RESULTS / ("cpu_int8_quick.json" if args.quick else "cpu_int8.json")
     with atomic_file(out) as tmp:

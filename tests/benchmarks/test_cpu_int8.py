@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_raw_figures_and_index_runs_alternate_and_their_medians_are_kept(
     benchmark_script, monkeypatch, tmp_path
@@ -48,3 +50,11 @@ def test_an_index_run_starts_from_an_empty_folder(benchmark_script, monkeypatch,
     monkeypatch.setattr(script, "build_index", build_index)
     result = script.end_to_end(object(), tmp_path, tmp_path / "index")
     assert seen == [False] and result["images"] == 3 and result["images_per_s"] > 0
+
+
+def test_zero_turns_are_refused_before_anything_is_measured(benchmark_script, monkeypatch):
+    cpu_int8 = benchmark_script("cpu_int8")
+    monkeypatch.setattr(cpu_int8, "run", lambda args: pytest.fail("measured with no turns"))
+    with pytest.raises(SystemExit) as stopped:
+        cpu_int8.main(["--turns", "0"])
+    assert stopped.value.code == 2
