@@ -79,11 +79,14 @@ class Recipe:
         return json.dumps(self.train, sort_keys=True)
 
 
-# Every recipe names its backbone and size, so it means the same whatever TrainConfig's
-# defaults are (they are the recipe this search chose).
-LITE0 = {"backbone": "efficientnet_lite0", "image_size": 224}
-LITE1 = {"backbone": "efficientnet_lite1", "image_size": 240}
-LITE2 = {"backbone": "efficientnet_lite2", "image_size": 260}
+# Every recipe names its backbone, size and learning rate, so it means the same whatever
+# TrainConfig's defaults are (they are the recipe this search chose). The first rounds ran at
+# the learning rate then the default, 1e-3.
+LITE0 = {"backbone": "efficientnet_lite0", "image_size": 224, "lr": 1e-3}
+LITE1 = {"backbone": "efficientnet_lite1", "image_size": 240, "lr": 1e-3}
+LITE2 = {"backbone": "efficientnet_lite2", "image_size": 260, "lr": 1e-3}
+# The second colour-split round's winner (the defaults since), the base of the third round.
+LITE0_LR3E3 = {**LITE0, "lr": 3e-3}
 # The built-in model's descriptor as the trained model's starting point.
 FROM_BUILTIN = {**LITE0, "gd_config": "S", "dim": 1280, "power": 0.5, "identity_init": True}
 MULTI_SCALE = {**LITE0, "train_sizes": [192, 224, 256]}
@@ -96,7 +99,20 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("lite0-freeze3", "fewer frozen stages", {**LITE0, "freeze_stages": 3}),
     Recipe("lite0-freeze7", "more frozen stages", {**LITE0, "freeze_stages": 7}),
     Recipe("lite0-lr3e-4", "lower learning rate", {**LITE0, "lr": 3e-4}),
-    Recipe("lite0-lr3e-3", "higher learning rate", {**LITE0, "lr": 3e-3}),
+    Recipe("lite0-lr3e-3", "higher learning rate", LITE0_LR3E3),
+    Recipe("lite0-lr1e-2", "higher still", {**LITE0, "lr": 1e-2}),
+    Recipe(
+        "lite0-lr3e-3-bb0.3",
+        "lr 3e-3, the trunk's learning rate 0.3× the head's (not 0.1×)",
+        {**LITE0_LR3E3, "backbone_lr_scale": 0.3},
+    ),
+    Recipe("lite0-lr3e-3-sg", "lr 3e-3, SPoC + GeM", {**LITE0_LR3E3, "gd_config": "SG"}),
+    Recipe(
+        "lite0-lr3e-3-stain0.1",
+        "lr 3e-3, weaker stain jitter",
+        {**LITE0_LR3E3, "stain_jitter": 0.1},
+    ),
+    Recipe("lite0-lr3e-3-20ep", "lr 3e-3, 20 epochs", {**LITE0_LR3E3, "epochs": 20}),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(

@@ -148,3 +148,11 @@ def test_skip_test_chooses_on_validation_without_reading_the_test_set(
     assert all("test" not in row for row in document["rows"])
     assert json.loads(out.read_text())["chosen"] == "lite0-g"
     assert (tmp_path / "work" / "full" / "split" / "val").is_dir()
+
+
+def test_every_recipe_names_what_the_defaults_have_changed(recipes):
+    # The defaults are whatever this search chose last, so a recipe that left its backbone,
+    # size or learning rate to them would change meaning with every choice.
+    for recipe in recipes.RECIPES:
+        assert {"backbone", "image_size", "lr"} <= recipe.train.keys(), recipe.name
+    assert recipes.RECIPES_BY_NAME["lite0"].train["lr"] == 1e-3
