@@ -102,6 +102,11 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("lite0-lr3e-3", "higher learning rate", LITE0_LR3E3),
     Recipe("lite0-lr1e-2", "higher still", {**LITE0, "lr": 1e-2}),
     Recipe(
+        "lite0-lr3e-3-from-builtin",
+        "lr 3e-3, starting from the built-in model",
+        {**FROM_BUILTIN, "lr": 3e-3},
+    ),
+    Recipe(
         "lite0-lr3e-3-bb0.3",
         "lr 3e-3, the trunk's learning rate 0.3× the head's (not 0.1×)",
         {**LITE0_LR3E3, "backbone_lr_scale": 0.3},
