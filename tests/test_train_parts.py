@@ -4,6 +4,7 @@ import json
 import math
 import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,7 +30,8 @@ from histoseek.train import (
     validate_and_checkpoint,
     validation_recall,
 )
-from histoseek.train.resume_state import read_resume_state
+from histoseek.train.resume_state import read_resume_state, write_resume_state
+from histoseek.train.splits import Splits
 from histoseek.train_config import TrainConfig
 
 
@@ -315,7 +317,7 @@ def test_a_class_without_a_readable_image_is_refused(tiny, tmp_path):
 
 
 def _finished_run(data, run_dir, **changes):
-    config = _config(data, run_dir, val_fraction=0, **changes)
+    config = _config(data, run_dir, **{"val_fraction": 0, **changes})
     run = setup_run(config)
     validate_and_checkpoint(run, _record(1))
     finish_run(run)
@@ -424,3 +426,44 @@ def test_a_successful_overwrite_replaces_only_the_run_files(tiny, tmp_path):
     assert set(after) == set(before) and after["notes.txt"] == b"mine"
     assert after["model.pt"] != before["model.pt"]
     assert after["train.log"].count(b"training efficientnet_lite0") == 1
+
+
+def test_the_split_fingerprint_names_files_and_roles_not_where_the_data_lives(tiny, tmp_path):
+    splits = prepare_splits(_config(tiny, tmp_path / "run"))
+    moved = shutil.copytree(tiny, tmp_path / "moved")
+    assert prepare_splits(_config(moved, tmp_path / "run")).fingerprint() == splits.fingerprint()
+    # The same files with one training and one validation image trading places.
+    train_paths, val_paths = list(splits.train.paths), list(splits.val.paths)
+    train_paths[0], val_paths[0] = val_paths[0], train_paths[0]
+    swapped = Splits(replace(splits.train, paths=train_paths), replace(splits.val, paths=val_paths))
+    assert swapped.fingerprint() != splits.fingerprint()
+    assert Splits(splits.train, None).fingerprint() != splits.fingerprint()
+
+
+def test_resume_refuses_data_whose_split_changed_and_accepts_moved_data(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run", val_fraction=0.34, epochs=2)
+    state_before = (tmp_path / "run" / "last.pt").read_bytes()
+    moved = shutil.copytree(tiny, tmp_path / "moved")
+    resumed = setup_run(resume_config(tmp_path / "run", {"data_dir": moved}), resume=True)
+    assert resumed.start_epoch == 1
+    shutil.copy(moved / "a" / "a0.png", moved / "a" / "a9.png")
+    with pytest.raises(HistoseekError, match="differ from the run's .* restore the data"):
+        setup_run(resume_config(tmp_path / "run", {"data_dir": moved}), resume=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == state_before
+
+
+def test_a_resume_state_without_a_split_fingerprint_still_resumes(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run", epochs=2)
+    state = read_resume_state(tmp_path / "run" / "last.pt")
+    assert state.split_fingerprint is not None
+    write_resume_state(tmp_path / "run" / "last.pt", replace(state, split_fingerprint=None))
+    shutil.copy(tiny / "a" / "a0.png", tiny / "a" / "a9.png")
+    assert setup_run(resume_config(tmp_path / "run", {}), resume=True).start_epoch == 1
+
+
+def test_a_split_fingerprint_that_is_not_text_is_refused(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run", epochs=2)
+    state = read_resume_state(tmp_path / "run" / "last.pt")
+    write_resume_state(tmp_path / "run" / "last.pt", replace(state, split_fingerprint=7))
+    with pytest.raises(HistoseekError, match="split_fingerprint is not text"):
+        read_resume_state(tmp_path / "run" / "last.pt")

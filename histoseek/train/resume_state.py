@@ -28,6 +28,8 @@ class ResumeState:
     # None in states written before the class names were kept.
     class_names: list[str] | None = None
     unreadable: list[str] = field(default_factory=list)
+    # Splits.fingerprint of the run's data; None in states written before it was kept.
+    split_fingerprint: str | None = None
 
 
 def write_resume_state(path: Path, state: ResumeState) -> None:
@@ -61,6 +63,9 @@ def read_resume_state(path: Path) -> ResumeState:
         isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)
     ):
         raise damaged("its class_names is not a list of names")
+    split_fingerprint = payload.get("split_fingerprint")
+    if split_fingerprint is not None and not isinstance(split_fingerprint, str):
+        raise damaged("its split_fingerprint is not text")
     return ResumeState(
         epoch=epoch,
         history=payload.get("history", []),
@@ -71,4 +76,5 @@ def read_resume_state(path: Path) -> ResumeState:
         scaler=payload.get("scaler", {}),
         class_names=class_names,
         unreadable=[str(p) for p in payload.get("unreadable", [])],
+        split_fingerprint=split_fingerprint,
     )

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 
 from histoseek.data.colour_groups import clusters_per_class, colour_groups
@@ -22,6 +24,15 @@ class Splits:
 
     train: LabelledImages
     val: LabelledImages | None
+
+    def fingerprint(self) -> str:
+        """Which files train and which validate (paths relative to their folders, so data that
+        moved keeps it): a resumed run compares it to tell that its data changed under it."""
+        digest = hashlib.sha256()
+        for role, images in ((b"train", self.train), (b"val", self.val)):
+            for path in images.paths if images is not None else ():
+                digest.update(role + b"\0" + os.fsencode(path.relative_to(images.root)) + b"\n")
+        return digest.hexdigest()
 
 
 def _select(images: LabelledImages, keep: list[int]) -> LabelledImages:
