@@ -118,6 +118,21 @@ RECIPES: tuple[Recipe, ...] = (
         {**LITE0_LR3E3, "stain_jitter": 0.1},
     ),
     Recipe("lite0-lr3e-3-20ep", "lr 3e-3, 20 epochs", {**LITE0_LR3E3, "epochs": 20}),
+    Recipe(
+        "lite0-lr3e-3-bb1",
+        "lr 3e-3, the trunk at the head's learning rate",
+        {**LITE0_LR3E3, "backbone_lr_scale": 1.0},
+    ),
+    Recipe(
+        "lite0-lr3e-3-bb0.3-freeze3",
+        "lr 3e-3, trunk at 0.3×, 3 stages frozen (not 5)",
+        {**LITE0_LR3E3, "backbone_lr_scale": 0.3, "freeze_stages": 3},
+    ),
+    Recipe(
+        "lite0-lr3e-3-bb0.3-20ep",
+        "lr 3e-3, trunk at 0.3×, 20 epochs",
+        {**LITE0_LR3E3, "backbone_lr_scale": 0.3, "epochs": 20},
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
