@@ -34,7 +34,7 @@ class TrainConfig:
     batch_size: int = 60
     m_per_class: int = 12
     lr: float = 3e-3
-    backbone_lr_scale: float = 0.1
+    backbone_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     # None: the backbone's own default (BackboneSpec.default_frozen_stages).

@@ -68,7 +68,7 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     type=click.FloatRange(min=0),
     default=_TRAIN.backbone_lr_scale,
     show_default=True,
-    help="Backbone learning rate as a fraction of --lr.",
+    help="Learning rate of the unfrozen backbone stages as a fraction of --lr.",
 )
 @click.option(
     "--weight-decay", type=click.FloatRange(min=0), default=_TRAIN.weight_decay, show_default=True

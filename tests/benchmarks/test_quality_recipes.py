@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -152,7 +153,18 @@ def test_skip_test_chooses_on_validation_without_reading_the_test_set(
 
 def test_every_recipe_names_what_the_defaults_have_changed(recipes):
     # The defaults are whatever this search chose last, so a recipe that left its backbone,
-    # size or learning rate to them would change meaning with every choice.
+    # size or learning rates to them would change meaning with every choice.
     for recipe in recipes.RECIPES:
-        assert {"backbone", "image_size", "lr"} <= recipe.train.keys(), recipe.name
+        assert {"backbone", "image_size", "lr", "backbone_lr_scale"} <= recipe.train.keys()
     assert recipes.RECIPES_BY_NAME["lite0"].train["lr"] == 1e-3
+    assert recipes.RECIPES_BY_NAME["lite0-lr3e-3"].train["backbone_lr_scale"] == 0.1
+
+
+def test_the_training_defaults_are_the_recipe_the_search_chose(recipes):
+    # README, "Validation by colour clusters": the fourth round chose lite0-lr3e-3-bb1.
+    chosen = TrainConfig(
+        data_dir="d", run_dir="r", **recipes.RECIPES_BY_NAME["lite0-lr3e-3-bb1"].train
+    )
+    defaults = TrainConfig(data_dir="d", run_dir="r")
+    assert BACKBONE_SPECS[defaults.backbone].native_size == chosen.image_size
+    assert replace(defaults, image_size=chosen.image_size) == chosen
