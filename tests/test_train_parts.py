@@ -431,13 +431,13 @@ def test_a_successful_overwrite_replaces_only_the_run_files(tiny, tmp_path):
 def test_the_split_fingerprint_names_files_and_roles_not_where_the_data_lives(tiny, tmp_path):
     splits = prepare_splits(_config(tiny, tmp_path / "run"))
     moved = shutil.copytree(tiny, tmp_path / "moved")
-    assert prepare_splits(_config(moved, tmp_path / "run")).fingerprint() == splits.fingerprint()
+    assert prepare_splits(_config(moved, tmp_path / "run")).fingerprint == splits.fingerprint
     # The same files with one training and one validation image trading places.
     train_paths, val_paths = list(splits.train.paths), list(splits.val.paths)
     train_paths[0], val_paths[0] = val_paths[0], train_paths[0]
     swapped = Splits(replace(splits.train, paths=train_paths), replace(splits.val, paths=val_paths))
-    assert swapped.fingerprint() != splits.fingerprint()
-    assert Splits(splits.train, None).fingerprint() != splits.fingerprint()
+    assert swapped.fingerprint != splits.fingerprint
+    assert Splits(splits.train, None).fingerprint != splits.fingerprint
 
 
 def test_resume_refuses_data_whose_split_changed_and_accepts_moved_data(tiny, tmp_path):

@@ -106,7 +106,7 @@ def _restore(run: TrainingRun, state: ResumeState, path: Path) -> None:
             f"the data's classes ({', '.join(run.splits.train.class_names)}) differ from the "
             f"run's ({', '.join(state.class_names)})"
         )
-    if state.split_fingerprint is not None and state.split_fingerprint != run.splits.fingerprint():
+    if state.split_fingerprint is not None and state.split_fingerprint != run.splits.fingerprint:
         raise HistoseekError(
             "the data's images, or which of them validate, differ from the run's (images "
             "added, removed or renamed since it started); --resume continues a run on the "
@@ -350,7 +350,7 @@ def _validate_and_save(run: TrainingRun, record: dict) -> None:
         scaler=run.scaler.state_dict(),
         class_names=run.splits.train.class_names,
         unreadable=sorted(run.unreadable),
-        split_fingerprint=run.splits.fingerprint(),
+        split_fingerprint=run.splits.fingerprint,
     )
     write_resume_state(run.run_dir / TRAIN_STATE, state)
     if run.previous is not None:

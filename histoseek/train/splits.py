@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 from histoseek.data.colour_groups import clusters_per_class, colour_groups
 from histoseek.data.folder import LabelledImages, display_path, scan_labelled_folder
@@ -25,9 +26,11 @@ class Splits:
     train: LabelledImages
     val: LabelledImages | None
 
+    @cached_property
     def fingerprint(self) -> str:
         """Which files train and which validate (paths relative to their folders, so data that
-        moved keeps it): a resumed run compares it to tell that its data changed under it."""
+        moved keeps it): a resumed run compares it to tell that its data changed under it.
+        Hashed once: a run's split does not change while it trains."""
         digest = hashlib.sha256()
         for role, images in ((b"train", self.train), (b"val", self.val)):
             for path in images.paths if images is not None else ():
