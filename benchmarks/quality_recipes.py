@@ -92,6 +92,8 @@ LITE0_LR3E3 = {**LITE0, "lr": 3e-3}
 # The built-in model's descriptor as the trained model's starting point.
 FROM_BUILTIN = {**LITE0, "gd_config": "S", "dim": 1280, "power": 0.5, "identity_init": True}
 MULTI_SCALE = {**LITE0, "train_sizes": [192, 224, 256]}
+# The fourth round's winner (the defaults), the base of the fifth.
+LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
@@ -120,11 +122,7 @@ RECIPES: tuple[Recipe, ...] = (
         {**LITE0_LR3E3, "stain_jitter": 0.1},
     ),
     Recipe("lite0-lr3e-3-20ep", "lr 3e-3, 20 epochs", {**LITE0_LR3E3, "epochs": 20}),
-    Recipe(
-        "lite0-lr3e-3-bb1",
-        "lr 3e-3, the trunk at the head's learning rate",
-        {**LITE0_LR3E3, "backbone_lr_scale": 1.0},
-    ),
+    Recipe("lite0-lr3e-3-bb1", "lr 3e-3, the trunk at the head's learning rate", LITE0_BB1),
     Recipe(
         "lite0-lr3e-3-bb0.3-freeze3",
         "lr 3e-3, trunk at 0.3×, 3 stages frozen (not 5)",
@@ -134,6 +132,17 @@ RECIPES: tuple[Recipe, ...] = (
         "lite0-lr3e-3-bb0.3-20ep",
         "lr 3e-3, trunk at 0.3×, 20 epochs",
         {**LITE0_LR3E3, "backbone_lr_scale": 0.3, "epochs": 20},
+    ),
+    Recipe(
+        "lite0-bb1-stain0.1",
+        "lr 3e-3 for head and trunk, weaker stain jitter",
+        {**LITE0_BB1, "stain_jitter": 0.1},
+    ),
+    Recipe("lite0-bb1-20ep", "lr 3e-3 for head and trunk, 20 epochs", {**LITE0_BB1, "epochs": 20}),
+    Recipe(
+        "lite1-240-bb1",
+        "Lite1 at 240 px, lr 3e-3 for head and trunk",
+        {**LITE0_BB1, "backbone": "efficientnet_lite1", "image_size": 240},
     ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
