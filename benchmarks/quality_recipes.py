@@ -144,6 +144,11 @@ RECIPES: tuple[Recipe, ...] = (
         "Lite1 at 240 px, lr 3e-3 for head and trunk",
         {**LITE0_BB1, "backbone": "efficientnet_lite1", "image_size": 240},
     ),
+    Recipe(
+        "lite0-bb1-256",
+        "lr 3e-3 for head and trunk, train and test at 256 px",
+        {**LITE0_BB1, "image_size": 256},
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
