@@ -4,6 +4,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -209,6 +211,42 @@ def test_training_can_start_from_the_pooled_descriptors_themselves(tiny, tmp_pat
     with pytest.raises(HistoseekError, match=r"identity projections need dim 2560 .* not 6"):
         setup_run(_config(tiny, tmp_path / "refused", gd_config="SG", identity_init=True))
     assert not (tmp_path / "refused").exists()
+
+
+def test_processes_that_split_the_data_differently_are_refused(tiny, tmp_path, monkeypatch):
+    fingerprints = []
+
+    def disagreeing(ddp, value):
+        fingerprints.append(value)
+        return False
+
+    monkeypatch.setattr(loop, "agree_on", disagreeing)
+    with pytest.raises(HistoseekError, match="found different images, or split them"):
+        setup_run(_config(tiny, tmp_path / "run"))
+    assert fingerprints == [prepare_splits(_config(tiny, tmp_path / "run")).fingerprint]
+    assert not (tmp_path / "run").exists()
+
+
+AGREEMENT_SCRIPT = """
+import os, sys
+from histoseek.train.distributed import agree_on, leave_distributed, setup_distributed
+ddp = setup_distributed("cpu")
+same = agree_on(ddp, "split")
+differ = agree_on(ddp, f"split of rank {ddp.rank}")
+print(f"rank {ddp.rank}: {same} {differ}")
+leave_distributed(ddp)
+"""
+
+
+def test_agree_on_compares_every_rank_s_value(tmp_path):
+    script = tmp_path / "agree.py"
+    script.write_text(AGREEMENT_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, "--standalone", str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(result.stdout.split("\n")[:-1]) == ["rank 0: True False", "rank 1: True False"]
 
 
 def test_one_epoch_trains_the_unfrozen_weights_and_reports_progress(tiny, tmp_path):

@@ -57,6 +57,15 @@ def gather_strings(ddp: Distributed, values: set[str]) -> set[str]:
     return {value for part in gathered for value in part or []}
 
 
+def agree_on(ddp: Distributed, value: str) -> bool:
+    """Whether every rank holds the same `value` (every rank gets the same answer)."""
+    if ddp.world_size == 1:
+        return True
+    gathered: list[str | None] = [None] * ddp.world_size
+    dist.all_gather_object(gathered, value)
+    return len(set(gathered)) == 1
+
+
 def leave_distributed(ddp: Distributed) -> None:
     """Leave the process group at the end of a run."""
     if ddp.world_size > 1 and dist.is_initialized():

@@ -32,6 +32,7 @@ from histoseek.model.cgd import CGD, ModelConfig, build_model, set_identity_proj
 from histoseek.model.checkpoint import save_checkpoint
 from histoseek.train.distributed import (
     Distributed,
+    agree_on,
     gather_strings,
     leave_distributed,
     raise_main_error,
@@ -162,6 +163,14 @@ def setup_run(
     check_run_folder(run_dir, resume, overwrite)
     state = read_resume_state(run_dir / TRAIN_STATE) if resume else None
     splits = prepare_splits(config)
+    # Each rank scans and splits the data itself; ranks that disagree (data folders that
+    # differ between machines, colour clusters that came out otherwise) would train on each
+    # other's validation images.
+    if not agree_on(ddp, splits.fingerprint):
+        raise HistoseekError(
+            "the training processes found different images, or split them differently, in "
+            f"{display_path(config.data_dir)}; give every process the same data (or --val-dir)"
+        )
     require_readable_classes(splits.train)
 
     torch.manual_seed(config.seed + ddp.rank)
