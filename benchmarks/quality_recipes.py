@@ -92,7 +92,7 @@ LITE0_LR3E3 = {**LITE0, "lr": 3e-3}
 # The built-in model's descriptor as the trained model's starting point.
 FROM_BUILTIN = {**LITE0, "gd_config": "S", "dim": 1280, "power": 0.5, "identity_init": True}
 MULTI_SCALE = {**LITE0, "train_sizes": [192, 224, 256]}
-# The fourth round's winner (the defaults), the base of the fifth.
+# The fourth round's winner, the base of the fifth (whose winner adds GeM alone).
 LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
 
 RECIPES: tuple[Recipe, ...] = (

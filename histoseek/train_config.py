@@ -17,7 +17,7 @@ class TrainConfig:
     run_dir: str
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
-    gd_config: str = "SMG"
+    gd_config: str = "G"
     dim: int = 1536
     # Power normalisation of the pooled descriptors (0.5: the built-in model's square root).
     power: float = 1.0

@@ -198,7 +198,7 @@ def test_setup_checks_then_builds_the_run_and_writes_only_config_and_log(tiny, t
         "train.log",
         "train_config.json",
     ]
-    assert lines[0].startswith("training efficientnet_lite0 CGD (SMG, dim 6)")
+    assert lines[0].startswith("training efficientnet_lite0 CGD (G, dim 6)")
     assert lines[0] in (tmp_path / "run" / "train.log").read_text()
 
 
