@@ -228,7 +228,6 @@ def test_processes_that_split_the_data_differently_are_refused(tiny, tmp_path, m
 
 
 AGREEMENT_SCRIPT = """
-import os, sys
 from histoseek.train.distributed import agree_on, leave_distributed, setup_distributed
 ddp = setup_distributed("cpu")
 same = agree_on(ddp, "split")
@@ -238,7 +237,7 @@ leave_distributed(ddp)
 """
 
 
-def test_agree_on_compares_every_rank_s_value(tmp_path):
+def test_agree_on_compares_the_values_of_every_rank(tmp_path):
     script = tmp_path / "agree.py"
     script.write_text(AGREEMENT_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -246,7 +245,7 @@ def test_agree_on_compares_every_rank_s_value(tmp_path):
         [*command, "--standalone", str(script)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(result.stdout.split("\n")[:-1]) == ["rank 0: True False", "rank 1: True False"]
+    assert sorted(result.stdout.splitlines()) == ["rank 0: True False", "rank 1: True False"]
 
 
 def test_one_epoch_trains_the_unfrozen_weights_and_reports_progress(tiny, tmp_path):
