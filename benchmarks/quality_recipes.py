@@ -155,6 +155,11 @@ RECIPES: tuple[Recipe, ...] = (
         "lr 3e-3 for head and trunk, a 384-d embedding",
         {**LITE0_BB1, "dim": 384},
     ),
+    Recipe(
+        "lite0-bb1-g-256",
+        "lr 3e-3 for head and trunk, GeM alone, train and test at 256 px",
+        {**LITE0_BB1, "gd_config": "G", "image_size": 256},
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
