@@ -1,20 +1,20 @@
-"""Index benchmark: embedding throughput per backend, and Annoy build/query/recall at scale.
+"""Index benchmark: Annoy build, top-10 search time and recall at scale.
 
     python benchmarks/index_search.py [--sizes 10000,100000,1000000] [--dims 1536,384]
-        [--trees 50] [--search-k 0,1000,3000,10000,30000] [--out FILE.json]
+        [--trees 50] [--search-k 0,1000,3000,10000,30000] [--cache DIR] [--out FILE.json]
 
-Throughput is end to end from image files (decoding in worker processes, batched inference)
-with the built-in model, for each backend that works on this machine.
+Embedding throughput per backend is measured by benchmarks/cpu_int8.py (CPU: torch, ONNX
+Runtime FP32 and INT8, end to end through `histoseek index`) and inference_speed.py (GPU).
 
 Vectors: real embeddings of the crc-polyps5 tiles (train + test, about 3,000) at each dimension
 by the default CGD head on the ImageNet trunk, untrained (`build_model(ModelConfig(dim=d),
 weights="imagenet", seed=0)`; at d = 1536 this was the former built-in model), on the fastest
-backend, cached in benchmarks/results/. Larger sets
-add samples from a Gaussian kernel density estimate of them: a random real embedding plus
-`--bandwidth` × Gaussian noise shaped like the real embeddings' covariance (its top `--rank`
-principal components), L2-normalised again. They are generated in chunks and streamed into Annoy,
-so the raw vectors are never all held in memory; the exact top-10 (the recall reference) is kept
-up to date chunk by chunk. Queries are fresh samples from the same density, not in the index.
+backend, cached in `--cache` (benchmarks/results/). Larger sets add samples from a Gaussian
+kernel density estimate of them: a random real embedding plus `--bandwidth` × Gaussian noise
+shaped like the real embeddings' covariance (its top `--rank` principal components),
+L2-normalised again. They are generated in chunks and streamed into Annoy, so the raw vectors
+are never all held in memory; the exact top-10 (the recall reference) is kept up to date chunk
+by chunk. Queries are fresh samples from the same density, not in the index.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,10 @@ from rich.table import Table
 
 from histoseek.data.dataset import default_workers
 from histoseek.data.folder import list_images
-from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_SEED
-from histoseek.inference import BACKENDS
 from histoseek.inference.embed_files import embed_files
 from histoseek.inference.select import create_embedder
-from histoseek.model.cgd import CGD, ModelConfig, build_model, builtin_model
-from histoseek.model.checkpoint import model_fingerprint
+from histoseek.model.cgd import CGD, ModelConfig, build_model
 from histoseek.report.progress import progress_bar
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "crc-polyps5"
@@ -67,39 +65,12 @@ def benchmark_images(count: int | None, scratch: Path) -> list[Path]:
     return paths[:count] if count else paths
 
 
-def measure_throughput(paths: list[Path], batch_size: int) -> list[dict]:
-    """Images/s of `embed_files` (decoding + inference) for each backend that works here."""
-    model = builtin_model()
-    rows = []
-    for backend in BACKENDS[1:]:
-        try:
-            embedder = create_embedder(model, backend, "auto", notify=lambda message: None)
-        except HistoseekError as error:
-            rows.append({"backend": backend, "available": False, "reason": str(error)})
-            continue
-        workers = default_workers()
-        embed_files(embedder, model.config, paths[:batch_size], batch_size, 0)  # warm-up
-        started = time.perf_counter()
-        result = embed_files(embedder, model.config, paths, batch_size, workers)
-        seconds = time.perf_counter() - started
-        rows.append(
-            {
-                "backend": embedder.name,
-                "available": True,
-                "images": len(result.indices),
-                "seconds": round(seconds, 2),
-                "images_per_s": round(len(result.indices) / seconds, 1),
-                "batch_size": batch_size,
-                "workers": workers,
-            }
-        )
-    return rows
-
-
-def model_embeddings(paths: list[Path], model: CGD, name: str, batch_size: int) -> np.ndarray:
-    """Embeddings of `paths` by `model` (fastest backend), cached in RESULTS under `name`."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    cached = RESULTS / f"crc-polyps5-{name}-{len(paths)}.npy"
+def model_embeddings(
+    paths: list[Path], model: CGD, name: str, batch_size: int, cache: Path
+) -> np.ndarray:
+    """Embeddings of `paths` by `model` (fastest backend), cached in `cache` under `name`."""
+    cache.mkdir(parents=True, exist_ok=True)
+    cached = cache / f"crc-polyps5-{name}-{len(paths)}.npy"
     if not cached.is_file():
         embedder = create_embedder(model, "auto", "auto", notify=lambda message: None)
         with progress_bar(f"real tiles, {name}") as progress:
@@ -110,7 +81,9 @@ def model_embeddings(paths: list[Path], model: CGD, name: str, batch_size: int) 
     return np.load(cached)
 
 
-def real_embeddings(paths: list[Path], dims: list[int], batch_size: int) -> dict[int, np.ndarray]:
+def real_embeddings(
+    paths: list[Path], dims: list[int], batch_size: int, cache: Path
+) -> dict[int, np.ndarray]:
     """Embeddings of `paths` at each dim by the default CGD head on the ImageNet trunk, untrained
     (its projections drawn with seed 0): how real embeddings of that size are spread."""
     return {
@@ -119,15 +92,10 @@ def real_embeddings(paths: list[Path], dims: list[int], batch_size: int) -> dict
             build_model(ModelConfig(dim=dim), weights="imagenet", seed=0).eval(),
             f"cgd-seed0-dim{dim}",
             batch_size,
+            cache,
         )
         for dim in dims
     }
-
-
-def builtin_embeddings(paths: list[Path], batch_size: int) -> np.ndarray:
-    """Embeddings of `paths` by the built-in model, cached per model fingerprint."""
-    model = builtin_model()
-    return model_embeddings(paths, model, f"builtin-{model_fingerprint(model)[:12]}", batch_size)
 
 
 class DensitySampler:
@@ -240,24 +208,6 @@ def measure_annoy(
     return result
 
 
-def _throughput_table(rows: list[dict]) -> Table:
-    table = Table(title="embedding throughput from image files (built-in model, 224 px)")
-    for column in ("backend", "images/s", "images", "batch", "workers"):
-        table.add_column(column)
-    for row in rows:
-        if row["available"]:
-            table.add_row(
-                row["backend"],
-                f"{row['images_per_s']:.1f}",
-                str(row["images"]),
-                str(row["batch_size"]),
-                str(row["workers"]),
-            )
-        else:
-            table.add_row(row["backend"], "unavailable", "", "", row["reason"][:60])
-    return table
-
-
 def _annoy_table(rows: list[dict]) -> Table:
     table = Table(title=f"Annoy: build and top-{K} search (single-threaded, like histoseek index)")
     for column in (
@@ -289,8 +239,8 @@ def _annoy_table(rows: list[dict]) -> Table:
     return table
 
 
-def main() -> None:
-    """Run the benchmark, print its tables and write its JSON."""
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark, print its table and write its JSON; returns what it wrote."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_ints, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dims", type=_ints, default=[1536, 384])
@@ -305,15 +255,20 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=0.5)
     parser.add_argument("--rank", type=int, default=256)
     parser.add_argument("--images", type=int, default=None, help="Real tiles to embed (all).")
-    parser.add_argument("--throughput-images", type=int, default=256)
-    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=RESULTS,
+        help="Folder for the real tiles' embeddings (and synthetic tiles where crc-polyps5 is "
+        "absent), reused by later runs.",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "index_search.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     console = Console(width=150)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    paths = benchmark_images(args.images, RESULTS)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    paths = benchmark_images(args.images, args.cache)
     document = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -328,13 +283,7 @@ def main() -> None:
             "queries": args.queries,
         },
     }
-    if not args.skip_throughput:
-        document["throughput"] = measure_throughput(
-            paths[: args.throughput_images], args.batch_size
-        )
-        console.print(_throughput_table(document["throughput"]))
-
-    embeddings = real_embeddings(paths, args.dims, args.batch_size)
+    embeddings = real_embeddings(paths, args.dims, args.batch_size, args.cache)
     rows = []
     for dim in args.dims:
         real = embeddings[dim]
@@ -356,6 +305,7 @@ def main() -> None:
                 args.out.write_text(json.dumps(document, indent=2) + "\n")
     console.print(_annoy_table(rows))
     console.print(f"wrote {args.out}")
+    return document
 
 
 if __name__ == "__main__":
