@@ -69,7 +69,6 @@ def model_embeddings(
     paths: list[Path], model: CGD, name: str, batch_size: int, cache: Path
 ) -> np.ndarray:
     """Embeddings of `paths` by `model` (fastest backend), cached in `cache` under `name`."""
-    cache.mkdir(parents=True, exist_ok=True)
     cached = cache / f"crc-polyps5-{name}-{len(paths)}.npy"
     if not cached.is_file():
         embedder = create_embedder(model, "auto", "auto", notify=lambda message: None)
@@ -267,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     console = Console(width=150)
-    args.cache.mkdir(parents=True, exist_ok=True)
+    for folder in (args.cache, args.out.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     paths = benchmark_images(args.images, args.cache)
     document = {
         "machine": {

@@ -59,11 +59,7 @@ def gather_strings(ddp: Distributed, values: set[str]) -> set[str]:
 
 def agree_on(ddp: Distributed, value: str) -> bool:
     """Whether every rank holds the same `value` (every rank gets the same answer)."""
-    if ddp.world_size == 1:
-        return True
-    gathered: list[str | None] = [None] * ddp.world_size
-    dist.all_gather_object(gathered, value)
-    return len(set(gathered)) == 1
+    return len(gather_strings(ddp, {value})) == 1
 
 
 def leave_distributed(ddp: Distributed) -> None:
