@@ -227,12 +227,15 @@ def test_processes_that_split_the_data_differently_are_refused(tiny, tmp_path, m
     assert not (tmp_path / "run").exists()
 
 
+# Each line in one write: print() writes the text and its newline separately, and the two
+# ranks' unbuffered output interleaves between them.
 AGREEMENT_SCRIPT = """
+import sys
 from histoseek.train.distributed import agree_on, leave_distributed, setup_distributed
 ddp = setup_distributed("cpu")
 same = agree_on(ddp, "split")
 differ = agree_on(ddp, f"split of rank {ddp.rank}")
-print(f"rank {ddp.rank}: {same} {differ}")
+sys.stdout.write(f"rank {ddp.rank}: {same} {differ}\\n")
 leave_distributed(ddp)
 """
 
