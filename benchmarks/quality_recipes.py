@@ -94,6 +94,8 @@ FROM_BUILTIN = {**LITE0, "gd_config": "S", "dim": 1280, "power": 0.5, "identity_
 MULTI_SCALE = {**LITE0, "train_sizes": [192, 224, 256]}
 # The fourth round's winner, the base of the fifth (whose winner adds GeM alone).
 LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
+# The fifth round's winner (the defaults since), the base of the seventh.
+LITE0_BB1_G = {**LITE0_BB1, "gd_config": "G"}
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
@@ -149,7 +151,7 @@ RECIPES: tuple[Recipe, ...] = (
         "lr 3e-3 for head and trunk, train and test at 256 px",
         {**LITE0_BB1, "image_size": 256},
     ),
-    Recipe("lite0-bb1-g", "lr 3e-3 for head and trunk, GeM alone", {**LITE0_BB1, "gd_config": "G"}),
+    Recipe("lite0-bb1-g", "lr 3e-3 for head and trunk, GeM alone", LITE0_BB1_G),
     Recipe(
         "lite0-bb1-dim384",
         "lr 3e-3 for head and trunk, a 384-d embedding",
@@ -158,7 +160,27 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "lite0-bb1-g-256",
         "lr 3e-3 for head and trunk, GeM alone, train and test at 256 px",
-        {**LITE0_BB1, "gd_config": "G", "image_size": 256},
+        {**LITE0_BB1_G, "image_size": 256},
+    ),
+    Recipe(
+        "lite0-bb1-g-margin0.3", "GeM alone, triplet margin 0.3", {**LITE0_BB1_G, "margin": 0.3}
+    ),
+    Recipe(
+        "lite0-bb1-g-ls0", "GeM alone, no label smoothing", {**LITE0_BB1_G, "label_smoothing": 0.0}
+    ),
+    Recipe(
+        "lite0-bb1-g-temp0.2",
+        "GeM alone, classification temperature 0.2",
+        {**LITE0_BB1_G, "temperature": 0.2},
+    ),
+    Recipe("lite0-bb1-g-20ep", "GeM alone, 20 epochs", {**LITE0_BB1_G, "epochs": 20}),
+    Recipe(
+        "lite0-bb1-g-crop0.8",
+        "GeM alone, crops of 80-100% area",
+        {**LITE0_BB1_G, "crop_scale": 0.8},
+    ),
+    Recipe(
+        "lite0-bb1-g-wd1e-3", "GeM alone, weight decay 1e-3", {**LITE0_BB1_G, "weight_decay": 1e-3}
     ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
