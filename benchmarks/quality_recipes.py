@@ -182,6 +182,15 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "lite0-bb1-g-wd1e-3", "GeM alone, weight decay 1e-3", {**LITE0_BB1_G, "weight_decay": 1e-3}
     ),
+    # The seventh round's spread between training seeds, on the same split.
+    *(
+        Recipe(f"{base}-seed{seed}", f"{tries}, training seed {seed}", {**train, "seed": seed})
+        for seed in (1, 2)
+        for base, tries, train in (
+            ("lite0-bb1-g", "GeM alone", LITE0_BB1_G),
+            ("lite0-bb1-g-20ep", "GeM alone, 20 epochs", {**LITE0_BB1_G, "epochs": 20}),
+        )
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
