@@ -47,6 +47,7 @@ from histoseek.data.split import stratified_group_split
 from histoseek.embedder import ImageEmbedder, embedder_for_model
 from histoseek.evaluate import check_evaluation_set, evaluate
 from histoseek.inference.embed_files import DIHEDRAL_VIEWS
+from histoseek.metrics import selection_score
 from histoseek.model.backbones import get_backbone_spec
 from histoseek.model.cgd import ModelConfig, build_model, builtin_config
 from histoseek.model.checkpoint import load_model
@@ -334,11 +335,6 @@ def embed_cost(recipe: Recipe) -> float:
     return views * _macs(config.backbone, config.gd_config, config.dim, size) / reference
 
 
-def score(metrics: dict) -> float:
-    """What validation ranks recipes by: the mean of R@1 and mMV@5."""
-    return (metrics["recall@1"] + metrics["mmv@5"]) / 2
-
-
 def eligible(row: dict, max_minutes: float, max_cost: float) -> bool:
     """Whether a recipe trained within the time budget and embeds within the cost cap."""
     return row["train_minutes"] <= max_minutes and row["embed_cost"] <= max_cost
@@ -445,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "train_minutes": minutes,
                 "embed_cost": embed_cost(recipe),
                 "val": metrics,
-                "val_score": score(metrics),
+                "val_score": selection_score(metrics),
                 "definition": asdict(recipe),
             }
         )

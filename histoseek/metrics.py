@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,3 +141,9 @@ def ranking_metrics(
         for ranked, label in zip(rankings, query_labels, strict=True)
     ]
     return {"recall@1": float(np.mean(first)), f"mmv@{vote_k}": float(np.mean(votes))}
+
+
+def selection_score(metrics: Mapping[str, float]) -> float:
+    """What validation ranks models by (a run's epochs, the recipe search's recipes): the mean
+    of R@1 and mMV@k."""
+    return (metrics["recall@1"] + metrics[f"mmv@{DEFAULT_VOTE_K}"]) / 2

@@ -30,7 +30,7 @@ class TrainConfig:
     # Multi-scale training: each batch resized to one of these sides, drawn at random
     # (None: every batch at image_size, which is also the size the model is evaluated at).
     train_sizes: list[int] | None = None
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 60
     m_per_class: int = 12
     lr: float = 3e-3

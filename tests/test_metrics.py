@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from histoseek.metrics import Neighbours, exact_neighbours, majority_label, retrieval_metrics
+from histoseek.metrics import (
+    Neighbours,
+    exact_neighbours,
+    majority_label,
+    retrieval_metrics,
+    selection_score,
+)
 
 
 def _unit(*angles_deg: float) -> np.ndarray:
@@ -98,3 +104,7 @@ def test_ranking_metrics_first_answer_and_majority_of_the_top_k():
     metrics = ranking_metrics(rankings, ["a", "a", "a", "a"], vote_k=5)
     assert metrics == {"recall@1": 0.25, "mmv@5": 0.5}
     assert ranking_metrics([["b", "a", "a"]], ["a"], vote_k=1) == {"recall@1": 0.0, "mmv@1": 0.0}
+
+
+def test_selection_score_is_the_mean_of_recall_at_1_and_majority_vote_at_5():
+    assert selection_score({"recall@1": 0.8, "mmv@5": 0.9, "map@5": 0.1}) == pytest.approx(0.85)

@@ -64,7 +64,7 @@ def test_train_writes_model_metrics_and_log(trained_run):
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     for record in metrics["history"]:
         assert record["loss"] > 0 and record["images_per_s"] > 0
-        assert 0.0 <= record["val_recall@1"] <= 1.0
+        assert 0.0 <= record["val_recall@1"] <= 1.0 and 0.0 <= record["val_score"] <= 1.0
     assert metrics["best"]["epoch"] in (1, 2)
     assert metrics["train_images"] + metrics["val_images"] == 24
     model, class_names, extra = load_checkpoint(trained_run / "model.pt")
@@ -189,7 +189,7 @@ def test_unreadable_image_is_skipped_and_listed(kather_small, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert any(path.endswith("broken.png") for path in metrics["skipped_unreadable"])
-    assert "val_recall@1" not in metrics["history"][0]
+    assert "val_score" not in metrics["history"][0]
 
 
 def test_existing_run_is_not_overwritten(trained_run):

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from histoseek.data.colour_groups import clusters_per_class, colour_groups
-from histoseek.data.folder import scan_labelled_folder
+from histoseek.data.folder import LabelledImages, scan_labelled_folder
 from histoseek.errors import HistoseekError
+from histoseek.inference.embed_files import EmbeddedFiles
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import load_checkpoint
 from histoseek.train import (
@@ -30,10 +31,10 @@ from histoseek.train import (
     train,
     train_one_epoch,
     validate_and_checkpoint,
-    validation_recall,
+    validation_metrics,
 )
 from histoseek.train.resume_state import read_resume_state, write_resume_state
-from histoseek.train.splits import Splits
+from histoseek.train.splits import MAX_VALIDATION_GALLERY, Splits
 from histoseek.train_config import TrainConfig
 
 
@@ -266,17 +267,21 @@ def test_one_epoch_trains_the_unfrozen_weights_and_reports_progress(tiny, tmp_pa
     assert run.scheduler.last_epoch == 2
 
 
+def _scores(*values):
+    return iter({"val_recall@1": value, "val_mmv@5": value, "val_score": value} for value in values)
+
+
 def test_checkpoint_keeps_the_best_model_and_always_the_resume_state(tiny, tmp_path, monkeypatch):
-    recalls = iter([0.5, 0.25])
-    monkeypatch.setattr(loop, "validation_recall", lambda *args: next(recalls))
+    scores = _scores(0.5, 0.25)
+    monkeypatch.setattr(loop, "validation_metrics", lambda *args: next(scores))
     lines = []
     run = setup_run(_config(tiny, tmp_path / "run", epochs=2), notify=lines.append)
     validate_and_checkpoint(run, _record(1))
     assert lines[-1].startswith("epoch 1/2: loss 1.0000") and lines[-1].endswith("(best)")
     validate_and_checkpoint(run, _record(2))
-    assert lines[-1].endswith("val R@1 0.2500")
-    assert [h["val_recall@1"] for h in run.history] == [0.5, 0.25]
-    assert run.best == {"epoch": 1, "val_recall@1": 0.5}
+    assert lines[-1].endswith("val R@1 0.2500, mMV@5 0.2500")
+    assert [h["val_score"] for h in run.history] == [0.5, 0.25]
+    assert run.best == {"epoch": 1, "val_score": 0.5}
     _, class_names, extra = load_checkpoint(tmp_path / "run" / "model.pt")
     assert class_names == ["a", "b"] and extra["epoch"] == 1
     state = read_resume_state(tmp_path / "run" / "last.pt")
@@ -286,10 +291,61 @@ def test_checkpoint_keeps_the_best_model_and_always_the_resume_state(tiny, tmp_p
     assert lines[-1] == f"best epoch 1; model written to {tmp_path / 'run' / 'model.pt'}"
 
 
-def test_validation_recall_is_leave_one_out_within_the_validation_images(tiny, tmp_path):
+def test_validation_queries_the_training_images(tiny, tmp_path, monkeypatch):
     run = setup_run(_config(tiny, tmp_path / "run"))
-    recall = validation_recall(run.model, run.splits.val, run.device, 4, 0)
-    assert 0.0 <= recall <= 1.0
+    val, gallery = run.splits.val, run.splits.val_gallery
+    assert gallery is run.splits.train
+    # Every image embeds at its class's corner, so each query finds its class's training images.
+    corner = np.eye(2, dtype=np.float32)
+    rows = {p: corner[lab] for p, lab in zip(val.paths, val.labels, strict=True)}
+    rows |= {p: corner[lab] for p, lab in zip(gallery.paths, gallery.labels, strict=True)}
+
+    def embed(embedder, config, paths, batch_size, workers):
+        found = np.arange(len(paths))
+        return EmbeddedFiles(np.stack([rows[p] for p in paths]), found, [], np.zeros((0, 2)))
+
+    monkeypatch.setattr(loop, "embed_files", embed)
+    scores = validation_metrics(run.model, val, gallery, run.device, 4, 0)
+    assert scores == {"val_recall@1": 1.0, "val_mmv@5": 1.0, "val_score": 1.0}
+    # The same neighbours judged by the training images' labels: swapped, every answer is wrong.
+    swapped = replace(gallery, labels=[1 - label for label in gallery.labels])
+    scores = validation_metrics(run.model, val, swapped, run.device, 4, 0)
+    assert scores == {"val_recall@1": 0.0, "val_mmv@5": 0.0, "val_score": 0.0}
+
+
+def test_validation_reports_its_measure_of_a_real_model(tiny, tmp_path):
+    run = setup_run(_config(tiny, tmp_path / "run"))
+    scores = validation_metrics(run.model, run.splits.val, run.splits.val_gallery, run.device, 4, 0)
+    assert set(scores) == {"val_recall@1", "val_mmv@5", "val_score"}
+    assert scores["val_score"] == pytest.approx((scores["val_recall@1"] + scores["val_mmv@5"]) / 2)
+
+
+def test_a_large_training_set_is_sampled_per_class_for_validation(tmp_path):
+    images = LabelledImages(
+        tmp_path,
+        [tmp_path / f"{i}.png" for i in range(3 * MAX_VALIDATION_GALLERY)],
+        [0] * (3 * MAX_VALIDATION_GALLERY - 3) + [1, 1, 1],
+        ["common", "rare"],
+    )
+    splits = Splits(images, images)
+    gallery = splits.val_gallery
+    counts = np.bincount(gallery.labels)
+    # The common class its share (5,997 of 6,000 images: 1,999 of 2,000); the rare one keeps
+    # all 3 of its images, though its share rounds to 1.
+    assert counts.tolist() == [MAX_VALIDATION_GALLERY - 1, 3]
+    assert len(set(gallery.paths)) == len(gallery) and set(gallery.paths) <= set(images.paths)
+    assert splits.val_gallery is gallery
+    assert Splits(images, images).val_gallery.paths == gallery.paths
+
+
+def test_resume_refuses_a_run_validated_the_earlier_way(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run", epochs=2, val_fraction=0.34)
+    state = read_resume_state(tmp_path / "run" / "last.pt")
+    write_resume_state(
+        tmp_path / "run" / "last.pt", replace(state, best={"epoch": 1, "val_recall@1": 0.9})
+    )
+    with pytest.raises(HistoseekError, match="Recall@1 within the validation images"):
+        setup_run(resume_config(tmp_path / "run", {}), resume=True)
 
 
 def test_train_composes_the_parts(tiny, tmp_path):

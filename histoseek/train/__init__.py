@@ -11,7 +11,7 @@ from histoseek.train.loop import (
     train,
     train_one_epoch,
     validate_and_checkpoint,
-    validation_recall,
+    validation_metrics,
 )
 from histoseek.train.optim import freeze_stages, make_optimizer, make_scheduler
 from histoseek.train.run_folder import resume_config
@@ -30,5 +30,5 @@ __all__ = [
     "train",
     "train_one_epoch",
     "validate_and_checkpoint",
-    "validation_recall",
+    "validation_metrics",
 ]

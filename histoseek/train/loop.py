@@ -26,7 +26,8 @@ from histoseek.fsutil import atomic_file
 from histoseek.inference.embed_files import embed_files
 from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
 from histoseek.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
-from histoseek.metrics import exact_neighbours, retrieval_metrics
+from histoseek.metrics import exact_neighbours, retrieval_metrics, selection_score
+from histoseek.metrics_defaults import DEFAULT_VOTE_K
 from histoseek.model.backbones import get_backbone_spec
 from histoseek.model.cgd import CGD, ModelConfig, build_model, set_identity_projections
 from histoseek.model.checkpoint import save_checkpoint
@@ -85,7 +86,7 @@ class TrainingRun:
     log: Notify
     start_epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"epoch": None, "val_recall@1": -1.0})
+    best: dict = field(default_factory=lambda: {"epoch": None, "val_score": -1.0})
     # Training images that could not be read (display paths); each was replaced in its batch.
     unreadable: set[str] = field(default_factory=set)
     # With --overwrite: the replaced run's files, kept until this run's first checkpoint.
@@ -113,6 +114,12 @@ def _restore(run: TrainingRun, state: ResumeState, path: Path) -> None:
             "added, removed or renamed since it started); --resume continues a run on the "
             "same split, so that its validation images stay out of training: restore the "
             "data, or start a new run"
+        )
+    if run.splits.val is not None and state.best.get("epoch") and "val_score" not in state.best:
+        raise HistoseekError(
+            "this run chose its best epoch by Recall@1 within the validation images (histoseek "
+            "before validation searched the training images); the two do not compare: start a "
+            "new run"
         )
     if run.config.epochs < state.epoch:
         raise HistoseekError(
@@ -309,42 +316,76 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress | None = No
     }
 
 
-def validation_recall(
-    model: CGD, val: LabelledImages, device: torch.device, batch_size: int, workers: int
-) -> float:
-    """Leave-one-out Recall@1 within the validation images.
+def validation_metrics(
+    model: CGD,
+    val: LabelledImages,
+    gallery: LabelledImages,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+) -> dict[str, float]:
+    """R@1 and mMV@k of the validation images as queries against `gallery` (training images),
+    and `selection_score` of the two, which picks the best epoch.
 
+    Queries search the training images, as a user's search an archive, rather than each other:
+    validation images held out by patient (or colour cluster) find their own group within
+    themselves from the first epoch on, which says little about the archive's neighbours.
     It leaves the model in eval mode: each epoch sets the training modes again at its start.
     """
-    embedded = embed_files(
-        TorchEmbedder(model, str(device)), model.config, val.paths, batch_size, workers
-    )
-    if len(embedded.embeddings) < MIN_VALIDATION_IMAGES:
+    embedder = TorchEmbedder(model, str(device))
+    queries = embed_files(embedder, model.config, val.paths, batch_size, workers)
+    if len(queries.embeddings) < MIN_VALIDATION_IMAGES:
         raise HistoseekError(
-            f"only {len(embedded.embeddings)} of the {len(val)} validation images can be read; "
-            f"Recall@1 needs at least {MIN_VALIDATION_IMAGES}"
+            f"only {len(queries.embeddings)} of the {len(val)} validation images can be read; "
+            f"validation needs at least {MIN_VALIDATION_IMAGES}"
         )
-    labels = np.asarray(val.labels)[embedded.indices]
-    neighbours = exact_neighbours(embedded.embeddings, embedded.embeddings, k=1, exclude_self=True)
-    return retrieval_metrics(neighbours, labels, labels, recall_ks=(1,))["recall@1"]
+    archive = embed_files(embedder, model.config, gallery.paths, batch_size, workers)
+    if not len(archive.embeddings):
+        raise HistoseekError("none of the training images validation searches can be read")
+    neighbours = exact_neighbours(queries.embeddings, archive.embeddings, k=DEFAULT_VOTE_K)
+    metrics = retrieval_metrics(
+        neighbours,
+        np.asarray(val.labels)[queries.indices],
+        np.asarray(gallery.labels)[archive.indices],
+        recall_ks=(1,),
+    )
+    votes = f"mmv@{DEFAULT_VOTE_K}"
+    return {
+        "val_recall@1": metrics["recall@1"],
+        f"val_{votes}": metrics[votes],
+        "val_score": selection_score(metrics),
+    }
 
 
 def _validate_and_save(run: TrainingRun, record: dict) -> None:
-    if run.splits.val is not None:
-        record["val_recall@1"] = validation_recall(
-            run.model, run.splits.val, run.device, run.config.batch_size, run.workers
+    splits = run.splits
+    if splits.val is not None:
+        record.update(
+            validation_metrics(
+                run.model,
+                splits.val,
+                splits.val_gallery,
+                run.device,
+                run.config.batch_size,
+                run.workers,
+            )
         )
     run.history.append(record)
-    improved = run.splits.val is None or record["val_recall@1"] > run.best["val_recall@1"]
+    improved = splits.val is None or record["val_score"] > run.best["val_score"]
     if improved:
-        run.best = {"epoch": record["epoch"], "val_recall@1": record.get("val_recall@1")}
+        run.best = {"epoch": record["epoch"], "val_score": record.get("val_score")}
         save_checkpoint(
             run.run_dir / BEST_MODEL,
             run.model,
             run.splits.train.class_names,
             extra={"epoch": record["epoch"], "train_config": asdict(run.config)},
         )
-    val_text = f", val R@1 {record['val_recall@1']:.4f}" if "val_recall@1" in record else ""
+    val_text = (
+        f", val R@1 {record['val_recall@1']:.4f}, "
+        f"mMV@{DEFAULT_VOTE_K} {record[f'val_mmv@{DEFAULT_VOTE_K}']:.4f}"
+        if "val_score" in record
+        else ""
+    )
     run.log(
         f"epoch {record['epoch']}/{run.config.epochs}: loss {record['loss']:.4f}, "
         f"{record['images_per_s']:.1f} img/s{val_text}{' (best)' if improved else ''}"

@@ -69,7 +69,7 @@ def read_resume_state(path: Path) -> ResumeState:
     return ResumeState(
         epoch=epoch,
         history=payload.get("history", []),
-        best=payload.get("best", {"epoch": None, "val_recall@1": -1.0}),
+        best=payload.get("best", {"epoch": None, "val_score": -1.0}),
         model=payload["model"],
         optimizer=payload["optimizer"],
         scheduler=payload["scheduler"],

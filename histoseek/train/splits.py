@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -13,10 +14,14 @@ from histoseek.data.folder import LabelledImages, display_path, scan_labelled_fo
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.data.split import group_ids_from_regex, stratified_group_split
 from histoseek.errors import HistoseekError
+from histoseek.metrics_defaults import DEFAULT_VOTE_K
 from histoseek.train_config import TrainConfig
 
-#: Leave-one-out Recall@1 needs a neighbour for every validation image.
+#: Fewer validation images than this would make the best epoch a coin toss.
 MIN_VALIDATION_IMAGES = 2
+#: Validation queries search at most this many training images, sampled per class, so that a
+#: large training set does not make every epoch's validation embed all of it.
+MAX_VALIDATION_GALLERY = 2000
 
 
 @dataclass
@@ -36,6 +41,22 @@ class Splits:
             for path in images.paths if images is not None else ():
                 digest.update(role + b"\0" + os.fsencode(path.relative_to(images.root)) + b"\n")
         return digest.hexdigest()
+
+    @cached_property
+    def val_gallery(self) -> LabelledImages:
+        """The training images validation queries search, as a user's queries search the
+        archive a model was trained on: all of them up to MAX_VALIDATION_GALLERY, else a fixed
+        sample with each class in proportion (and at least mMV's k of it, where it has them)."""
+        images = self.train
+        if len(images) <= MAX_VALIDATION_GALLERY:
+            return images
+        rng = random.Random(0)
+        keep: list[int] = []
+        for label in sorted(set(images.labels)):
+            members = [i for i, own in enumerate(images.labels) if own == label]
+            share = round(MAX_VALIDATION_GALLERY * len(members) / len(images))
+            keep += rng.sample(members, min(len(members), max(share, DEFAULT_VOTE_K)))
+        return _select(images, sorted(keep))
 
 
 def _select(images: LabelledImages, keep: list[int]) -> LabelledImages:

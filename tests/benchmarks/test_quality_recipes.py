@@ -99,7 +99,6 @@ def test_choice_is_the_best_validation_score_within_the_time_budget_and_cost_cap
     assert recipes.choose(rows, max_minutes=30, max_cost=8)["recipe"] == "dear"
     # None eligible: the best of all.
     assert recipes.choose(rows, max_minutes=0.5, max_cost=2)["recipe"] == "dear"
-    assert recipes.score({"recall@1": 0.8, "mmv@5": 0.9}) == pytest.approx(0.85)
 
 
 def test_embed_cost_counts_size_backbone_and_tta_views_against_the_builtin_model(recipes):
@@ -161,8 +160,9 @@ def test_every_recipe_names_what_the_defaults_have_changed(recipes):
 
 
 def test_the_training_defaults_are_the_recipe_the_search_chose(recipes):
-    # README, "Validation by colour clusters": the fifth round chose lite0-bb1-g.
-    chosen = TrainConfig(data_dir="d", run_dir="r", **recipes.RECIPES_BY_NAME["lite0-bb1-g"].train)
+    # README, "Validation by colour clusters": the seventh round chose lite0-bb1-g-20ep.
+    chosen_recipe = recipes.RECIPES_BY_NAME["lite0-bb1-g-20ep"]
+    chosen = TrainConfig(data_dir="d", run_dir="r", **chosen_recipe.train)
     defaults = TrainConfig(data_dir="d", run_dir="r")
     assert BACKBONE_SPECS[defaults.backbone].native_size == chosen.image_size
     assert replace(defaults, image_size=chosen.image_size) == chosen
