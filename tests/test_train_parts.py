@@ -20,6 +20,7 @@ from histoseek.inference.embed_files import EmbeddedFiles
 from histoseek.model.cgd import ModelConfig, build_model
 from histoseek.model.checkpoint import load_checkpoint
 from histoseek.train import (
+    EpochValidation,
     finish_run,
     freeze_stages,
     loop,
@@ -31,7 +32,7 @@ from histoseek.train import (
     train,
     train_one_epoch,
     validate_and_checkpoint,
-    validation_metrics,
+    validation,
 )
 from histoseek.train.resume_state import read_resume_state, write_resume_state
 from histoseek.train.splits import MAX_VALIDATION_GALLERY, Splits
@@ -267,15 +268,11 @@ def test_one_epoch_trains_the_unfrozen_weights_and_reports_progress(tiny, tmp_pa
     assert run.scheduler.last_epoch == 2
 
 
-def _scores(*values):
-    return iter({"val_recall@1": value, "val_mmv@5": value, "val_score": value} for value in values)
-
-
-def test_checkpoint_keeps_the_best_model_and_always_the_resume_state(tiny, tmp_path, monkeypatch):
-    scores = _scores(0.5, 0.25)
-    monkeypatch.setattr(loop, "validation_metrics", lambda *args: next(scores))
+def test_checkpoint_keeps_the_best_model_and_always_the_resume_state(tiny, tmp_path):
+    scores = iter({"val_recall@1": v, "val_mmv@5": v, "val_score": v} for v in (0.5, 0.25))
     lines = []
     run = setup_run(_config(tiny, tmp_path / "run", epochs=2), notify=lines.append)
+    run.validation = lambda model, device: next(scores)
     validate_and_checkpoint(run, _record(1))
     assert lines[-1].startswith("epoch 1/2: loss 1.0000") and lines[-1].endswith("(best)")
     validate_and_checkpoint(run, _record(2))
@@ -291,6 +288,11 @@ def test_checkpoint_keeps_the_best_model_and_always_the_resume_state(tiny, tmp_p
     assert lines[-1] == f"best epoch 1; model written to {tmp_path / 'run' / 'model.pt'}"
 
 
+def _validation(run, frozen_stages=None) -> EpochValidation:
+    frozen = len(run.frozen) if frozen_stages is None else frozen_stages
+    return EpochValidation(run.splits.val, run.splits.val_gallery, frozen, 4, 0)
+
+
 def test_validation_queries_the_training_images(tiny, tmp_path, monkeypatch):
     run = setup_run(_config(tiny, tmp_path / "run"))
     val, gallery = run.splits.val, run.splits.val_gallery
@@ -304,18 +306,44 @@ def test_validation_queries_the_training_images(tiny, tmp_path, monkeypatch):
         found = np.arange(len(paths))
         return EmbeddedFiles(np.stack([rows[p] for p in paths]), found, [], np.zeros((0, 2)))
 
-    monkeypatch.setattr(loop, "embed_files", embed)
-    scores = validation_metrics(run.model, val, gallery, run.device, 4, 0)
+    monkeypatch.setattr(validation, "embed_files", embed)
+    scores = _validation(run, frozen_stages=0)(run.model, run.device)
     assert scores == {"val_recall@1": 1.0, "val_mmv@5": 1.0, "val_score": 1.0}
     # The same neighbours judged by the training images' labels: swapped, every answer is wrong.
     swapped = replace(gallery, labels=[1 - label for label in gallery.labels])
-    scores = validation_metrics(run.model, val, swapped, run.device, 4, 0)
+    scores = EpochValidation(val, swapped, 0, 4, 0)(run.model, run.device)
     assert scores == {"val_recall@1": 0.0, "val_mmv@5": 0.0, "val_score": 0.0}
+
+
+def test_validation_keeps_the_frozen_stages_output_and_embeds_as_the_whole_model(
+    tiny, tmp_path, monkeypatch
+):
+    run = setup_run(_config(tiny, tmp_path / "run"))
+    assert len(run.frozen) == 5
+    whole = _validation(run, frozen_stages=0)._embed(run.model, run.device)
+    kept = _validation(run)
+    first = kept._embed(run.model, run.device)
+    # Later epochs decode nothing: they start from the kept output of the frozen stages.
+    monkeypatch.setattr(validation, "embed_files", None)
+    again = kept._embed(run.model, run.device)
+    for (plain, rows), (cached, cached_rows), (later, _) in zip(whole, first, again, strict=True):
+        assert np.array_equal(rows, cached_rows)
+        np.testing.assert_allclose(cached, plain, atol=1e-5)
+        np.testing.assert_array_equal(later, cached)
+
+
+def test_validation_keeps_nothing_above_its_size_limit(tiny, tmp_path, monkeypatch):
+    run = setup_run(_config(tiny, tmp_path / "run"))
+    monkeypatch.setattr(validation, "MAX_KEPT_BYTES", 0)
+    check = _validation(run)
+    scores = check(run.model, run.device)
+    assert check._kept is None and not check._keep
+    assert scores == _validation(run, frozen_stages=0)(run.model, run.device)
 
 
 def test_validation_reports_its_measure_of_a_real_model(tiny, tmp_path):
     run = setup_run(_config(tiny, tmp_path / "run"))
-    scores = validation_metrics(run.model, run.splits.val, run.splits.val_gallery, run.device, 4, 0)
+    scores = run.validation(run.model, run.device)
     assert set(scores) == {"val_recall@1", "val_mmv@5", "val_score"}
     assert scores["val_score"] == pytest.approx((scores["val_recall@1"] + scores["val_mmv@5"]) / 2)
 

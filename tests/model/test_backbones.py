@@ -3,9 +3,10 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from histoseek.errors import HistoseekError
-from histoseek.model.backbones import build_trunk
+from histoseek.model.backbones import build_trunk, get_backbone_spec
 from histoseek.model.efficientnet_lite import EfficientNetLite
 
 
@@ -48,3 +49,16 @@ def test_offline_imagenet_resnet_names_the_alternatives(monkeypatch):
         build_trunk("resnet50", "imagenet")
     assert "--weights PATH" in str(error.value)
     assert "efficientnet_lite0" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+def test_the_stages_run_one_after_another_are_the_trunk(name):
+    # Validation runs the frozen stages once and the others every epoch (train/validation.py).
+    trunk = build_trunk(name, "none").eval()
+    stages = get_backbone_spec(name).stages(trunk)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = trunk(images)
+        for split in (1, len(stages) // 2, len(stages)):
+            first, rest = nn.Sequential(*stages[:split]), nn.Sequential(*stages[split:])
+            torch.testing.assert_close(rest(first(images)), expected)
