@@ -95,8 +95,9 @@ FROM_BUILTIN = {**LITE0, "gd_config": "S", "dim": 1280, "power": 0.5, "identity_
 MULTI_SCALE = {**LITE0, "train_sizes": [192, 224, 256]}
 # The fourth round's winner, the base of the fifth (whose winner adds GeM alone).
 LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
-# The fifth round's winner (the defaults since), the base of the seventh.
+# The fifth round's winner, the base of the seventh; and the seventh's (the defaults since).
 LITE0_BB1_G = {**LITE0_BB1, "gd_config": "G"}
+LITE0_BB1_G_20EP = {**LITE0_BB1_G, "epochs": 20}
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
@@ -174,7 +175,7 @@ RECIPES: tuple[Recipe, ...] = (
         "GeM alone, classification temperature 0.2",
         {**LITE0_BB1_G, "temperature": 0.2},
     ),
-    Recipe("lite0-bb1-g-20ep", "GeM alone, 20 epochs", {**LITE0_BB1_G, "epochs": 20}),
+    Recipe("lite0-bb1-g-20ep", "GeM alone, 20 epochs", LITE0_BB1_G_20EP),
     Recipe(
         "lite0-bb1-g-crop0.8",
         "GeM alone, crops of 80-100% area",
@@ -189,7 +190,7 @@ RECIPES: tuple[Recipe, ...] = (
         for seed in (1, 2)
         for base, tries, train in (
             ("lite0-bb1-g", "GeM alone", LITE0_BB1_G),
-            ("lite0-bb1-g-20ep", "GeM alone, 20 epochs", {**LITE0_BB1_G, "epochs": 20}),
+            ("lite0-bb1-g-20ep", "GeM alone, 20 epochs", LITE0_BB1_G_20EP),
         )
     ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),

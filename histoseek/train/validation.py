@@ -101,14 +101,12 @@ class EpochValidation:
             self._keep = self._kept is not None
         if self._kept is None:
             embedder = TorchEmbedder(model, str(device))
-            found = [self._embed_files(embedder, model, images) for images in self._lists]
+            found = [
+                self._embed_files(embedder, model, images) for images in (self.val, self.gallery)
+            ]
             return [(files.embeddings, files.indices) for files in found]
         trained = nn.Sequential(*stages[self.frozen_stages :])
         return [(self._finish(model, trained, kept, device), rows) for kept, rows in self._kept]
-
-    @property
-    def _lists(self) -> tuple[LabelledImages, LabelledImages]:
-        return self.val, self.gallery
 
     def _embed_files(self, embedder: Embedder, model: CGD, images: LabelledImages) -> EmbeddedFiles:
         return embed_files(embedder, model.config, images.paths, self.batch_size, self.workers)
@@ -125,7 +123,7 @@ class EpochValidation:
             return None
         embedder = _StagesEmbedder(frozen, shape, device)
         kept = []
-        for images in self._lists:
+        for images in (self.val, self.gallery):
             files = self._embed_files(embedder, model, images)
             kept.append((torch.from_numpy(files.embeddings).reshape(-1, *shape), files.indices))
         return kept
