@@ -65,4 +65,8 @@ def agree_on(ddp: Distributed, value: str) -> bool:
 def leave_distributed(ddp: Distributed) -> None:
     """Leave the process group at the end of a run."""
     if ddp.world_size > 1 and dist.is_initialized():
+        # Every process arrives before any closes its connections: the main process writes the
+        # run's files after the others are done, and a gloo peer that had already torn down
+        # aborted it once at exit (SIGABRT, "terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
