@@ -193,6 +193,32 @@ RECIPES: tuple[Recipe, ...] = (
             ("lite0-bb1-g-20ep", "GeM alone, 20 epochs", LITE0_BB1_G_20EP),
         )
     ),
+    # The eighth round: the defaults against 30 epochs, the seventh round's two near-ties
+    # together (temperature 0.2, crops of 80-100%) and testing at 256 px, each over training
+    # seeds 0, 1 and 2 (seed 0 of the defaults is lite0-bb1-g-20ep itself).
+    *(
+        Recipe(f"{base}{suffix}", f"{tries}{note}", {**train, **seeded}, test_size=test_size)
+        for suffix, note, seeded in (
+            ("", "", {}),
+            ("-seed1", ", training seed 1", {"seed": 1}),
+            ("-seed2", ", training seed 2", {"seed": 2}),
+        )
+        for base, tries, train, test_size in (
+            (
+                "lite0-bb1-g-20ep-test256",
+                "GeM alone, 20 epochs, test at 256 px",
+                LITE0_BB1_G_20EP,
+                256,
+            ),
+            ("lite0-bb1-g-30ep", "GeM alone, 30 epochs", {**LITE0_BB1_G, "epochs": 30}, None),
+            (
+                "lite0-bb1-g-20ep-temp0.2-crop0.8",
+                "GeM alone, 20 epochs, temperature 0.2, crops of 80-100% area",
+                {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scale": 0.8},
+                None,
+            ),
+        )
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
