@@ -95,9 +95,11 @@ FROM_BUILTIN = {**LITE0, "gd_config": "S", "dim": 1280, "power": 0.5, "identity_
 MULTI_SCALE = {**LITE0, "train_sizes": [192, 224, 256]}
 # The fourth round's winner, the base of the fifth (whose winner adds GeM alone).
 LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
-# The fifth round's winner, the base of the seventh; and the seventh's (the defaults since).
+# The fifth round's winner, the base of the seventh; the seventh's, the base of the eighth;
+# and the eighth's (the defaults since).
 LITE0_BB1_G = {**LITE0_BB1, "gd_config": "G"}
 LITE0_BB1_G_20EP = {**LITE0_BB1_G, "epochs": 20}
+LITE0_BB1_G_20EP_TEMP_CROP = {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scale": 0.8}
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
@@ -214,7 +216,7 @@ RECIPES: tuple[Recipe, ...] = (
             (
                 "lite0-bb1-g-20ep-temp0.2-crop0.8",
                 "GeM alone, 20 epochs, temperature 0.2, crops of 80-100% area",
-                {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scale": 0.8},
+                LITE0_BB1_G_20EP_TEMP_CROP,
                 None,
             ),
         )

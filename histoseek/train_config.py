@@ -40,9 +40,9 @@ class TrainConfig:
     # None: the backbone's own default (BackboneSpec.default_frozen_stages).
     freeze_stages: int | None = None
     label_smoothing: float = 0.1
-    temperature: float = 0.5
+    temperature: float = 0.2
     margin: float = 0.1
-    crop_scale: float = 0.5
+    crop_scale: float = 0.8
     stain_jitter: float = 0.2
     val_dir: str | None = None
     val_fraction: float = 0.1
