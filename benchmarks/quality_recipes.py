@@ -80,14 +80,21 @@ class Recipe:
         return json.dumps(self.train, sort_keys=True)
 
 
-# Every recipe names each setting the search has changed the default of (backbone, size and
-# learning rates), so it means the same whatever TrainConfig's defaults are (they are the
-# recipe this search chose). The first rounds ran at the defaults of then: a head learning
-# rate of 1e-3 and the trunk at 0.1x it.
-FIRST_RATES = {"lr": 1e-3, "backbone_lr_scale": 0.1}
-LITE0 = {"backbone": "efficientnet_lite0", "image_size": 224, **FIRST_RATES}
-LITE1 = {"backbone": "efficientnet_lite1", "image_size": 240, **FIRST_RATES}
-LITE2 = {"backbone": "efficientnet_lite2", "image_size": 260, **FIRST_RATES}
+# Every recipe names each setting the search has changed the default of (CHOSEN_SETTINGS), so
+# it means the same whatever TrainConfig's defaults are (they are the recipe this search
+# chose last). The first rounds ran at the defaults of then.
+FIRST_DEFAULTS = {
+    "lr": 1e-3,
+    "backbone_lr_scale": 0.1,
+    "gd_config": "SMG",
+    "epochs": 12,
+    "temperature": 0.5,
+    "crop_scale": 0.5,
+}
+CHOSEN_SETTINGS = frozenset({"backbone", "image_size", *FIRST_DEFAULTS})
+LITE0 = {"backbone": "efficientnet_lite0", "image_size": 224, **FIRST_DEFAULTS}
+LITE1 = {"backbone": "efficientnet_lite1", "image_size": 240, **FIRST_DEFAULTS}
+LITE2 = {"backbone": "efficientnet_lite2", "image_size": 260, **FIRST_DEFAULTS}
 # The second colour-split round's winner (the defaults until the fourth), the base of the third.
 LITE0_LR3E3 = {**LITE0, "lr": 3e-3}
 # The built-in model's descriptor as the trained model's starting point.

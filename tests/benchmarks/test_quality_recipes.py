@@ -151,12 +151,20 @@ def test_skip_test_chooses_on_validation_without_reading_the_test_set(
 
 
 def test_every_recipe_names_what_the_defaults_have_changed(recipes):
-    # The defaults are whatever this search chose last, so a recipe that left its backbone,
-    # size or learning rates to them would change meaning with every choice.
+    # The defaults are whatever this search chose last, so a recipe that left a chosen setting
+    # (backbone, size, learning rates, descriptors, epochs, temperature, crops) to them would
+    # change meaning with every choice: the first recipe still trains as the first rounds did.
     for recipe in recipes.RECIPES:
-        assert {"backbone", "image_size", "lr", "backbone_lr_scale"} <= recipe.train.keys()
-    assert recipes.RECIPES_BY_NAME["lite0"].train["lr"] == 1e-3
+        assert recipe.train.keys() >= recipes.CHOSEN_SETTINGS
+    first = recipes.RECIPES_BY_NAME["lite0"].train
+    assert (first["gd_config"], first["epochs"], first["temperature"], first["crop_scale"]) == (
+        "SMG",
+        12,
+        0.5,
+        0.5,
+    )
     assert recipes.RECIPES_BY_NAME["lite0-lr3e-3"].train["backbone_lr_scale"] == 0.1
+    assert recipes.RECIPES_BY_NAME["lite0-bb1-g"].train["epochs"] == 12
 
 
 def test_the_training_defaults_are_the_recipe_the_search_chose(recipes):
