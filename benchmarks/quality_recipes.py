@@ -80,6 +80,18 @@ class Recipe:
         return json.dumps(self.train, sort_keys=True)
 
 
+def with_seed(recipe: Recipe, seed: int) -> Recipe:
+    """The recipe trained with another training seed (0, the default, is the recipe itself)."""
+    if seed == 0:
+        return recipe
+    return replace(
+        recipe,
+        name=f"{recipe.name}-seed{seed}",
+        tries=f"{recipe.tries}, training seed {seed}",
+        train={**recipe.train, "seed": seed},
+    )
+
+
 # Every recipe names each setting the search has changed the default of (CHOSEN_SETTINGS), so
 # it means the same whatever TrainConfig's defaults are (they are the recipe this search
 # chose last). The first rounds ran at the defaults of then.
@@ -195,7 +207,7 @@ RECIPES: tuple[Recipe, ...] = (
     ),
     # The seventh round's spread between training seeds, on the same split.
     *(
-        Recipe(f"{base}-seed{seed}", f"{tries}, training seed {seed}", {**train, "seed": seed})
+        with_seed(Recipe(base, tries, train), seed)
         for seed in (1, 2)
         for base, tries, train in (
             ("lite0-bb1-g", "GeM alone", LITE0_BB1_G),
@@ -206,12 +218,8 @@ RECIPES: tuple[Recipe, ...] = (
     # together (temperature 0.2, crops of 80-100%) and testing at 256 px, each over training
     # seeds 0, 1 and 2 (seed 0 of the defaults is lite0-bb1-g-20ep itself).
     *(
-        Recipe(f"{base}{suffix}", f"{tries}{note}", {**train, **seeded}, test_size=test_size)
-        for suffix, note, seeded in (
-            ("", "", {}),
-            ("-seed1", ", training seed 1", {"seed": 1}),
-            ("-seed2", ", training seed 2", {"seed": 2}),
-        )
+        with_seed(Recipe(base, tries, train, test_size=test_size), seed)
+        for seed in (0, 1, 2)
         for base, tries, train, test_size in (
             (
                 "lite0-bb1-g-20ep-test256",
