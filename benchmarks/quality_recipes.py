@@ -236,6 +236,21 @@ RECIPES: tuple[Recipe, ...] = (
             ),
         )
     ),
+    # The ninth round: the defaults against stronger stain jitter (0.35 and 0.5 instead of 0.2),
+    # each over training seeds 0, 1 and 2 (the defaults' are the eighth round's recipes,
+    # trained again in the same run).
+    *(
+        with_seed(
+            Recipe(
+                f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain{strength}",
+                f"the defaults (since the eighth round) with stain jitter {strength}",
+                {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": strength},
+            ),
+            seed,
+        )
+        for seed in (0, 1, 2)
+        for strength in (0.35, 0.5)
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
