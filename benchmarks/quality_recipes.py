@@ -102,6 +102,7 @@ FIRST_DEFAULTS = {
     "epochs": 12,
     "temperature": 0.5,
     "crop_scale": 0.5,
+    "stain_jitter": 0.2,
 }
 CHOSEN_SETTINGS = frozenset({"backbone", "image_size", *FIRST_DEFAULTS})
 LITE0 = {"backbone": "efficientnet_lite0", "image_size": 224, **FIRST_DEFAULTS}
@@ -115,7 +116,7 @@ MULTI_SCALE = {**LITE0, "train_sizes": [192, 224, 256]}
 # The fourth round's winner, the base of the fifth (whose winner adds GeM alone).
 LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
 # The fifth round's winner, the base of the seventh; the seventh's, the base of the eighth;
-# and the eighth's (the defaults since).
+# and the eighth's, the base of the ninth (whose winner adds stain jitter 0.5).
 LITE0_BB1_G = {**LITE0_BB1, "gd_config": "G"}
 LITE0_BB1_G_20EP = {**LITE0_BB1_G, "epochs": 20}
 LITE0_BB1_G_20EP_TEMP_CROP = {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scale": 0.8}

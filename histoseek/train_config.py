@@ -43,7 +43,7 @@ class TrainConfig:
     temperature: float = 0.2
     margin: float = 0.1
     crop_scale: float = 0.8
-    stain_jitter: float = 0.2
+    stain_jitter: float = 0.5
     val_dir: str | None = None
     val_fraction: float = 0.1
     group_regex: str | None = None

@@ -152,25 +152,22 @@ def test_skip_test_chooses_on_validation_without_reading_the_test_set(
 
 def test_every_recipe_names_what_the_defaults_have_changed(recipes):
     # The defaults are whatever this search chose last, so a recipe that left a chosen setting
-    # (backbone, size, learning rates, descriptors, epochs, temperature, crops) to them would
-    # change meaning with every choice: the first recipe still trains as the first rounds did.
+    # (backbone, size, learning rates, descriptors, epochs, temperature, crops, stain jitter) to
+    # them would change meaning with every choice: the first recipe still trains as the first
+    # rounds did.
     for recipe in recipes.RECIPES:
         assert recipe.train.keys() >= recipes.CHOSEN_SETTINGS
     first = recipes.RECIPES_BY_NAME["lite0"].train
-    assert (first["gd_config"], first["epochs"], first["temperature"], first["crop_scale"]) == (
-        "SMG",
-        12,
-        0.5,
-        0.5,
-    )
+    chosen_since = ("gd_config", "epochs", "temperature", "crop_scale", "stain_jitter")
+    assert tuple(first[name] for name in chosen_since) == ("SMG", 12, 0.5, 0.5, 0.2)
     assert recipes.RECIPES_BY_NAME["lite0-lr3e-3"].train["backbone_lr_scale"] == 0.1
     assert recipes.RECIPES_BY_NAME["lite0-bb1-g"].train["epochs"] == 12
 
 
 def test_the_training_defaults_are_the_recipe_the_search_chose(recipes):
-    # README, "Validation by colour clusters": the eighth round chose
-    # lite0-bb1-g-20ep-temp0.2-crop0.8.
-    chosen_recipe = recipes.RECIPES_BY_NAME["lite0-bb1-g-20ep-temp0.2-crop0.8"]
+    # README, "Validation by colour clusters": the ninth round chose
+    # lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5.
+    chosen_recipe = recipes.RECIPES_BY_NAME["lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5"]
     chosen = TrainConfig(data_dir="d", run_dir="r", **chosen_recipe.train)
     defaults = TrainConfig(data_dir="d", run_dir="r")
     assert BACKBONE_SPECS[defaults.backbone].native_size == chosen.image_size
