@@ -212,6 +212,12 @@ def test_bad_data_folders_fail_with_one_line(case, kather_small, tmp_path):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_stain_jitter_above_one_is_refused(kather_small, tmp_path):
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--stain-jitter", "1.5")
+    assert_one_line_error(result, "--stain-jitter")
+    assert not (tmp_path / "run").exists()
+
+
 def test_colour_groups_choose_the_validation_images(kather_small, tmp_path):
     run_dir = tmp_path / "run"
     result = run("train", kather_small, "-o", run_dir, "--epochs", "1", "--colour-groups", *FAST)

@@ -111,10 +111,11 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 )
 @click.option(
     "--stain-jitter",
-    type=click.FloatRange(min=0),
+    # Each stain's amount is scaled by 1 ± up to this, so above 1 a stain could turn negative.
+    type=click.FloatRange(0, 1),
     default=_TRAIN.stain_jitter,
     show_default=True,
-    help="Strength of haematoxylin/eosin jitter (0 = off).",
+    help="Strength of haematoxylin/eosin jitter, 0 (off) to 1.",
 )
 @click.option("--val-dir", type=click.Path(path_type=Path), help="Validation folder.")
 @click.option(
