@@ -244,7 +244,7 @@ RECIPES: tuple[Recipe, ...] = (
         with_seed(
             Recipe(
                 f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain{strength}",
-                f"the defaults (since the eighth round) with stain jitter {strength}",
+                f"the eighth round's choice with stain jitter {strength}",
                 {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": strength},
             ),
             seed,
