@@ -120,6 +120,8 @@ LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
 LITE0_BB1_G = {**LITE0_BB1, "gd_config": "G"}
 LITE0_BB1_G_20EP = {**LITE0_BB1_G, "epochs": 20}
 LITE0_BB1_G_20EP_TEMP_CROP = {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scale": 0.8}
+# The tenth round's defaults (the ninth's winner) for 30 epochs, the eleventh round's challenger.
+LITE0_BB1_G_30EP_STAIN = {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": 0.5, "epochs": 30}
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
@@ -252,6 +254,20 @@ RECIPES: tuple[Recipe, ...] = (
         )
         for seed in (0, 1, 2)
         for strength in (0.35, 0.5, 0.75, 1.0)
+    ),
+    # The eleventh round: the tenth round's defaults trained for 30 epochs, and those models
+    # tested at 256 px (one training run for both), each over training seeds 0, 1 and 2.
+    *(
+        with_seed(Recipe(base, tries, LITE0_BB1_G_30EP_STAIN, test_size=test_size), seed)
+        for seed in (0, 1, 2)
+        for base, tries, test_size in (
+            ("lite0-bb1-g-30ep-temp0.2-crop0.8-stain0.5", "the defaults, 30 epochs", None),
+            (
+                "lite0-bb1-g-30ep-temp0.2-crop0.8-stain0.5-test256",
+                "the defaults, 30 epochs, test at 256 px",
+                256,
+            ),
+        )
     ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
