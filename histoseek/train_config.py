@@ -44,6 +44,9 @@ class TrainConfig:
     margin: float = 0.1
     crop_scale: float = 0.8
     stain_jitter: float = 0.5
+    # Validate, and keep as model.pt, a moving average of the weights over about this many
+    # epochs instead of the weights themselves (0: no average).
+    ema_epochs: float = 0.0
     val_dir: str | None = None
     val_fraction: float = 0.1
     group_regex: str | None = None

@@ -218,6 +218,25 @@ def test_stain_jitter_above_one_is_refused(kather_small, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_weight_average_is_trained_kept_and_resumed(kather_small, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run(
+        "train", kather_small, "-o", run_dir, "--epochs", "1", "--ema-epochs", "0.5", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "train_config.json").read_text())["ema_epochs"] == 0.5
+    _, _, extra = load_checkpoint(run_dir / "model.pt")
+    assert extra["train_config"]["ema_epochs"] == 0.5
+    resumed = run("train", "--resume", run_dir, "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+    negative = run("train", kather_small, "-o", tmp_path / "other", *FAST, "--ema-epochs", "-1")
+    assert_one_line_error(negative, "--ema-epochs")
+    assert not (tmp_path / "other").exists()
+
+
 def test_colour_groups_choose_the_validation_images(kather_small, tmp_path):
     run_dir = tmp_path / "run"
     result = run("train", kather_small, "-o", run_dir, "--epochs", "1", "--colour-groups", *FAST)

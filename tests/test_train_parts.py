@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from histoseek.data.colour_groups import clusters_per_class, colour_groups
 from histoseek.data.folder import LabelledImages, scan_labelled_folder
@@ -36,6 +37,7 @@ from histoseek.train import (
 )
 from histoseek.train.resume_state import read_resume_state, write_resume_state
 from histoseek.train.splits import MAX_VALIDATION_GALLERY, Splits
+from histoseek.train.weight_average import WeightAverage
 from histoseek.train_config import TrainConfig
 
 
@@ -94,6 +96,32 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
     assert rates[4] == pytest.approx(1.0)
     assert rates[8] == pytest.approx(0.5)  # half-way through the cosine
     assert rates == sorted(rates[:4]) + sorted(rates[4:], reverse=True)
+
+
+def test_weight_average_is_the_mean_until_its_horizon_then_exponential():
+    model = nn.BatchNorm1d(1)
+    average = WeightAverage(model, horizon_steps=2)
+    seen = []
+    for step, value in enumerate((1.0, 2.0, 4.0), start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        model.num_batches_tracked.fill_(step)
+        average.update(model, step)
+        seen.append(average.model.weight.item())
+    # Step 1 copies, step 2 gives the mean of 1 and 2, step 3 moves halfway (1/2) towards 4.
+    assert seen == pytest.approx([1.0, 1.5, 2.75])
+    assert average.model.num_batches_tracked.item() == 3  # counters are copied, not averaged
+    assert not average.model.training and not average.model.weight.requires_grad
+    assert model.weight.item() == 4.0  # the trained model is left alone
+
+
+def test_a_horizon_under_one_step_keeps_the_latest_weights():
+    model = nn.Linear(1, 1)
+    average = WeightAverage(model, horizon_steps=0.3)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    average.update(model, 4)
+    assert average.model.weight.item() == 5.0
 
 
 def test_validation_split_keeps_groups_together(tmp_path):
@@ -286,6 +314,50 @@ def test_checkpoint_keeps_the_best_model_and_always_the_resume_state(tiny, tmp_p
     metrics = finish_run(run)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
     assert lines[-1] == f"best epoch 1; model written to {tmp_path / 'run' / 'model.pt'}"
+
+
+def test_a_weight_average_is_validated_kept_and_resumed(tiny, tmp_path):
+    config = _config(tiny, tmp_path / "run", epochs=2, ema_epochs=1.0)
+    run = setup_run(config)
+    assert run.average is not None and run.average.horizon_steps == 2  # 2 steps an epoch
+    validated = []
+    run.validation = lambda model, device: (
+        validated.append(model)
+        or {
+            "val_recall@1": 0.5,
+            "val_mmv@5": 0.5,
+            "val_score": 0.5,
+        }
+    )
+    train_one_epoch(run, 0)
+    validate_and_checkpoint(run, _record(1))
+    averaged, trained = run.average.model, run.model
+    assert validated == [averaged] and run.kept_model is averaged
+    assert not torch.equal(averaged.projections[0].weight, trained.projections[0].weight)
+    saved, _, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    for name, value in averaged.state_dict().items():
+        assert torch.equal(saved.state_dict()[name], value), name
+    resumed = setup_run(resume_config(tmp_path / "run", {}), resume=True)
+    for name, value in averaged.state_dict().items():
+        assert torch.equal(resumed.average.model.state_dict()[name], value), name
+    assert torch.equal(resumed.model.projections[0].weight, trained.projections[0].weight)
+
+
+def test_without_a_weight_average_the_trained_weights_are_kept(tiny, tmp_path):
+    run = setup_run(_config(tiny, tmp_path / "run", val_fraction=0))
+    assert run.average is None and run.kept_model is run.model
+    validate_and_checkpoint(run, _record(1))
+    assert read_resume_state(tmp_path / "run" / "last.pt").averaged_model == {}
+
+
+def test_a_resume_state_missing_its_weight_average_is_refused(tiny, tmp_path):
+    _finished_run(tiny, tmp_path / "run", ema_epochs=1.0)
+    state = read_resume_state(tmp_path / "run" / "last.pt")
+    write_resume_state(tmp_path / "run" / "last.pt", replace(state, averaged_model={}))
+    with pytest.raises(
+        HistoseekError, match="last.pt holds no weight average, which this run keeps"
+    ):
+        setup_run(resume_config(tmp_path / "run", {}), resume=True)
 
 
 def _validation(run, frozen_stages=None) -> EpochValidation:

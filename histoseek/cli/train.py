@@ -117,6 +117,14 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     show_default=True,
     help="Strength of haematoxylin/eosin jitter, 0 (off) to 1.",
 )
+@click.option(
+    "--ema-epochs",
+    type=click.FloatRange(min=0),
+    default=_TRAIN.ema_epochs,
+    show_default=True,
+    help="Validate and keep a moving average of the weights over about this many epochs "
+    "(0: the weights themselves).",
+)
 @click.option("--val-dir", type=click.Path(path_type=Path), help="Validation folder.")
 @click.option(
     "--val-fraction",

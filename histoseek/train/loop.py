@@ -54,6 +54,7 @@ from histoseek.train.splits import (
     require_readable_classes,
 )
 from histoseek.train.validation import EpochValidation
+from histoseek.train.weight_average import WeightAverage
 from histoseek.train_config import TrainConfig
 
 
@@ -92,6 +93,13 @@ class TrainingRun:
     multiscale: MultiScaleResize | None = None
     # Scores each epoch (None: no validation images).
     validation: EpochValidation | None = None
+    # The moving average of the weights (None: TrainConfig.ema_epochs is 0).
+    average: WeightAverage | None = None
+
+    @property
+    def kept_model(self) -> CGD:
+        """The model validation scores and model.pt holds: the weight average, if any."""
+        return self.model if self.average is None else self.average.model
 
 
 def make_grad_scaler(
@@ -120,6 +128,11 @@ def _restore(run: TrainingRun, state: ResumeState, path: Path) -> None:
             "before validation searched the training images); the two do not compare: start a "
             "new run"
         )
+    if run.average is not None and not state.averaged_model:
+        raise HistoseekError(
+            f"{path} holds no weight average, which this run keeps (--ema-epochs "
+            f"{run.config.ema_epochs:g}): the file is damaged; start a new run"
+        )
     if run.config.epochs < state.epoch:
         raise HistoseekError(
             f"--epochs {run.config.epochs} is fewer than the {state.epoch} this run has done"
@@ -130,6 +143,8 @@ def _restore(run: TrainingRun, state: ResumeState, path: Path) -> None:
         run.scheduler.load_state_dict(state.scheduler)
         if state.scaler:  # a disabled scaler (no float16 AMP) ignores it
             run.scaler.load_state_dict(state.scaler)
+        if run.average is not None:
+            run.average.model.load_state_dict(state.averaged_model)
     except (RuntimeError, ValueError, KeyError) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise HistoseekError(f"cannot resume from {path}: {detail}") from None
@@ -252,6 +267,11 @@ def setup_run(
             if splits.val is not None
             else None
         ),
+        average=(
+            WeightAverage(model, config.ema_epochs * steps_per_epoch)
+            if config.ema_epochs > 0
+            else None
+        ),
     )
     if state is not None:
         _restore(run, state, run_dir / TRAIN_STATE)
@@ -309,6 +329,8 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress | None = No
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
+        if run.average is not None:
+            run.average.update(run.model, run.scheduler.last_epoch)
         seen += len(labels)
         loss_sum += loss.item() * len(labels)
         if progress is not None:
@@ -320,16 +342,20 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress | None = No
     }
 
 
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().cpu() for name, value in model.state_dict().items()}
+
+
 def _validate_and_save(run: TrainingRun, record: dict) -> None:
     if run.validation is not None:
-        record.update(run.validation(run.model, run.device))
+        record.update(run.validation(run.kept_model, run.device))
     run.history.append(record)
     improved = run.validation is None or record["val_score"] > run.best["val_score"]
     if improved:
         run.best = {"epoch": record["epoch"], "val_score": record.get("val_score")}
         save_checkpoint(
             run.run_dir / BEST_MODEL,
-            run.model,
+            run.kept_model,
             run.splits.train.class_names,
             extra={"epoch": record["epoch"], "train_config": asdict(run.config)},
         )
@@ -347,13 +373,14 @@ def _validate_and_save(run: TrainingRun, record: dict) -> None:
         epoch=record["epoch"],
         history=run.history,
         best=run.best,
-        model={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        model=_cpu_state(run.model),
         optimizer=run.optimizer.state_dict(),
         scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict(),
         class_names=run.splits.train.class_names,
         unreadable=sorted(run.unreadable),
         split_fingerprint=run.splits.fingerprint,
+        averaged_model={} if run.average is None else _cpu_state(run.average.model),
     )
     write_resume_state(run.run_dir / TRAIN_STATE, state)
     if run.previous is not None:

@@ -30,6 +30,8 @@ class ResumeState:
     unreadable: list[str] = field(default_factory=list)
     # Splits.fingerprint of the run's data; None in states written before it was kept.
     split_fingerprint: str | None = None
+    # The weight average (TrainConfig.ema_epochs); empty when the run keeps none.
+    averaged_model: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def write_resume_state(path: Path, state: ResumeState) -> None:
@@ -52,7 +54,7 @@ def read_resume_state(path: Path) -> ResumeState:
     epoch = payload["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise damaged(f"its epoch {epoch!r} is not a whole number")
-    for key in ("best", "model", "optimizer", "scheduler", "scaler"):
+    for key in ("best", "model", "optimizer", "scheduler", "scaler", "averaged_model"):
         if not isinstance(payload.get(key, {}), dict):
             raise damaged(f"its {key} is not a mapping")
     for key in ("history", "unreadable"):
@@ -77,4 +79,5 @@ def read_resume_state(path: Path) -> ResumeState:
         class_names=class_names,
         unreadable=[str(p) for p in payload.get("unreadable", [])],
         split_fingerprint=split_fingerprint,
+        averaged_model=payload.get("averaged_model", {}),
     )
