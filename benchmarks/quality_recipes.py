@@ -120,8 +120,9 @@ LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
 LITE0_BB1_G = {**LITE0_BB1, "gd_config": "G"}
 LITE0_BB1_G_20EP = {**LITE0_BB1_G, "epochs": 20}
 LITE0_BB1_G_20EP_TEMP_CROP = {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scale": 0.8}
-# The tenth round's defaults (the ninth's winner) for 30 epochs, the eleventh round's challenger.
-LITE0_BB1_G_30EP_STAIN = {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": 0.5, "epochs": 30}
+# The ninth round's winner, the defaults of the tenth, eleventh and twelfth rounds.
+LITE0_BB1_G_20EP_STAIN = {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": 0.5}
+LITE0_BB1_G_30EP_STAIN = {**LITE0_BB1_G_20EP_STAIN, "epochs": 30}
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
@@ -268,6 +269,19 @@ RECIPES: tuple[Recipe, ...] = (
                 256,
             ),
         )
+    ),
+    # The twelfth: the defaults with a moving average of the weights over about 2 epochs,
+    # over training seeds 0, 1 and 2.
+    *(
+        with_seed(
+            Recipe(
+                "lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5-ema2",
+                "the defaults, weights averaged over about 2 epochs",
+                {**LITE0_BB1_G_20EP_STAIN, "ema_epochs": 2.0},
+            ),
+            seed,
+        )
+        for seed in (0, 1, 2)
     ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
