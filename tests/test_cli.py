@@ -27,6 +27,14 @@ def one_error_line(result) -> str:
         (["no-such-command"], "No such command"),
         (["train", "data", "-o", "run", "--epochs", "0"], "--epochs"),
         (["evaluate"], "--gallery"),
+        # Range bounds let nan through (every comparison with it is false), and inf past a
+        # lower bound; both are refused.
+        (["train", "data", "-o", "run", "--lr", "nan"], "'--lr': 'nan' is not a finite number"),
+        (["train", "data", "-o", "run", "--ema-epochs", "inf"], "'--ema-epochs': 'inf'"),
+        (["train", "data", "-o", "run", "--stain-jitter", "nan"], "'--stain-jitter': 'nan'"),
+        (["serve", "index", "--max-upload-mb", "inf"], "'inf' is not a finite number"),
+        (["prepare", "folder", "in", "-o", "out", "--scale", "nan"], "'--scale': 'nan'"),
+        (["index", "folder", "--mpp", "nan"], "'--mpp': 'nan'"),
     ],
 )
 def test_usage_errors_are_one_line(args, fragment):

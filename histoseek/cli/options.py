@@ -6,6 +6,7 @@ manner of TIAToolbox's cli/common.py), and returns a Click decorator.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,16 @@ from histoseek.slide.defaults import (
 )
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and infinity, which its bounds let through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def model_option(
@@ -152,7 +163,7 @@ def min_tissue_option(
     """`--min-tissue F`: prepare's tissue mask, the same for patches and slide tiles."""
     return click.option(
         "--min-tissue",
-        type=click.FloatRange(0, 1),
+        type=FiniteFloatRange(0, 1),
         default=DEFAULT_MIN_TISSUE,
         show_default=True,
         help=help,
@@ -167,8 +178,8 @@ def group_regex_option(
     return click.option("--group-regex", default=None, help=help)
 
 
-def _mpp_type() -> click.FloatRange:
-    return click.FloatRange(*MPP_RANGE)
+def _mpp_type() -> FiniteFloatRange:
+    return FiniteFloatRange(*MPP_RANGE)
 
 
 def mpp_option(

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from histoseek.cli.options import (
+    FiniteFloatRange,
     group_regex_option,
     max_pixels_option,
     min_tissue_option,
@@ -28,7 +29,7 @@ from histoseek.prepare.defaults import DEFAULT_SPLIT, LAYOUTS, STAIN_METHODS
 )
 @click.option(
     "--scale",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="Resample each image by this factor before tiling (0.5 halves 40x to 20x).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from histoseek.cli.options import (
+    FiniteFloatRange,
     backend_option,
     batch_size_option,
     device_option,
@@ -39,14 +40,14 @@ from histoseek.serve.defaults import (
 )
 @click.option(
     "--max-upload-mb",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=DEFAULT_MAX_UPLOAD_MB,
     show_default=True,
     help="Largest query image upload, in megabytes.",
 )
 @click.option(
     "--batch-window-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=DEFAULT_BATCH_WINDOW_MS,
     show_default=True,
     help="Longest wait for queries still being decoded to join a batch (a lone query never waits).",

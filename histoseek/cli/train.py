@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from histoseek.cli.options import (
+    FiniteFloatRange,
     batch_size_option,
     device_option,
     image_size_option,
@@ -58,23 +59,23 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=_TRAIN.lr,
     show_default=True,
     help="Learning rate of the CGD layers.",
 )
 @click.option(
     "--backbone-lr-scale",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=_TRAIN.backbone_lr_scale,
     show_default=True,
     help="Learning rate of the unfrozen backbone stages as a fraction of --lr.",
 )
 @click.option(
-    "--weight-decay", type=click.FloatRange(min=0), default=_TRAIN.weight_decay, show_default=True
+    "--weight-decay", type=FiniteFloatRange(min=0), default=_TRAIN.weight_decay, show_default=True
 )
 @click.option(
-    "--warmup-epochs", type=click.FloatRange(min=0), default=_TRAIN.warmup_epochs, show_default=True
+    "--warmup-epochs", type=FiniteFloatRange(min=0), default=_TRAIN.warmup_epochs, show_default=True
 )
 @click.option(
     "--freeze-stages",
@@ -85,26 +86,26 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 )
 @click.option(
     "--label-smoothing",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FiniteFloatRange(0, 1, max_open=True),
     default=_TRAIN.label_smoothing,
     show_default=True,
 )
 @click.option(
     "--temperature",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=_TRAIN.temperature,
     show_default=True,
 )
 @click.option(
     "--margin",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=_TRAIN.margin,
     show_default=True,
     help="Triplet margin.",
 )
 @click.option(
     "--crop-scale",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FiniteFloatRange(0, 1, min_open=True),
     default=_TRAIN.crop_scale,
     show_default=True,
     help="Smallest area share of a random resized crop.",
@@ -112,14 +113,14 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 @click.option(
     "--stain-jitter",
     # Each stain's amount is scaled by 1 ± up to this, so above 1 a stain could turn negative.
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=_TRAIN.stain_jitter,
     show_default=True,
     help="Strength of haematoxylin/eosin jitter, 0 (off) to 1.",
 )
 @click.option(
     "--ema-epochs",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=_TRAIN.ema_epochs,
     show_default=True,
     help="Validate and keep a moving average of the weights over about this many epochs "
@@ -128,7 +129,7 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 @click.option("--val-dir", type=click.Path(path_type=Path), help="Validation folder.")
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FiniteFloatRange(0, 1, max_open=True),
     default=_TRAIN.val_fraction,
     show_default=True,
     help="Held-out share of DATA_DIR when there is no --val-dir.",
