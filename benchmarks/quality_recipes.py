@@ -283,6 +283,21 @@ RECIPES: tuple[Recipe, ...] = (
         )
         for seed in (0, 1, 2)
     ),
+    # The thirteenth: the defaults with one stage fewer frozen (4: the trunk also learns its
+    # 80-channel stage) and one more (6: only the last two block stages and the head learn),
+    # over training seeds 0, 1 and 2.
+    *(
+        with_seed(
+            Recipe(
+                f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5-freeze{frozen}",
+                f"the defaults with {frozen} stages frozen instead of 5",
+                {**LITE0_BB1_G_20EP_STAIN, "freeze_stages": frozen},
+            ),
+            seed,
+        )
+        for seed in (0, 1, 2)
+        for frozen in (4, 6)
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
