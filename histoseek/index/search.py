@@ -276,11 +276,16 @@ class SearchReport:
     created: datetime
     exclude: str | None = None
     tile_k: int = DEFAULT_TILE_K
+    # Whether each query's search_k grew with the items it left out (no --search-k given).
+    search_k_scaled: bool = False
 
     @property
     def mode(self) -> str:
         """How the neighbours were found, in words: 'exact' or 'annoy (search_k N)'."""
-        return "exact" if self.exact else f"annoy (search_k {self.search_k})"
+        if self.exact:
+            return "exact"
+        more = ", more for the items left out" if self.search_k_scaled else ""
+        return f"annoy (search_k {self.search_k}{more})"
 
 
 def annoy_search_k(k: int, items: int, trees: int, search_k: int | None = None) -> int:
@@ -566,8 +571,11 @@ def search_images(
             f"queries must be embedded {'with' if index.manifest.tta else 'without'} --tta, "
             f"as the index {display_path(index.path)} was"
         )
+    # Checked here, but passed on as given: left None, each search scales it to what it asks
+    # for (k plus the items left out), which a whole slide's thousands of tiles need.
+    shown_search_k = None
     if not exact:
-        search_k = annoy_search_k(k, len(index.items), index.manifest.trees, search_k)
+        shown_search_k = annoy_search_k(k, len(index.items), index.manifest.trees, search_k)
     created = datetime.now(timezone.utc)
     started = time.perf_counter()
     # One embedding run over every query image, so batches and progress span all queries.
@@ -635,7 +643,8 @@ def search_images(
         results=results,
         k=k,
         exact=exact,
-        search_k=None if exact else search_k,
+        search_k=shown_search_k,
+        search_k_scaled=search_k is None and exclude is not None,
         include_self=include_self,
         backend=embedder.name,
         model=embedder.reference,

@@ -282,6 +282,7 @@ def results_document(report: SearchReport) -> dict:
             "backend": report.backend,
             "mode": "exact" if report.exact else "annoy",
             "search_k": report.search_k,
+            "search_k_scaled": report.search_k_scaled,
             "k": report.k,
             "include_self": report.include_self,
             "exclude": report.exclude,

@@ -147,6 +147,35 @@ def test_a_whole_slide_finds_itself_first_unless_its_slide_or_patient_is_left_ou
     assert all(hit["group"] != "CRC-Prim-HE-02" for hit in patient["results"])
 
 
+def test_search_k_grows_with_the_tiles_a_query_leaves_out(archive, monkeypatch):
+    slides, index_dir = archive
+    from histoseek.index import search
+    from histoseek.index.annoy_index import VectorIndex
+
+    asked: list[tuple[int, int]] = []
+    original = VectorIndex.search
+
+    def recording(self, query, k, search_k):
+        asked.append((k, search_k))
+        return original(self, query, k, search_k)
+
+    # A floor of 1 makes the default k × trees, so a fixed search_k for k alone would show.
+    monkeypatch.setattr(search, "DEFAULT_SEARCH_K", 1)
+    monkeypatch.setattr(VectorIndex, "search", recording)
+    args = (slides / QUERY, "--index", index_dir, "--max-tiles", 2, "--by", "tile", "-k", 3)
+    document = _query(*args, "--exclude", "same-slide")
+    trees = json.loads((index_dir / "manifest.json").read_text())["trees"]
+    left_out = document["queries"][0]["excluded_items"]
+    assert left_out > 3 and len(asked) == 2
+    assert asked == [(3 + left_out, (3 + left_out) * trees)] * 2
+    assert document["search"]["search_k"] == 3 * trees and document["search"]["search_k_scaled"]
+    assert len(document["queries"][0]["results"]) == 3
+
+    asked.clear()
+    given = _query(*args, "--exclude", "same-slide", "--search-k", 77)
+    assert asked == [(3 + left_out, 77)] * 2 and not given["search"]["search_k_scaled"]
+
+
 def test_answers_by_group_gather_a_patients_slides(archive):
     slides, index_dir = archive
     query = _query(

@@ -169,6 +169,10 @@ def test_header_notes_and_json_say_what_the_search_did(report, results, tmp_path
         "onnxruntime (CPUExecutionProvider); search: annoy (search_k 10000); k 4"
     )
     assert search_notes(report) == []
+    scaled = _report(results, tmp_path, exclude="same-slide", search_k_scaled=True)
+    assert search_header(scaled).endswith(
+        "search: annoy (search_k 10000, more for the items left out); k 4; --exclude same-slide"
+    )
     results[0].left_out_self.append(results[0].query)
     results[1].hits.pop()
     notes = search_notes(_report(results, tmp_path, k=4))
@@ -183,6 +187,7 @@ def test_header_notes_and_json_say_what_the_search_did(report, results, tmp_path
         "backend": "onnxruntime (CPUExecutionProvider)",
         "mode": "exact",
         "search_k": None,
+        "search_k_scaled": False,
         "k": 4,
         "include_self": False,
         "exclude": None,
