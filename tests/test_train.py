@@ -237,6 +237,25 @@ def test_a_weight_average_is_trained_kept_and_resumed(kather_small, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_a_diverging_run_stops_in_one_line_before_saving_a_model(
+    kather_small, tmp_path, monkeypatch
+):
+    from histoseek.losses import BatchHardTripletLoss
+
+    original = BatchHardTripletLoss.forward
+    monkeypatch.setattr(
+        BatchHardTripletLoss, "forward", lambda self, *a: original(self, *a) * float("nan")
+    )
+    result = run("train", kather_small, "-o", tmp_path / "run", "--epochs", "1", *FAST)
+    assert result.exit_code != 0
+    # The run's heading, then the error.
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("training "), result.stderr
+    assert "training diverged in epoch 1" in lines[1] and "--lr" in lines[1]
+    assert not (tmp_path / "run" / "model.pt").exists()
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_colour_groups_choose_the_validation_images(kather_small, tmp_path):
     run_dir = tmp_path / "run"
     result = run("train", kather_small, "-o", run_dir, "--epochs", "1", "--colour-groups", *FAST)

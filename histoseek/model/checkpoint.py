@@ -87,6 +87,16 @@ def _checked_payload(path: Path, payload: object) -> dict:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise damaged("its state_dict does not map parameter names to tensors")
+    broken = next(
+        (
+            name
+            for name, value in state.items()
+            if value.is_floating_point() and not torch.isfinite(value).all()
+        ),
+        None,
+    )
+    if broken is not None:
+        raise damaged(f"{broken} holds numbers that are not finite (NaN or infinite)")
     if not isinstance(payload.get("extra", {}), dict):
         raise damaged("its extra is not a mapping")
     try:

@@ -346,7 +346,18 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().cpu() for name, value in model.state_dict().items()}
 
 
+def _refuse_diverged(model: nn.Module, epoch: int) -> None:
+    """Stop a run whose weights are no longer finite, before they are scored or saved."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise HistoseekError(
+                f"training diverged in epoch {epoch}: {name} is no longer finite (NaN or "
+                "infinite); try a lower --lr"
+            )
+
+
 def _validate_and_save(run: TrainingRun, record: dict) -> None:
+    _refuse_diverged(run.model, record["epoch"])
     if run.validation is not None:
         record.update(run.validation(run.kept_model, run.device))
     run.history.append(record)

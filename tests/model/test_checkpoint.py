@@ -95,6 +95,18 @@ def _with_config(payload: dict, **changes) -> dict:
     return {**payload, "config": {**payload["config"], **changes}}
 
 
+def _with_weight(payload: dict, value: float) -> dict:
+    """The payload with one entry of its last floating-point tensor set to `value`."""
+    state = dict(payload["state_dict"])
+    name = [key for key, tensor in state.items() if tensor.is_floating_point()][-1]
+    state[name] = state[name].clone().flatten()
+    state[name][0] = value
+    return {
+        **payload,
+        "state_dict": {**state, name: state[name].view_as(payload["state_dict"][name])},
+    }
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -106,6 +118,8 @@ def _with_config(payload: dict, **changes) -> dict:
         (lambda p: {**p, "state_dict": list(p["state_dict"].values())}, "state_dict"),
         (lambda p: {**p, "state_dict": {"trunk.w": [1.0, 2.0]}}, "state_dict"),
         (lambda p: _without(p, "state_dict"), "state_dict"),
+        (lambda p: _with_weight(p, float("nan")), "holds numbers that are not finite"),
+        (lambda p: _with_weight(p, float("-inf")), "holds numbers that are not finite"),
         (lambda p: {**p, "extra": [1]}, "extra is not a mapping"),
         (lambda p: {**p, "version": "1"}, "version '1' is not a positive whole number"),
         (lambda p: {**p, "version": 2}, "newer histoseek"),
