@@ -38,6 +38,7 @@ META_PARITY = "histoseek.parity"
 ENGINE_METADATA_KEYS = frozenset(
     {"fingerprint", "config", "precision", "tensorrt_version", "gpu_name", "compute_capability"}
 )
+ENGINE_PRECISIONS = ("fp16", "fp32")
 
 INSTALL_CPU = "pip install 'histoseek[cpu]'"
 INSTALL_GPU = "pip install 'histoseek[gpu]'"
@@ -138,7 +139,28 @@ def read_engine_metadata(engine: Path) -> dict:
         raise HistoseekError(f"cannot read {meta_path}: {error}") from None
     if not isinstance(metadata, dict) or not metadata.keys() >= ENGINE_METADATA_KEYS:
         raise HistoseekError(f"{meta_path} is not histoseek engine metadata")
+    _check_engine_metadata(meta_path, metadata)
     return metadata
+
+
+def _check_engine_metadata(meta_path: Path, metadata: dict) -> None:
+    """Refuse metadata whose values are not what `histoseek export --trt` writes."""
+    from histoseek.model.cgd import ModelConfig
+
+    for key in ("fingerprint", "tensorrt_version", "gpu_name", "compute_capability"):
+        if not isinstance(metadata[key], str):
+            raise HistoseekError(f"{meta_path}: {key} is not a string")
+    if metadata["precision"] not in ENGINE_PRECISIONS:
+        raise HistoseekError(
+            f"{meta_path}: precision {metadata['precision']!r} is not "
+            f"{' or '.join(ENGINE_PRECISIONS)}"
+        )
+    if not isinstance(metadata["config"], dict):
+        raise HistoseekError(f"{meta_path}: config is not a mapping")
+    try:
+        ModelConfig.from_dict(metadata["config"])
+    except HistoseekError as error:
+        raise HistoseekError(f"{meta_path}: config: {error}") from None
 
 
 def cache_dir() -> Path:
