@@ -35,6 +35,8 @@ T = typing.TypeVar("T")
 
 #: Rows checked for non-finite values at a time, so a big index needs no big temporary array.
 _FINITE_CHECK_ROWS = 65_536
+#: Reads of an index that `index` runs keep swapping midway, before giving up.
+_READ_TRIES = 3
 
 
 @dataclass
@@ -131,21 +133,48 @@ def read_matrix(
     return embeddings
 
 
-def load_index(
-    index_dir: Path, manifest: Manifest | None = None, in_memory: bool = False
-) -> OpenIndex:
+def load_index(index_dir: Path, in_memory: bool = False) -> OpenIndex:
     """Read the index at `index_dir` and check every file of it against the others.
 
     The manifest field by field; items.jsonl line by line (types, and paths that stay inside
     the indexed folder); embeddings.npy (2-D, the manifest's dtype, finite, one row per item,
     the manifest's dim); annoy.ann (loads, one item per row, vectors matching the rows).
     Any fault is one DamagedIndexError naming the file and what is wrong; an index of another
-    format version, or no index at all, is a HistoseekError. `manifest` skips re-reading an
-    already checked one; `in_memory` loads the embeddings instead of memory-mapping them.
+    format version, or no index at all, is a HistoseekError. `in_memory` loads the embeddings
+    instead of memory-mapping them.
+
+    Reading never waits for a writer, so an `index` run may swap a new index into place
+    midway: a read that spans a swap (the folder is another one after it than before) is
+    done again, so what is returned is all the old index or all the new, never a mix.
     """
     index_dir = Path(index_dir)
-    if manifest is None:
-        manifest = read_manifest(index_dir)
+    for _ in range(_READ_TRIES):
+        before = _folder_identity(index_dir)
+        try:
+            opened = _read_index(index_dir, in_memory)
+        except HistoseekError:
+            if _folder_identity(index_dir) == before:
+                raise
+            continue
+        if _folder_identity(index_dir) == before:
+            return opened
+    raise HistoseekError(
+        f"{display_path(index_dir)} was replaced {_READ_TRIES} times while it was being read "
+        "(an `index` run is writing it); try again when it is done"
+    )
+
+
+def _folder_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder at `path`, which a swap changes; None if it is absent."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _read_index(index_dir: Path, in_memory: bool) -> OpenIndex:
+    manifest = read_manifest(index_dir)
     items = _read_items(index_dir, manifest)
     if len(items) != manifest.items:
         raise DamagedIndexError(

@@ -21,6 +21,7 @@ from index_helpers import (
 )
 from PIL import Image
 
+from histoseek.errors import HistoseekError
 from histoseek.index.manifest import read_manifest
 from histoseek.index.store import load_index
 
@@ -122,3 +123,49 @@ def test_a_kill_before_the_swap_keeps_the_index_and_the_next_run_tidies_up(
     assert _top_hit(added, index_dir)["similarity"] < 0.9999  # the old index, still usable
     assert leftovers_beside(index_dir) == []  # query tidied up
     assert len(load_index(index_dir).items) == 8
+
+
+def _swap_on_read(monkeypatch, index_dir: Path, other: Path, every_time: bool) -> list[Path]:
+    """Make each read of embeddings.npy (or only the first) swap `other` into `index_dir`'s
+    place just before it, as a concurrent `index` run's renames would; the paths read."""
+    from histoseek.index import store
+
+    original, reads = store.read_matrix, []
+
+    def swapping(path, *args, **kwargs):
+        if every_time or not reads:
+            aside = index_dir.with_name("aside")
+            index_dir.rename(aside)
+            other.rename(index_dir)
+            aside.rename(other)
+        reads.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(store, "read_matrix", swapping)
+    return reads
+
+
+def test_a_read_that_spans_a_swap_is_done_again_on_the_new_index(
+    update, tiles, checkpoint, tmp_path, monkeypatch
+):
+    index_dir, _ = update
+    newer = tmp_path / "newer"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", newer)).exit_code == 0
+    reads = _swap_on_read(monkeypatch, index_dir, newer, every_time=False)
+    opened = load_index(index_dir)
+    # The first read saw the old manifest and items, then the new embeddings: it is redone.
+    assert len(reads) == 2
+    assert opened.manifest.items == len(opened.items) == 9
+    assert "03_COMPLEX/added.tif" in {item.path for item in opened.items}
+
+
+def test_an_index_swapped_on_every_read_is_one_line(
+    update, tiles, checkpoint, tmp_path, monkeypatch
+):
+    index_dir, _ = update
+    newer = tmp_path / "newer"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", newer)).exit_code == 0
+    reads = _swap_on_read(monkeypatch, index_dir, newer, every_time=True)
+    with pytest.raises(HistoseekError, match="was replaced 3 times while it was being read") as e:
+        load_index(index_dir)
+    assert len(reads) == 3 and "\n" not in str(e.value)
