@@ -202,6 +202,7 @@ class SearchService:
         self.max_pixels = max_pixels
         config = embedder.config
         self.transform = EvalTransform(config.image_size, config.mean, config.std)
+        self.decode_size = config.image_size
         self.batcher = MicroBatcher(embedder.embed_batch, embedder.batch_size, batch_window_s)
         self.source = Path(index.manifest.source_dir).resolve()
         self.item_thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE)(self._item_thumbnail)
@@ -264,7 +265,8 @@ class SearchService:
                 f"the limit is {self.max_pixels:,}",
             )
         try:
-            image = load_rgb(io.BytesIO(data))
+            # Large JPEGs decode at reduced scale, as `index` and `query` decode files.
+            image = load_rgb(io.BytesIO(data), min_size=self.decode_size)
         except UnreadableImageError as error:
             cause = error.__cause__ or error
             raise RequestError(400, f"cannot decode the uploaded image: {cause}") from None

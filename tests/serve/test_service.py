@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
-from serve_helpers import WIDE_WINDOW_S, stub_embedder
+from PIL import Image
+from serve_helpers import IMAGE_SIZE, WIDE_WINDOW_S, stub_embedder
 
 from histoseek.errors import HistoseekError
 from histoseek.serve.service import SearchOptions, SearchService
@@ -65,3 +67,16 @@ def test_an_embedder_of_another_model_is_refused(opened):
 def test_upload_limits_below_one_are_refused(opened, limits):
     with pytest.raises(HistoseekError, match="upload limits"):
         SearchService(opened, stub_embedder(), **limits)
+
+
+def test_an_uploaded_large_jpeg_embeds_as_the_same_file_does_on_the_command_line(opened, tmp_path):
+    # 16× the model's input: index and query decode such a JPEG at 1/8 scale.
+    tile = Image.open(opened.file_of(opened.items[0])).convert("RGB")
+    path = tmp_path / "large.jpg"
+    tile.resize((IMAGE_SIZE * 16, IMAGE_SIZE * 16)).save(path, quality=90)
+    embedder = stub_embedder()
+    on_the_command_line = embedder.embed_files([path]).embeddings[0]
+    service = SearchService(opened, embedder)
+    uploaded = embedder.backend.embed_batch(service.preprocess(path.read_bytes())[None])[0]
+    service.close()
+    np.testing.assert_array_equal(uploaded, on_the_command_line)
