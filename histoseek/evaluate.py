@@ -207,22 +207,33 @@ def evaluate(
     )
 
     k = max(*recall_ks, map_k, vote_k, precision_k)
-    neighbours = exact_neighbours(
-        queries.embeddings,
-        gallery.embeddings,
-        k,
-        leave_one_out,
-        query_groups=query_groups,
-        gallery_groups=gallery_groups,
-    )
     scored = relevant > 0
+    if group_regex:
+        # Only scored queries are searched: k is cut to what the query with the largest group
+        # may retrieve, and one whose group holds every same-class image says nothing anyway.
+        neighbours = exact_neighbours(
+            queries.embeddings[scored],
+            gallery.embeddings,
+            k,
+            query_groups=[group for group, kept in zip(query_groups, scored, strict=True) if kept],
+            gallery_groups=gallery_groups,
+        )
+        if neighbours.indices.shape[1] < k:
+            protocol += (
+                f"; {neighbours.indices.shape[1]} neighbours per query, as many as the "
+                "largest group leaves"
+            )
+    else:
+        neighbours = exact_neighbours(
+            queries.embeddings, gallery.embeddings, k, leave_one_out
+        ).subset(scored)
     label_codes = {
         name: i for i, name in enumerate(sorted(set(gallery.labels) | set(queries.labels)))
     }
     gallery_codes = np.array([label_codes[x] for x in gallery.labels])
     query_codes = np.array([label_codes[x] for x in queries.labels])
     metrics = retrieval_metrics(
-        neighbours.subset(scored),
+        neighbours,
         query_codes[scored],
         gallery_codes,
         recall_ks,

@@ -42,9 +42,15 @@ def exact_neighbours(
     """Top-k gallery items by cosine similarity for each query (embeddings L2-normalised).
 
     `exclude_self` drops gallery item i for query i (leave-one-out); with groups given, gallery
-    items of the query's own group are dropped too (e.g. tiles of the same source image).
+    items of the query's own group are dropped too (e.g. tiles of the same source image; with
+    `exclude_self`, a query's own item is in its group). k is then cut to the fewest items any
+    query may retrieve, so a dropped item never fills a place.
     """
-    k = min(k, len(gallery) - (1 if exclude_self else 0))
+    available = len(gallery) - (1 if exclude_self else 0)
+    if query_groups is not None:
+        per_group = Counter(gallery_groups)
+        available = len(gallery) - max(per_group[group] for group in set(query_groups))
+    k = min(k, available)
     if k <= 0:
         raise ValueError("the gallery is too small for this k")
     gallery_t = np.ascontiguousarray(gallery, dtype=np.float32).T

@@ -85,8 +85,6 @@ def left_out_neighbours(tiles: SlideTiles, exclude: str, k: int) -> LeftOutNeigh
         raise HistoseekError(f"evaluating one out at a time needs tiles of at least 2 {what}")
     rows = np.array([row for slide in slides for row in tiles.query_rows[slide]], dtype=np.int64)
     query_keys = [keys[row] for row in rows]
-    per_key = Counter(keys)
-    k = min(k, len(keys) - max(per_key[key] for key in set(query_keys)))
     neighbours = exact_neighbours(
         tiles.embeddings[rows], tiles.embeddings, k, query_groups=query_keys, gallery_groups=keys
     )

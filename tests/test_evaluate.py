@@ -128,6 +128,22 @@ def test_queries_with_nothing_to_find_are_left_out_and_counted(checkpoint, tmp_p
     assert "7 (1 left out: nothing of their class to find)" in stdout
 
 
+def test_a_large_group_cuts_k_and_says_so(checkpoint, tmp_path):
+    gallery = _images(tmp_path / "g", {"a": 12, "b": 3})
+    for path in sorted(gallery.rglob("*.png")):
+        number = int(path.stem.split("-")[1])
+        group = "s2" if path.parent.name == "b" else "s1" if number < 8 else "s3"
+        path.rename(path.with_name(f"{group}_{path.name}"))
+    code, stdout, stderr = _evaluate(
+        checkpoint, "--gallery", gallery, "--group-regex", r"^s\d", "--json"
+    )
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    # s1 holds 8 of the 15 images: its queries may retrieve only 7.
+    assert "7 neighbours per query, as many as the largest group leaves" in document["protocol"]
+    assert all(0.0 <= value <= 1.0 for value in document["metrics"].values())
+
+
 def test_query_classes_partly_missing_from_the_gallery_are_left_out(checkpoint, tmp_path):
     gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
     query = _images(tmp_path / "q", {"a": 2, "z": 2}, seed=1)

@@ -33,6 +33,23 @@ def test_leave_one_out_and_group_exclusion():
     assert grouped.indices[0].tolist() == [2, 3]
 
 
+def test_k_is_cut_so_that_no_left_out_item_fills_a_place():
+    # Items 0-3 (class 0) share group s1, so a query among them has only 3 others to find.
+    gallery = _unit(0, 1, 2, 3, 50, 10, 11)
+    labels = np.array([0, 0, 0, 0, 0, 1, 1])
+    groups = ["s1", "s1", "s1", "s1", "s3", "s2", "s2"]
+    found = exact_neighbours(
+        gallery, gallery, k=5, exclude_self=True, query_groups=groups, gallery_groups=groups
+    )
+    assert found.indices.shape == (7, 3)
+    assert found.indices[0].tolist() == [5, 6, 4]
+    # Its one same-class item outside s1 comes third: AP@5 = P@3 / min(5, 1) = 1/3 (counting
+    # the left-out class-0 items that used to fill places 4 and 5, it was 1.43).
+    metrics = retrieval_metrics(found.subset([0]), labels[:1], labels, relevant_counts=[1])
+    assert metrics["map@5"] == pytest.approx(1 / 3)
+    assert metrics["mmv@5"] == 0.0
+
+
 def test_chunking_gives_the_same_answer(monkeypatch):
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(50, 8)).astype(np.float32)
