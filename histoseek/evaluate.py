@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from histoseek.callbacks import Progress
-from histoseek.data.folder import LabelledImages, display_path, scan_labelled_folder
+from histoseek.data.folder import (
+    LabelledImages,
+    display_path,
+    refuse_shared_images,
+    scan_labelled_folder,
+)
 from histoseek.data.split import group_ids_from_regex
 from histoseek.embedder import ImageEmbedder
 from histoseek.errors import HistoseekError
@@ -125,6 +130,10 @@ def check_evaluation_set(
     """
     gallery = scan_labelled_folder(gallery_dir)
     queries = None if query_dir is None else scan_labelled_folder(query_dir)
+    if queries is not None:
+        refuse_shared_images(
+            queries, gallery, "--query", "for leave-one-out within the gallery, leave --query out"
+        )
     query_set = gallery if queries is None else queries
     gallery_groups = query_groups = None
     if group_regex:

@@ -144,6 +144,19 @@ def test_a_large_group_cuts_k_and_says_so(checkpoint, tmp_path):
     assert all(0.0 <= value <= 1.0 for value in document["metrics"].values())
 
 
+def test_a_query_folder_inside_the_gallery_is_refused(checkpoint, tmp_path):
+    gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
+    inside = tmp_path / "q"
+    inside.mkdir()
+    (inside / "b").symlink_to(gallery / "b", target_is_directory=True)
+    for query, shared in ((gallery, 6), (inside, 3)):
+        code, _, stderr = _evaluate(checkpoint, "--gallery", gallery, "--query", query)
+        assert code != 0
+        line = _one_line(stderr)
+        assert f"--query {query} shares {shared} of its {shared} images with {gallery}" in line
+        assert line.endswith("for leave-one-out within the gallery, leave --query out")
+
+
 def test_query_classes_partly_missing_from_the_gallery_are_left_out(checkpoint, tmp_path):
     gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
     query = _images(tmp_path / "q", {"a": 2, "z": 2}, seed=1)

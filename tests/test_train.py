@@ -212,6 +212,16 @@ def test_bad_data_folders_fail_with_one_line(case, kather_small, tmp_path):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_a_validation_folder_sharing_training_images_is_refused(kather_small, tmp_path):
+    linked = tmp_path / "linked"
+    linked.symlink_to(kather_small, target_is_directory=True)
+    for val_dir in (kather_small, linked):
+        result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--val-dir", val_dir)
+        assert_one_line_error(result, f"--val-dir {val_dir} shares")
+        assert "validation must be images that training never sees" in result.stderr
+        assert not (tmp_path / "run").exists()
+
+
 def test_stain_jitter_above_one_is_refused(kather_small, tmp_path):
     result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--stain-jitter", "1.5")
     assert_one_line_error(result, "--stain-jitter")

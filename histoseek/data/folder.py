@@ -135,3 +135,18 @@ def scan_labelled_folder(
     return LabelledImages(
         root=root, paths=paths, labels=labels, class_names=list(names), skipped=found.skipped
     )
+
+
+def refuse_shared_images(
+    held_out: LabelledImages, seen: LabelledImages, flag: str, hint: str
+) -> None:
+    """Refuse held-out images (validation, queries) that are also files of `seen` (training,
+    the gallery), however the two folders are named or linked: each would find itself."""
+    seen_files = {path.resolve() for path in seen.paths}
+    shared = [path for path in held_out.paths if path.resolve() in seen_files]
+    if shared:
+        raise HistoseekError(
+            f"{flag} {display_path(held_out.root)} shares {len(shared)} of its "
+            f"{len(held_out)} images with {display_path(seen.root)} "
+            f"(e.g. {display_path(shared[0])}); {hint}"
+        )

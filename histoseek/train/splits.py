@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from histoseek.data.colour_groups import clusters_per_class, colour_groups
-from histoseek.data.folder import LabelledImages, display_path, scan_labelled_folder
+from histoseek.data.folder import (
+    LabelledImages,
+    display_path,
+    refuse_shared_images,
+    scan_labelled_folder,
+)
 from histoseek.data.images import UnreadableImageError, load_rgb
 from histoseek.data.split import group_ids_from_regex, stratified_group_split
 from histoseek.errors import HistoseekError
@@ -75,6 +80,9 @@ def prepare_splits(config: TrainConfig) -> Splits:
         if config.colour_groups:
             raise HistoseekError("--colour-groups splits DATA_DIR; it has no use with --val-dir")
         val = scan_labelled_folder(config.val_dir, class_names=images.class_names)
+        refuse_shared_images(
+            val, images, "--val-dir", "validation must be images that training never sees"
+        )
         known = [i for i, label in enumerate(val.labels) if label >= 0]
         if len(known) < MIN_VALIDATION_IMAGES:
             raise HistoseekError(
