@@ -137,8 +137,8 @@ def check_evaluation_set(
     query_set = gallery if queries is None else queries
     gallery_groups = query_groups = None
     if group_regex:
-        gallery_groups = group_ids_from_regex(_names(gallery), group_regex)
-        query_groups = group_ids_from_regex(_names(query_set), group_regex)
+        gallery_groups = group_ids_from_regex(_names(gallery), group_regex, "gallery file names")
+        query_groups = group_ids_from_regex(_names(query_set), group_regex, "query file names")
     leave_one_out = queries is None
     relevant = _relevant_counts(
         _labels(query_set), _labels(gallery), leave_one_out, query_groups, gallery_groups

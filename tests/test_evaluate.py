@@ -157,6 +157,13 @@ def test_a_query_folder_inside_the_gallery_is_refused(checkpoint, tmp_path):
         assert line.endswith("for leave-one-out within the gallery, leave --query out")
 
 
+def test_a_group_regex_that_matches_no_file_name_is_refused(checkpoint, tmp_path):
+    gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
+    code, _, stderr = _evaluate(checkpoint, "--gallery", gallery, "--group-regex", r"patient\d")
+    assert code != 0
+    assert "matches none of the 6 gallery file names" in _one_line(stderr)
+
+
 def test_query_classes_partly_missing_from_the_gallery_are_left_out(checkpoint, tmp_path):
     gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
     query = _images(tmp_path / "q", {"a": 2, "z": 2}, seed=1)

@@ -42,10 +42,22 @@ def regex_group(regex: re.Pattern[str] | None, name: str) -> str | None:
     return match.group(1) if regex.groups else match.group(0)
 
 
-def group_ids_from_regex(names: Sequence[str], pattern: str | None) -> list[str]:
-    """A group id per name: the regex's first group (or whole match); the name itself if none."""
+def group_ids_from_regex(
+    names: Sequence[str], pattern: str | None, matched_on: str | None = None
+) -> list[str]:
+    """A group id per name: the regex's first group (or whole match); the name itself if none.
+
+    With `matched_on` (what the names are, for the message: a user's --group-regex), a regex
+    that matches none of them is refused: a typo would silently make each image its own group.
+    """
     regex = compile_group_regex(pattern)
-    return [regex_group(regex, name) or name for name in names]
+    found = [regex_group(regex, name) for name in names]
+    if matched_on is not None and regex is not None and names and not any(found):
+        raise HistoseekError(
+            f"--group-regex '{pattern}' matches none of the {len(names)} {matched_on} "
+            f"(e.g. {names[0]!r}), so every image would be a group of its own"
+        )
+    return [group or name for group, name in zip(found, names, strict=True)]
 
 
 def stratified_group_split(

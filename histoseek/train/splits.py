@@ -101,7 +101,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         groups = colour_groups(images.paths, images.labels, per_class, config.seed)
     else:
         names = [path.name for path in images.paths]
-        groups = group_ids_from_regex(names, config.group_regex)
+        groups = group_ids_from_regex(names, config.group_regex, "training file names")
     fractions = [1.0 - config.val_fraction, config.val_fraction]
     assignment = stratified_group_split(images.labels, groups, fractions, config.seed)
     train = _select(images, [i for i, s in enumerate(assignment) if s == 0])

@@ -44,6 +44,19 @@ def test_group_ids_from_regex():
         group_ids_from_regex(names, "(")
 
 
+def test_a_users_regex_that_matches_no_name_is_refused():
+    names = ["P1_tumor_0.png", "P2_normal_1.png"]
+    assert group_ids_from_regex(names, r"patient(\d+)") == names  # no check asked for
+    with pytest.raises(HistoseekError) as refused:
+        group_ids_from_regex(names, r"patient(\d+)", "training file names")
+    assert str(refused.value) == (
+        "--group-regex 'patient(\\d+)' matches none of the 2 training file names "
+        "(e.g. 'P1_tumor_0.png'), so every image would be a group of its own"
+    )
+    partly = ["P1_tumor_0.png", "tumor_1.png"]
+    assert group_ids_from_regex(partly, r"(P\d+)_", "file names") == ["P1", "tumor_1.png"]
+
+
 @pytest.mark.parametrize("text", ["0.7,0.2", "a,b", "-0.5,1.5"])
 def test_parse_fractions_rejects_bad_input(text):
     with pytest.raises(HistoseekError):
