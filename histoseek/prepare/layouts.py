@@ -55,12 +55,20 @@ class Discovery:
 
 
 def _subdirs(folder: Path) -> dict[str, Path]:
-    """Visible sub-folders of `folder`, keyed by lower-case name."""
-    return {
-        child.name.lower(): child
-        for child in sorted(folder.iterdir())
-        if child.is_dir() and not child.name.startswith(".")
-    }
+    """Visible sub-folders of `folder`, keyed by lower-case name; two names that differ only
+    in case are refused, since one would hide the other's images."""
+    found: dict[str, Path] = {}
+    for child in sorted(folder.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        key = child.name.lower()
+        if key in found:
+            raise HistoseekError(
+                f"{display_path(folder)} holds folders {found[key].name!r} and {child.name!r}, "
+                "whose names differ only in case; merge or rename them"
+            )
+        found[key] = child
+    return found
 
 
 def _find_root(src: Path, wanted: set[str], what: str) -> Path:

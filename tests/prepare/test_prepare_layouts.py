@@ -83,6 +83,21 @@ def test_folder_classes_groups_and_regex(folder_tree):
     assert len({image.group for image in grouped.images}) == 8
 
 
+def test_class_folders_differing_only_in_case_are_refused(folder_tree):
+    save(folder_tree / "Tumour" / "a.png", he_image(64, 64))
+    with pytest.raises(HistoseekError) as refused:
+        discover("folder", folder_tree)
+    assert str(refused.value) == (
+        f"{folder_tree} holds folders 'Tumour' and 'tumour', whose names differ only in case; "
+        "merge or rename them"
+    )
+
+
+def test_a_group_regex_matching_no_path_is_refused(folder_tree):
+    with pytest.raises(HistoseekError, match="matches none of the 16 paths below SRC"):
+        discover("folder", folder_tree, group_regex=r"patient\d+")
+
+
 def test_layout_without_its_folders_is_refused(tmp_path):
     save(tmp_path / "x" / "a.png", he_image(64, 64))
     with pytest.raises(HistoseekError, match="no BACH class folders"):
