@@ -520,6 +520,51 @@ def _finished_run(data, run_dir, **changes):
     return config
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"val_fraction": "0.1"}, "val_fraction is '0.1', not float"),
+        ({"lr": float("nan")}, "lr is nan, not float"),
+        ({"epochs": 2.5}, "epochs is 2.5, not int"),
+        ({"image_size": True}, "image_size is True, not int | None"),
+        ({"train_sizes": [224, "256"]}, "train_sizes is [224, '256'], not list[int] | None"),
+        ({"colour": 1}, "colour is not a training option"),
+    ],
+)
+def test_a_damaged_run_configuration_is_refused_in_one_line(tiny, tmp_path, change, message):
+    _finished_run(tiny, tmp_path / "run")
+    path = tmp_path / "run" / "train_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(HistoseekError) as refused:
+        resume_config(tmp_path / "run", {})
+    assert str(refused.value) == f"cannot read the run's configuration {path}: {message}"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda state: _without(state, "model"), "it has no model"),
+        (lambda state: {**_without(state, "optimizer"), "scheduler": 3}, "it has no optimizer"),
+        (lambda state: {**state, "best": {}}, "its best epoch records no val_score"),
+        (
+            lambda state: {**state, "best": {"epoch": 1, "val_score": "high"}},
+            "its best epoch's val_score 'high' is not a finite number",
+        ),
+    ],
+)
+def test_a_damaged_resume_state_is_refused_in_one_line(tiny, tmp_path, change, message):
+    _finished_run(tiny, tmp_path / "run")
+    path = tmp_path / "run" / "last.pt"
+    torch.save(change(torch.load(path, weights_only=True)), path)
+    with pytest.raises(HistoseekError) as refused:
+        read_resume_state(path)
+    assert str(refused.value) == f"{path} is a damaged training resume state: {message}"
+
+
+def _without(state: dict, key: str) -> dict:
+    return {name: value for name, value in state.items() if name != key}
+
+
 def test_resume_restores_the_amp_gradient_scaler(tiny, tmp_path, monkeypatch):
     # On a CPU, AMP is off, so stand in an enabled CPU scaler for float16 CUDA's.
     monkeypatch.setattr(

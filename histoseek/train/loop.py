@@ -145,7 +145,7 @@ def _restore(run: TrainingRun, state: ResumeState, path: Path) -> None:
             run.scaler.load_state_dict(state.scaler)
         if run.average is not None:
             run.average.model.load_state_dict(state.averaged_model)
-    except (RuntimeError, ValueError, KeyError) as error:
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise HistoseekError(f"cannot resume from {path}: {detail}") from None
     run.start_epoch, run.history, run.best = state.epoch, state.history, state.best

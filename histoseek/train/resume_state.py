@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -54,9 +55,21 @@ def read_resume_state(path: Path) -> ResumeState:
     epoch = payload["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise damaged(f"its epoch {epoch!r} is not a whole number")
+    missing = [key for key in ("model", "optimizer", "scheduler") if key not in payload]
+    if missing:
+        raise damaged(f"it has no {', '.join(missing)}")
     for key in ("best", "model", "optimizer", "scheduler", "scaler", "averaged_model"):
         if not isinstance(payload.get(key, {}), dict):
             raise damaged(f"its {key} is not a mapping")
+    best = payload.get("best", {"epoch": None, "val_score": -1.0})
+    # A best epoch without val_score is a run validated the earlier way, which resume names.
+    if "val_score" not in best and not best.get("epoch"):
+        raise damaged("its best epoch records no val_score")
+    score = best.get("val_score")
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
+    ):
+        raise damaged(f"its best epoch's val_score {score!r} is not a finite number")
     for key in ("history", "unreadable"):
         if not isinstance(payload.get(key, []), list):
             raise damaged(f"its {key} is not a list")
@@ -71,7 +84,7 @@ def read_resume_state(path: Path) -> ResumeState:
     return ResumeState(
         epoch=epoch,
         history=payload.get("history", []),
-        best=payload.get("best", {"epoch": None, "val_score": -1.0}),
+        best=best,
         model=payload["model"],
         optimizer=payload["optimizer"],
         scheduler=payload["scheduler"],

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -55,9 +58,43 @@ def load_train_config(run_dir: Path) -> TrainConfig:
         raise HistoseekError(f"nothing to resume: {run_dir / TRAIN_STATE} does not exist")
     path = run_dir / TRAIN_CONFIG
     try:
-        return TrainConfig(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("it is not a JSON object")
+        for name, value in data.items():
+            _check_field(name, value)
+        return TrainConfig(**data)
     except (OSError, ValueError, TypeError) as error:
         raise HistoseekError(f"cannot read the run's configuration {path}: {error}") from None
+
+
+def _check_field(name: str, value: object) -> None:
+    """Refuse a value that is not of its TrainConfig field's type (floats also finite), so a
+    damaged or hand-edited config fails here in one line, not deep inside training."""
+    hints = typing.get_type_hints(TrainConfig)
+    if name not in hints:
+        raise ValueError(f"{name} is not a training option")
+    kind = hints[name]
+    if not _fits(value, kind):
+        raise ValueError(f"{name} is {value!r}, not {getattr(kind, '__name__', kind)}")
+
+
+def _fits(value: object, kind: object) -> bool:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, list) and all(_fits(entry, item) for entry in value)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and math.isfinite(value)
+    return isinstance(value, kind)
 
 
 def _flag(name: str) -> str:
