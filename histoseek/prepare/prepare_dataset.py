@@ -242,15 +242,22 @@ def _assign_splits(options: PrepareOptions, discovery: Discovery, names: tuple[s
     return [names[index] for index in assignment]
 
 
+#: The most of a source's stem that patch names keep: with a hash and "_<x>_<y>.png" after
+#: it, a name stays within the 255 bytes file systems allow.
+MAX_ID_STEM = 200
+
+
 def _source_ids(images: list[SourceImage]) -> list[str]:
-    """A file-name-safe id per image: its stem, plus a hash of its path where stems repeat."""
+    """A file-name-safe id per image: its stem, plus a hash of its path where stems repeat or
+    are cut to MAX_ID_STEM."""
     stems = [re.sub(r"[^A-Za-z0-9.-]+", "_", Path(image.relative).stem) for image in images]
-    repeats = Counter(stems)
+    kept = [stem[:MAX_ID_STEM] for stem in stems]
+    repeats = Counter(kept)
     return [
-        stem
-        if repeats[stem] == 1
-        else f"{stem}-{hashlib.sha1(os.fsencode(image.path)).hexdigest()[:8]}"
-        for stem, image in zip(stems, images, strict=True)
+        short
+        if repeats[short] == 1 and short == stem
+        else f"{short}-{hashlib.sha1(os.fsencode(image.path)).hexdigest()[:8]}"
+        for short, stem, image in zip(kept, stems, images, strict=True)
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -137,6 +138,22 @@ def test_truncated_image_is_skipped_and_listed(tmp_path):
     listed = (tmp_path / "out" / "skipped.txt").read_text().splitlines()
     assert len(listed) == 1 and listed[0].startswith("1_normal/broken.PNG\t")
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["skipped"] == 1
+
+
+def test_sources_with_the_longest_names_give_patch_names_files_can_have(tmp_path):
+    src = tmp_path / "src"
+    stem = "x" * 250  # with ".png", a 254-byte name: as long as most file systems allow
+    for label, seed in (("a", 1), ("b", 2)):
+        save(src / label / f"{stem}.png", he_image(128, 128, seed=seed))
+        save(src / label / "short.png", he_image(128, 128, seed=seed + 10))
+    args = ("folder", src, "-o", tmp_path / "out", "--patch-size", 64, "--workers", 0)
+    rows = ok(*args, "--min-tissue", 0, "--split", "1")
+    names = {row["path"].split("/")[-1] for row in rows}
+    assert all(len(name.encode()) <= 255 for name in names)
+    long_ids = {name.rsplit("_", 2)[0] for name in names if name.startswith("x")}
+    # One id per source, cut to 200 characters and told apart by a hash of its path.
+    assert len(long_ids) == 2
+    assert all(re.fullmatch("x{200}-[0-9a-f]{8}", source_id) for source_id in long_ids)
 
 
 def test_images_above_max_pixels_are_refused_or_read(tmp_path, monkeypatch):
