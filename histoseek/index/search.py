@@ -566,6 +566,11 @@ def search_images(
         raise HistoseekError(f"-k must be 1 or more, not {k}")
     if by is not None and by not in ANSWER_LEVELS:
         raise HistoseekError(f"--by is {', '.join(ANSWER_LEVELS)}; not {by!r}")
+    if exact and search_k is not None:
+        raise HistoseekError(
+            "--search-k sets how far Annoy searches, and --exact searches every stored "
+            "embedding instead: give one or the other"
+        )
     if embedder.tta != index.manifest.tta:
         raise HistoseekError(
             f"queries must be embedded {'with' if index.manifest.tta else 'without'} --tta, "

@@ -82,6 +82,10 @@ def test_the_header_says_what_was_searched_and_how(shared, checkpoint):
     assert document["model"]["reference"] == str(checkpoint)
     exact = _query_json(image, "--index", index_dir, "--exact")["search"]
     assert (exact["mode"], exact["search_k"]) == ("exact", None)
+    both = run_cli("query", image, "--index", index_dir, "--exact", "--search-k", "500")
+    assert error_line(both).endswith(
+        "--exact searches every stored embedding instead: give one or the other"
+    )
 
 
 @pytest.mark.parametrize("search", [[], ["--exact"]])
