@@ -222,6 +222,16 @@ def test_a_validation_folder_sharing_training_images_is_refused(kather_small, tm
         assert not (tmp_path / "run").exists()
 
 
+def test_a_batch_too_small_for_two_classes_is_refused(kather_small, tmp_path):
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--batch-size", "7")
+    assert_one_line_error(
+        result,
+        "--batch-size 7 holds fewer than 2 classes of --m-per-class 4 images per process: "
+        "give --batch-size 8 or more, or a smaller --m-per-class",
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_stain_jitter_above_one_is_refused(kather_small, tmp_path):
     result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--stain-jitter", "1.5")
     assert_one_line_error(result, "--stain-jitter")
@@ -335,6 +345,9 @@ def test_training_under_torchrun_with_two_processes(kather_small, tmp_path):
         "--epochs",
         "1",
         *FAST,
+        # 2 classes of 4 in each process's batch.
+        "--batch-size",
+        "16",
     ]
     # A session of its own, so a hang can be killed with every worker torchrun started.
     process = subprocess.Popen(

@@ -182,6 +182,13 @@ def setup_run(
     run_dir = Path(config.run_dir)
     # Every rank checks, so that a refusal stops all of them instead of leaving some waiting.
     check_run_folder(run_dir, resume, overwrite)
+    if config.batch_size // ddp.world_size < 2 * config.m_per_class:
+        processes = f" over {ddp.world_size} processes" if ddp.world_size > 1 else ""
+        raise HistoseekError(
+            f"--batch-size {config.batch_size}{processes} holds fewer than 2 classes of "
+            f"--m-per-class {config.m_per_class} images per process: give --batch-size "
+            f"{2 * config.m_per_class * ddp.world_size} or more, or a smaller --m-per-class"
+        )
     state = read_resume_state(run_dir / TRAIN_STATE) if resume else None
     splits = prepare_splits(config)
     # Each rank scans and splits the data itself; ranks that disagree (data folders that
