@@ -145,12 +145,16 @@ def _swap_on_read(monkeypatch, index_dir: Path, other: Path, every_time: bool) -
     return reads
 
 
-def test_a_read_that_spans_a_swap_is_done_again_on_the_new_index(
-    update, tiles, checkpoint, tmp_path, monkeypatch
-):
-    index_dir, _ = update
+@pytest.fixture
+def update_built_beside(update, tiles, checkpoint, tmp_path) -> tuple[Path, Path]:
+    """(the index of 8 tiles, an index of all 9 built beside it, ready to be swapped in)."""
     newer = tmp_path / "newer"
     assert run_cli(*index_args(tiles, checkpoint, "-o", newer)).exit_code == 0
+    return update[0], newer
+
+
+def test_a_read_that_spans_a_swap_is_done_again_on_the_new_index(update_built_beside, monkeypatch):
+    index_dir, newer = update_built_beside
     reads = _swap_on_read(monkeypatch, index_dir, newer, every_time=False)
     opened = load_index(index_dir)
     # The first read saw the old manifest and items, then the new embeddings: it is redone.
@@ -159,12 +163,8 @@ def test_a_read_that_spans_a_swap_is_done_again_on_the_new_index(
     assert "03_COMPLEX/added.tif" in {item.path for item in opened.items}
 
 
-def test_an_index_swapped_on_every_read_is_one_line(
-    update, tiles, checkpoint, tmp_path, monkeypatch
-):
-    index_dir, _ = update
-    newer = tmp_path / "newer"
-    assert run_cli(*index_args(tiles, checkpoint, "-o", newer)).exit_code == 0
+def test_an_index_swapped_on_every_read_is_one_line(update_built_beside, monkeypatch):
+    index_dir, newer = update_built_beside
     reads = _swap_on_read(monkeypatch, index_dir, newer, every_time=True)
     with pytest.raises(HistoseekError, match="was replaced 3 times while it was being read") as e:
         load_index(index_dir)
