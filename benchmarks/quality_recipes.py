@@ -298,6 +298,24 @@ RECIPES: tuple[Recipe, ...] = (
         for seed in (0, 1, 2)
         for frozen in (4, 6)
     ),
+    # The fourteenth (fixed before it ran): training seeds 3 and 4 of the defaults and of the
+    # thirteenth round's nearest challenger, 4 frozen stages.
+    *(
+        with_seed(recipe, seed)
+        for seed in (3, 4)
+        for recipe in (
+            Recipe(
+                "lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5",
+                "the eighth round's choice with stain jitter 0.5",
+                LITE0_BB1_G_20EP_STAIN,
+            ),
+            Recipe(
+                "lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5-freeze4",
+                "the defaults with 4 stages frozen instead of 5",
+                {**LITE0_BB1_G_20EP_STAIN, "freeze_stages": 4},
+            ),
+        )
+    ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
     Recipe(
