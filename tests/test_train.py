@@ -222,6 +222,12 @@ def test_a_validation_folder_sharing_training_images_is_refused(kather_small, tm
         assert not (tmp_path / "run").exists()
 
 
+def test_the_log_says_how_batches_are_made_up(trained_run):
+    # --batch-size 12 of --m-per-class 4: 3 classes of 4.
+    heading = (trained_run / "train.log").read_text().splitlines()[0]
+    assert "batches of 3 classes × 4 images per process" in heading
+
+
 def test_a_batch_too_small_for_two_classes_is_refused(kather_small, tmp_path):
     result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--batch-size", "7")
     assert_one_line_error(

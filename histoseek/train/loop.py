@@ -299,7 +299,8 @@ def setup_run(
         run.log(
             f"training {config.backbone} CGD ({config.gd_config}, dim {config.dim}) on "
             f"{len(splits.train)} images of {len(class_names)} classes, validating on "
-            f"{val_size}; device {device}, {ddp.world_size} process(es)"
+            f"{val_size}; batches of {sampler.classes_per_batch} classes × {sampler.m} images "
+            f"per process; device {device}, {ddp.world_size} process(es)"
         )
         if run.previous is not None:
             run.log(f"the previous run waits in {run.previous.aside} until the first epoch ends")
