@@ -124,6 +124,25 @@ LITE0_BB1_G_20EP_TEMP_CROP = {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scal
 LITE0_BB1_G_20EP_STAIN = {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": 0.5}
 LITE0_BB1_G_30EP_STAIN = {**LITE0_BB1_G_20EP_STAIN, "epochs": 30}
 
+
+def with_stain_jitter(strength: float) -> Recipe:
+    """The eighth round's choice with another stain jitter (0.5: the defaults since the ninth)."""
+    return Recipe(
+        f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain{strength}",
+        f"the eighth round's choice with stain jitter {strength}",
+        {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": strength},
+    )
+
+
+def with_frozen_stages(frozen: int) -> Recipe:
+    """The defaults with another number of frozen trunk stages than Lite0's 5."""
+    return Recipe(
+        f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5-freeze{frozen}",
+        f"the defaults with {frozen} stages frozen instead of 5",
+        {**LITE0_BB1_G_20EP_STAIN, "freeze_stages": frozen},
+    )
+
+
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "lite0", "Lite0 224 px, 5 stages frozen, SMG 1536, 12 epochs (the former defaults)", LITE0
@@ -245,14 +264,7 @@ RECIPES: tuple[Recipe, ...] = (
     # trained again in the same run). The tenth: its choice (0.5) against 0.75 and 1.0, the
     # same way.
     *(
-        with_seed(
-            Recipe(
-                f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain{strength}",
-                f"the eighth round's choice with stain jitter {strength}",
-                {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": strength},
-            ),
-            seed,
-        )
+        with_seed(with_stain_jitter(strength), seed)
         for seed in (0, 1, 2)
         for strength in (0.35, 0.5, 0.75, 1.0)
     ),
@@ -286,35 +298,13 @@ RECIPES: tuple[Recipe, ...] = (
     # The thirteenth: the defaults with one stage fewer frozen (4: the trunk also learns its
     # 80-channel stage) and one more (6: only the last two block stages and the head learn),
     # over training seeds 0, 1 and 2.
-    *(
-        with_seed(
-            Recipe(
-                f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5-freeze{frozen}",
-                f"the defaults with {frozen} stages frozen instead of 5",
-                {**LITE0_BB1_G_20EP_STAIN, "freeze_stages": frozen},
-            ),
-            seed,
-        )
-        for seed in (0, 1, 2)
-        for frozen in (4, 6)
-    ),
+    *(with_seed(with_frozen_stages(frozen), seed) for seed in (0, 1, 2) for frozen in (4, 6)),
     # The fourteenth (fixed before it ran): training seeds 3 and 4 of the defaults and of the
     # thirteenth round's nearest challenger, 4 frozen stages.
     *(
         with_seed(recipe, seed)
         for seed in (3, 4)
-        for recipe in (
-            Recipe(
-                "lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5",
-                "the eighth round's choice with stain jitter 0.5",
-                LITE0_BB1_G_20EP_STAIN,
-            ),
-            Recipe(
-                "lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5-freeze4",
-                "the defaults with 4 stages frozen instead of 5",
-                {**LITE0_BB1_G_20EP_STAIN, "freeze_stages": 4},
-            ),
-        )
+        for recipe in (with_stain_jitter(0.5), with_frozen_stages(4))
     ),
     Recipe("lite0-sg", "descriptors SPoC + GeM", {**LITE0, "gd_config": "SG"}),
     Recipe("lite0-g", "GeM alone", {**LITE0, "gd_config": "G"}),
