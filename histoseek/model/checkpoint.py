@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -53,6 +54,18 @@ def is_resume_state(payload: object) -> bool:
     return payload.get("format") == RESUME_STATE_FORMAT or payload.keys() >= _RESUME_STATE_KEYS
 
 
+def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or infinity; None if none."""
+    return next(
+        (
+            name
+            for name, value in state.items()
+            if value.is_floating_point() and not torch.isfinite(value).all()
+        ),
+        None,
+    )
+
+
 def _whole_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -87,14 +100,7 @@ def _checked_payload(path: Path, payload: object) -> dict:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise damaged("its state_dict does not map parameter names to tensors")
-    broken = next(
-        (
-            name
-            for name, value in state.items()
-            if value.is_floating_point() and not torch.isfinite(value).all()
-        ),
-        None,
-    )
+    broken = first_non_finite(state)
     if broken is not None:
         raise damaged(f"{broken} holds numbers that are not finite (NaN or infinite)")
     if not isinstance(payload.get("extra", {}), dict):

@@ -27,7 +27,7 @@ from histoseek.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
 from histoseek.metrics_defaults import DEFAULT_VOTE_K
 from histoseek.model.backbones import get_backbone_spec
 from histoseek.model.cgd import CGD, ModelConfig, build_model, set_identity_projections
-from histoseek.model.checkpoint import save_checkpoint
+from histoseek.model.checkpoint import first_non_finite, save_checkpoint
 from histoseek.train.distributed import (
     Distributed,
     agree_on,
@@ -356,12 +356,12 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _refuse_diverged(model: nn.Module, epoch: int) -> None:
     """Stop a run whose weights are no longer finite, before they are scored or saved."""
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise HistoseekError(
-                f"training diverged in epoch {epoch}: {name} is no longer finite (NaN or "
-                "infinite); try a lower --lr"
-            )
+    broken = first_non_finite(model.state_dict())
+    if broken is not None:
+        raise HistoseekError(
+            f"training diverged in epoch {epoch}: {broken} is no longer finite (NaN or "
+            "infinite); try a lower --lr"
+        )
 
 
 def _validate_and_save(run: TrainingRun, record: dict) -> None:

@@ -61,17 +61,17 @@ def load_train_config(run_dir: Path) -> TrainConfig:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
             raise ValueError("it is not a JSON object")
+        hints = typing.get_type_hints(TrainConfig)
         for name, value in data.items():
-            _check_field(name, value)
+            _check_field(name, value, hints)
         return TrainConfig(**data)
     except (OSError, ValueError, TypeError) as error:
         raise HistoseekError(f"cannot read the run's configuration {path}: {error}") from None
 
 
-def _check_field(name: str, value: object) -> None:
-    """Refuse a value that is not of its TrainConfig field's type (floats also finite), so a
-    damaged or hand-edited config fails here in one line, not deep inside training."""
-    hints = typing.get_type_hints(TrainConfig)
+def _check_field(name: str, value: object, hints: Mapping[str, object]) -> None:
+    """Refuse a value that is not of its TrainConfig field's type (`hints`; floats also
+    finite), so a damaged or hand-edited config fails here in one line, not deep in training."""
     if name not in hints:
         raise ValueError(f"{name} is not a training option")
     kind = hints[name]
