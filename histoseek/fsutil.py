@@ -258,11 +258,13 @@ def dir_lock(
     wait: bool = False,
     purpose: str = "histoseek run",
     notify: Notify = lambda message: None,
+    wait_flag: str | None = "--wait",
 ) -> Iterator[None]:
     """Hold the exclusive lock on writing `target` (`.NAME.lock` beside it) for the block.
 
     The lock goes with the process, however it ends. When another process holds it, refuse
-    in one line naming that `purpose` and its pid, or with `wait` say so and wait.
+    in one line naming that `purpose`, its pid and the command's `wait_flag` (if it has one),
+    or with `wait` say so and wait.
     """
     target = Path(target)
     shown = display_path(target)
@@ -276,8 +278,9 @@ def dir_lock(
         ) from None
     if fd is None:
         if not wait:
+            offer = f" or pass {wait_flag}" if wait_flag else ""
             raise HistoseekError(
-                f"{shown} is being written by another {purpose}{holder}; wait for it or pass --wait"
+                f"{shown} is being written by another {purpose}{holder}; wait for it{offer}"
             )
         notify(f"waiting for another {purpose}{holder} to finish writing {shown}")
         fd, _ = _try_lock(target, wait=True)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from histoseek.cli import cli
 from histoseek.model.checkpoint import load_checkpoint
+from histoseek.train.run_folder import PreviousRun
 from histoseek.train_config import TrainConfig
 
 FAST = [
@@ -177,6 +178,25 @@ def test_overwrite_that_fails_keeps_the_previous_model(trained_run, kather_small
     result = run("train", one_class, "-o", copy, *FAST, "--overwrite")
     assert_one_line_error(result, "at least 2")
     assert (copy / "model.pt").read_bytes() == before
+
+
+def test_a_killed_overwrite_is_undone_before_the_next_run(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    # What `train --overwrite` killed in its first epoch leaves: the run it replaces set
+    # aside, and its own configuration and log.
+    aside = PreviousRun.set_aside(copy).aside
+    (copy / "train_config.json").write_text("{}")
+    (copy / "train.log").write_text("killed\n")
+    torchrun = {"WORLD_SIZE": "2", "RANK": "1"}
+    refused = CliRunner().invoke(cli, ["train", "--resume", str(copy)], env=torchrun)
+    assert_one_line_error(refused, f"{aside} holds the run that a killed `train --overwrite`")
+    result = run("train", "--resume", copy, "--epochs", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"restored the run in {copy}" in result.stderr
+    history = json.loads((copy / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert not aside.exists()
 
 
 def test_unreadable_image_is_skipped_and_listed(kather_small, tmp_path):

@@ -159,37 +159,45 @@ def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):
     --resume RUN_DIR continues a run as it was configured; only DATA_DIR (if the folder
     moved), --epochs, --device and --workers may change.
     """
+    import os
+
     from rich.console import Console
 
     from histoseek.data.images import pixel_limit
     from histoseek.report.progress import progress_bar
     from histoseek.train import resume_config
     from histoseek.train import train as run_training
+    from histoseek.train.run_folder import hold_run_folder
 
-    if resume is not None:
-        context = click.get_current_context()
-        given = {
-            name: value
-            for name, value in options.items()
-            if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-        }
-        if data_dir is not None:
-            given["data_dir"] = data_dir
-        if run_dir is not None:
-            given["run_dir"] = run_dir
-        config = resume_config(resume, given)
-    else:
-        if data_dir is None or run_dir is None:
-            raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
-        options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
-        config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
+    if resume is None and (data_dir is None or run_dir is None):
+        raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
     # Markup off: log lines carry paths, which may hold square brackets.
     console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
-    with pixel_limit(max_pixels), progress_bar("training", transient=True) as progress:
-        run_training(
-            config,
-            resume=resume is not None,
-            overwrite=overwrite,
-            progress=progress,
-            notify=console.print,
-        )
+    folder = resume if resume is not None else run_dir
+    # torchrun sets these; a plain run is one process of rank 0.
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    with hold_run_folder(folder, processes, rank, notify=console.print):
+        if resume is not None:
+            context = click.get_current_context()
+            given = {
+                name: value
+                for name, value in options.items()
+                if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+            }
+            if data_dir is not None:
+                given["data_dir"] = data_dir
+            if run_dir is not None:
+                given["run_dir"] = run_dir
+            config = resume_config(resume, given)
+        else:
+            options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
+            config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
+        with pixel_limit(max_pixels), progress_bar("training", transient=True) as progress:
+            run_training(
+                config,
+                resume=resume is not None,
+                overwrite=overwrite,
+                progress=progress,
+                notify=console.print,
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -10,14 +11,14 @@ import tempfile
 import time
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from histoseek.callbacks import Notify
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_file
+from histoseek.fsutil import atomic_file, dir_lock
 from histoseek.train_config import TrainConfig
 
 TRAIN_STATE = "last.pt"
@@ -160,14 +161,38 @@ class RunLog:
             self.notify(message)
 
 
+#: The hidden folder in RUN_DIR that holds the run `--overwrite` is replacing.
+PREVIOUS_RUN_PREFIX = ".previous-run-"
+
+
+def _move_back(run_dir: Path, aside: Path, drop_new: bool) -> None:
+    """Move the set-aside run files back into `run_dir`; with `drop_new`, first delete the
+    new run's files that have no set-aside counterpart.
+
+    set_aside moves last.pt first and train_config.json last; moving back in the reverse
+    order keeps that invariant (a non-empty aside beside a last.pt means the new run's
+    checkpoint; an aside without train_config.json, a set-aside cut short), so a kill at any
+    point here leaves a state that recover_previous_run finishes.
+    """
+    held = [name for name in RUN_FILES if (aside / name).exists()]
+    if drop_new:
+        for name in RUN_FILES:
+            if name not in held:
+                (run_dir / name).unlink(missing_ok=True)
+    for name in reversed(held):
+        os.replace(aside / name, run_dir / name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 class PreviousRun:
     """The files of a run being replaced, kept aside until the new run has a checkpoint.
 
-    So `--overwrite` never loses a working model to a new run that then fails.
+    So `--overwrite` never loses a working model to a new run that then fails; if the process
+    is killed instead, recover_previous_run puts them back before the next run in the folder.
     """
 
-    def __init__(self, run_dir: Path, aside: Path, moved: list[str]):
-        self.run_dir, self.aside, self.moved = run_dir, aside, moved
+    def __init__(self, run_dir: Path, aside: Path):
+        self.run_dir, self.aside = run_dir, aside
 
     @classmethod
     def set_aside(cls, run_dir: Path) -> PreviousRun | None:
@@ -176,20 +201,16 @@ class PreviousRun:
         present = [name for name in RUN_FILES if (run_dir / name).exists()]
         if not present:
             return None
-        aside = Path(tempfile.mkdtemp(prefix=".previous-run-", dir=run_dir))
-        moved: list[str] = []
+        aside = Path(tempfile.mkdtemp(prefix=PREVIOUS_RUN_PREFIX, dir=run_dir))
         try:
             for name in present:
                 os.replace(run_dir / name, aside / name)
-                moved.append(name)
         except OSError as error:
-            for name in moved:
-                os.replace(aside / name, run_dir / name)
-            aside.rmdir()
+            _move_back(run_dir, aside, drop_new=False)
             raise HistoseekError(
                 f"cannot set the previous run in {run_dir} aside: {error}"
             ) from None
-        return cls(run_dir, aside, moved)
+        return cls(run_dir, aside)
 
     def discard(self) -> None:
         """The new run has a checkpoint: delete the previous run's files."""
@@ -197,9 +218,81 @@ class PreviousRun:
 
     def restore(self) -> None:
         """The new run failed: delete its files and put the previous run's back."""
-        for name in RUN_FILES:
-            if name in self.moved:
-                os.replace(self.aside / name, self.run_dir / name)
-            else:
-                (self.run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(self.aside, ignore_errors=True)
+        _move_back(self.run_dir, self.aside, drop_new=True)
+
+
+def set_aside_runs(run_dir: Path) -> list[Path]:
+    """The folders in `run_dir` holding runs that `train --overwrite` set aside."""
+    try:
+        entries = list(Path(run_dir).iterdir())
+    except OSError:  # no folder yet, or not a folder: check_run_folder says which
+        return []
+    return sorted(
+        path for path in entries if path.name.startswith(PREVIOUS_RUN_PREFIX) and path.is_dir()
+    )
+
+
+def recover_previous_run(run_dir: Path, notify: Notify = lambda message: None) -> None:
+    """Finish what a killed `train --overwrite` left: put the run it was replacing back, or,
+    if the new run had reached its first checkpoint, delete the replaced run's files.
+
+    Call it holding the run folder's lock (hold_run_folder), so that no live run is in it.
+    """
+    run_dir = Path(run_dir)
+    asides = set_aside_runs(run_dir)
+    if not asides:
+        return
+    if len(asides) > 1:
+        names = ", ".join(path.name for path in asides)
+        raise HistoseekError(
+            f"{display_path(run_dir)} holds {len(asides)} runs that killed `train --overwrite` "
+            f"runs set aside ({names}): move the files of the one to keep back into it and "
+            "delete the others"
+        )
+    aside = asides[0]
+    held = [name for name in RUN_FILES if (aside / name).exists()]
+    if held and (run_dir / TRAIN_STATE).is_file():
+        shutil.rmtree(aside, ignore_errors=True)
+        notify(
+            f"removed {display_path(aside)}: the run a killed `train --overwrite` was "
+            "replacing, which the new run's first checkpoint had already superseded"
+        )
+        return
+    # Without train_config.json (moved last) the set-aside was cut short: the files still in
+    # run_dir are the replaced run's own, and stay.
+    _move_back(run_dir, aside, drop_new=TRAIN_CONFIG in held)
+    if held:
+        notify(
+            f"restored the run in {display_path(run_dir)} that a killed `train --overwrite` "
+            f"had set aside in {aside.name}"
+        )
+
+
+@contextlib.contextmanager
+def hold_run_folder(
+    run_dir: Path, processes: int = 1, rank: int = 0, notify: Notify = lambda message: None
+) -> Iterator[None]:
+    """Hold `run_dir`'s lock for a training run (its main process does) and first recover what
+    a killed `--overwrite` left there.
+
+    Under torchrun (`processes` > 1) every rank would race over that recovery, so a
+    set-aside run is refused in one line instead.
+    """
+    run_dir = Path(run_dir)
+    if processes > 1:
+        asides = set_aside_runs(run_dir)
+        if asides:
+            raise HistoseekError(
+                f"{display_path(asides[0])} holds the run that a killed `train --overwrite` was "
+                f"replacing: move its files back into {display_path(run_dir)} (replacing the "
+                "killed run's), or delete it"
+            )
+    # Only the main process writes the folder. One not there yet has nothing to recover,
+    # and its lock would create its parents before the run's checks have passed.
+    if rank != 0 or not run_dir.parent.is_dir():
+        yield
+        return
+    with dir_lock(run_dir, purpose="histoseek train run", wait_flag=None):
+        if processes == 1:
+            recover_previous_run(run_dir, notify)
+        yield
