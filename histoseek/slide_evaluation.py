@@ -83,6 +83,12 @@ def left_out_neighbours(tiles: SlideTiles, exclude: str, k: int) -> LeftOutNeigh
     if len(set(keys)) < 2 or not slides:
         what = "slides" if exclude == "same-slide" else "groups (patients)"
         raise HistoseekError(f"evaluating one out at a time needs tiles of at least 2 {what}")
+    labels = sorted(set(tiles.labels))
+    if len(labels) < 2:
+        raise HistoseekError(
+            f"every slide has one label ({display_path(labels[0])}): every neighbour shares "
+            "the query's label, so every metric would be 1.0; evaluate needs at least 2 labels"
+        )
     rows = np.array([row for slide in slides for row in tiles.query_rows[slide]], dtype=np.int64)
     query_keys = [keys[row] for row in rows]
     neighbours = exact_neighbours(
@@ -256,12 +262,31 @@ def score_slide_tiles(
     map_k: int = DEFAULT_MAP_K,
     vote_k: int = DEFAULT_VOTE_K,
     precision_k: int = DEFAULT_PRECISION_K,
-) -> tuple[Scores, Scores]:
+) -> tuple[Scores, Scores, int]:
     """(tile-level, slide-level) scores of every slide queried with its own slide or group
-    left out."""
+    left out, and how many neighbours each query tile had (k, unless leaving out the largest
+    slide or group leaves fewer tiles)."""
     found = left_out_neighbours(tiles, exclude, max(*recall_ks, map_k, vote_k, precision_k, tile_k))
     tile_scores = tile_level_scores(tiles, found, recall_ks, map_k, vote_k, precision_k)
-    return tile_scores, slide_level_scores(tiles, found, tile_k, vote_k, rule)
+    places = found.neighbours.indices.shape[1]
+    return tile_scores, slide_level_scores(tiles, found, tile_k, vote_k, rule), places
+
+
+def slide_protocol(exclude: str, max_tiles: int, tile_k: int, places: int, widest_k: int) -> str:
+    """How the slides were scored, in words; says so when leaving the largest slide or group
+    out left each query tile fewer than `widest_k` (the largest k asked for) neighbours."""
+    left_out = "slide" if exclude == "same-slide" else "group (patient)"
+    protocol = (
+        f"each slide queries with up to {max_tiles} of its tiles, its own {left_out} left "
+        f"out; slides ranked from each query tile's {min(tile_k, places)} nearest tiles (sum "
+        "of best similarities)"
+    )
+    if places < widest_k:
+        protocol += (
+            f"; {places} neighbours per query tile, as many as the largest {left_out} "
+            f"leaves: metrics @k above {places} are taken over those {places}"
+        )
+    return protocol
 
 
 def evaluate_slides(
@@ -302,21 +327,16 @@ def evaluate_slides(
         if images:
             notify(f"note: {images} plain image(s) beside the slides are left out")
         tiles = slide_tiles_of_index(index, max_tiles)
-    tile_scores, slide_scores = score_slide_tiles(
+    tile_scores, slide_scores, places = score_slide_tiles(
         tiles, exclude, tile_k, AGGREGATION_RULES[0], recall_ks, map_k, vote_k, precision_k
     )
-    left_out = "slide" if exclude == "same-slide" else "group (patient)"
-    protocol = (
-        f"each slide queries with up to {max_tiles} of its tiles, its own {left_out} left "
-        f"out; slides ranked from each query tile's {tile_k} nearest tiles (sum of best "
-        "similarities)"
-    )
+    widest_k = max(*recall_ks, map_k, vote_k, precision_k, tile_k)
     return SlideEvaluation(
         tile_scores,
         slide_scores,
         len(tiles.query_rows),
         len(tiles.slide_ids),
         sum(len(rows) for rows in tiles.query_rows.values()),
-        protocol,
+        slide_protocol(exclude, max_tiles, tile_k, places, widest_k),
         [display_path(entry.path) for entry in report.skipped],
     )

@@ -17,11 +17,13 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from histoseek.errors import HistoseekError
+from histoseek.slide.defaults import DEFAULT_MAX_TILES, DEFAULT_TILE_K
 from histoseek.slide_evaluation import (
     SlideTiles,
     left_out_neighbours,
     score_slide_tiles,
     slide_level_scores,
+    slide_protocol,
     slide_rankings,
     slide_tiles_of_index,
     tile_level_scores,
@@ -51,6 +53,36 @@ def slide_tiles(query_all: bool = True) -> SlideTiles:
         if not query_all:
             rows[slide] = rows[slide][:1]
     return SlideTiles(np.array(vectors, np.float32), slide_ids, groups, labels, rows)
+
+
+def test_the_neighbours_each_query_tile_had_are_given_with_the_scores():
+    # Leaving out patient P1's 4 tiles leaves 6 of the 10; a slide's own 2, 8.
+    assert score_slide_tiles(slide_tiles(), "same-group")[2] == 6
+    assert score_slide_tiles(slide_tiles(), "same-slide")[2] == 8
+
+
+def test_the_protocol_says_when_the_largest_group_cuts_k():
+    assert slide_protocol("same-group", 16, 20, 6, 20) == (
+        "each slide queries with up to 16 of its tiles, its own group (patient) left out; "
+        "slides ranked from each query tile's 6 nearest tiles (sum of best similarities); "
+        "6 neighbours per query tile, as many as the largest group (patient) leaves: metrics "
+        "@k above 6 are taken over those 6"
+    )
+    assert slide_protocol("same-slide", 16, 20, 20, 20) == (
+        "each slide queries with up to 16 of its tiles, its own slide left out; slides ranked "
+        "from each query tile's 20 nearest tiles (sum of best similarities)"
+    )
+
+
+def test_slides_of_one_label_are_refused():
+    tiles = slide_tiles()
+    tiles.labels[:] = ["tumour"] * len(tiles.labels)
+    with pytest.raises(HistoseekError) as raised:
+        score_slide_tiles(tiles)
+    assert str(raised.value) == (
+        "every slide has one label (tumour): every neighbour shares the query's label, so "
+        "every metric would be 1.0; evaluate needs at least 2 labels"
+    )
 
 
 def test_same_slide_left_out_the_patient_effect_misleads():
@@ -175,12 +207,16 @@ def test_evaluate_on_slides_scores_tiles_and_slides_as_an_index_of_them_would(
     assert built.exit_code == 0, built.output
     tiles = slide_tiles_of_index(load_index(index_dir))
     assert document["tiles"] == len(tiles.slide_ids)
-    tile_scores, slide_scores = score_slide_tiles(tiles)
+    tile_scores, slide_scores, places = score_slide_tiles(tiles)
+    widest_k = 10  # precision@10
+    assert document["protocol"] == slide_protocol(
+        "same-slide", DEFAULT_MAX_TILES, DEFAULT_TILE_K, places, widest_k
+    )
     assert document["slide_metrics"] == pytest.approx(slide_scores.metrics, abs=1e-6)
     assert document["tile_metrics"] == pytest.approx(tile_scores.metrics, abs=1e-6)
     # Either exclusion through the command gives the library's scores for it.
     for exclude, leaves_out in (("same-group", "group (patient)"), ("same-slide", "slide")):
-        _, scores = score_slide_tiles(tiles, exclude)
+        _, scores, _ = score_slide_tiles(tiles, exclude)
         assert 0.0 <= scores.metrics["recall@1"] <= 1.0
         grouped = _evaluate(
             small_model, "--gallery", slide_folder, *SLIDE_OPTIONS, "--exclude", exclude, "--json"
