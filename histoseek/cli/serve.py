@@ -12,6 +12,7 @@ from histoseek.cli.options import (
     exported_option,
     index_model_option,
     index_option,
+    max_pixels_option,
 )
 from histoseek.serve.defaults import (
     DEFAULT_BATCH_WINDOW_MS,
@@ -56,6 +57,10 @@ from histoseek.serve.defaults import (
 @exported_option()
 @device_option()
 @batch_size_option(help="Most queries embedded together in one batch.")
+@max_pixels_option(
+    help="Largest image (width × height) to decode: a larger upload is refused (413), and a "
+    "larger indexed image is not shown (404); give what the index was built with."
+)
 def serve(
     index_dir,
     model_path,
@@ -67,10 +72,12 @@ def serve(
     exported,
     device,
     batch_size,
+    max_pixels,
 ):
     """Serve an index: a JSON API (docs at /docs) and a search page at /, model loaded once."""
     from rich.console import Console
 
+    from histoseek.data.images import pixel_limit
     from histoseek.index.search import open_index, query_embedder
     from histoseek.serve.app import create_app
     from histoseek.serve.server import listen, run_server, url_of
@@ -101,10 +108,13 @@ def serve(
         opened,
         embedder,
         max_upload_bytes=int(max_upload_mb * 1_000_000),
+        max_pixels=max_pixels,
         batch_window_s=batch_window_ms / 1e3,
     )
     notes.print(
         f"serving {opened.path} ({len(opened.items)} items) with {embedder.name} "
         f"at {url_of(sock)} (API docs: {url_of(sock)}docs); Ctrl+C stops"
     )
-    run_server(create_app(service), sock)
+    # Indexed images and slides shown by the page are read under the same limit.
+    with pixel_limit(max_pixels):
+        run_server(create_app(service), sock)

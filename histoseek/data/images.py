@@ -63,6 +63,11 @@ def pixel_limit(limit: int) -> Iterator[None]:
         _max_pixels, Image.MAX_IMAGE_PIXELS = previous
 
 
+def current_pixel_limit() -> int:
+    """The pixel limit in force here: the innermost `pixel_limit`, else the default."""
+    return _max_pixels
+
+
 def _check_pixel_limit(size: tuple[int, int]) -> None:
     """Raise ValueError if an image of `size` (from its header) is above the pixel limit."""
     width, height = size

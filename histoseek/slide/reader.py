@@ -21,12 +21,12 @@ from histoseek.data.folder import display_path
 from histoseek.data.images import (
     IMAGE_EXTENSIONS,
     UnreadableImageError,
+    current_pixel_limit,
     load_rgb,
     pixel_limit,
     to_rgb,
 )
 from histoseek.errors import HistoseekError
-from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
 from histoseek.slide.defaults import MPP_RANGE
 
 VENDOR_EXTENSIONS = frozenset(
@@ -420,16 +420,19 @@ class _ImageSlide(Slide):
 
 
 def open_slide(
-    path: Path | str, slide_mpp: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path | str, slide_mpp: float | None = None, max_pixels: int | None = None
 ) -> Slide:
     """Open a whole-slide image or a plain image for reading; close it (or use `with`).
 
     `slide_mpp` (--slide-mpp) is the mpp of a file that records none, or none usable; a
     recorded one always wins. Plain images are decoded whole and must hold at most
-    `max_pixels` pixels; slides are never decoded whole. Raises SlideError (one line naming
-    the file) when the file cannot be opened.
+    `max_pixels` pixels (default: the limit `pixel_limit` sets, as for every other image);
+    slides are never decoded whole. Raises SlideError (one line naming the file) when the
+    file cannot be opened.
     """
     path = Path(path)
+    if max_pixels is None:
+        max_pixels = current_pixel_limit()
     if slide_mpp is not None:
         slide_mpp = check_mpp(slide_mpp)
     if not path.is_file():

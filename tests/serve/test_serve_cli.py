@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
 from histoseek.cli import cli
+from histoseek.data.images import current_pixel_limit
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,7 @@ def started(monkeypatch) -> dict:
 
     def run_server(app, sock):
         captured["app"], captured["address"] = app, sock.getsockname()
+        captured["pixel_limit"] = current_pixel_limit()
         sock.close()
 
     monkeypatch.setattr(histoseek.serve.server, "run_server", run_server)
@@ -87,6 +89,20 @@ def test_serve_answers_as_query_does(real_index, kather_small, started):
     assert [hit["similarity"] for hit in hits] == pytest.approx(
         [hit.similarity for hit in expected.hits], abs=1e-4
     )
+
+
+def test_max_pixels_limits_uploads_and_the_images_shown(real_index, kather_small, started):
+    tile = sorted((kather_small / "04_LYMPHO").iterdir())[0]  # 150 × 150 = 22,500 pixels
+    options = ("--backend", "torch", "--port", "0", "--max-pixels", 20000)
+    result = serve("--index", real_index, *options)
+    assert result.exit_code == 0, result.output
+    assert started["pixel_limit"] == 20000  # indexed images are read under it while serving
+    with TestClient(started["app"]) as client:
+        limits = client.get("/api/info").json()["limits"]
+        response = client.post("/api/search", files={"image": (tile.name, tile.read_bytes())})
+    assert limits["max_pixels"] == 20000
+    assert response.status_code == 413
+    assert "the limit is 20,000" in response.json()["error"]
 
 
 def test_another_host_must_be_asked_for_and_is_warned_about(real_index, started):

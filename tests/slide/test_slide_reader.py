@@ -20,6 +20,7 @@ from assembled_slides import (
 )
 from PIL import Image
 
+from histoseek.data.images import pixel_limit
 from histoseek.errors import HistoseekError
 from histoseek.slide.pyramid import pyramid_levels
 from histoseek.slide.reader import (
@@ -199,6 +200,18 @@ def test_plain_images_over_max_pixels_are_refused_but_slides_are_not(tmp_path, s
         open_slide(tmp_path / "big.png", max_pixels=50_000)
     with open_slide(synthetic.path, max_pixels=50_000) as slide:
         assert slide.dimensions == (2048, 1536)
+
+
+def test_plain_images_follow_the_pixel_limit_in_force_when_none_is_given(tmp_path):
+    # What `query --region` and `index` use: the command's --max-pixels, not the default.
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    with (
+        pixel_limit(50_000),
+        pytest.raises(SlideError, match=r"exceeds --max-pixels 50,000"),
+    ):
+        open_slide(tmp_path / "big.png")
+    with pixel_limit(60_000), open_slide(tmp_path / "big.png") as slide:
+        assert slide.dimensions == (300, 200)
 
 
 def test_corrupt_and_truncated_slides_raise_one_clear_error(tmp_path, synthetic):
