@@ -203,6 +203,12 @@ def create_app(service: SearchService) -> FastAPI:
             )
         if (image is None) == (item is None):
             raise RequestError(400, "send either an image (field 'image') or an item id ('item')")
+        if exact and search_k is not None:
+            raise RequestError(
+                400,
+                "search_k sets how far Annoy searches, and exact searches every stored "
+                "embedding instead: send one or the other",
+            )
         options = SearchOptions(
             k=k, search_k=search_k, exact=exact, exclude_self=exclude_self, exclude=exclude
         )

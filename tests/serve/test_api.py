@@ -226,6 +226,14 @@ def test_search_k_out_of_range_is_refused(client):
     refused(client.post("/api/search", data={"item": "1", "search_k": "0"}), 422)
 
 
+def test_search_k_with_exact_search_is_refused(client):
+    fields = {"item": "1", "search_k": "5", "exact": "true"}
+    assert refused(client.post("/api/search", data=fields), 400) == (
+        "search_k sets how far Annoy searches, and exact searches every stored embedding "
+        "instead: send one or the other"
+    )
+
+
 def test_wrong_content_types_are_refused(client):
     assert "form" in refused(client.post("/api/search", json={"item": 1}), 415)
     text = client.post("/api/search", content=b"item=1", headers={"content-type": "text/plain"})
