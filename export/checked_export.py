@@ -10,7 +10,7 @@ from pathlib import Path
 
 from histoseek.callbacks import Notify
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_file
+from histoseek.fsutil import atomic_file, write_errors
 from histoseek.inference.exported import (
     ENGINE_SUFFIX,
     INT8_SUFFIX,
@@ -154,10 +154,8 @@ def run_export(
                 notify,
             )
         )
-        if onnx_out is not None:
-            with atomic_file(onnx_out) as tmp:
-                shutil.copyfile(staged, tmp)
-            notify(f"wrote {onnx_out}")
+        # Placed only once every check has passed, so a failed check writes nothing.
+        placements = [] if onnx_out is None else [(staged, onnx_out)]
         if int8_out is not None:
             # The parity images never calibrate, so the check judges unseen images.
             held_out = (
@@ -180,9 +178,7 @@ def run_export(
             quantizer = Int8Quantizer(staged, calibration)
             results.append(quantize_until_parity(quantizer, staged_int8, judge, notify))
             record_parity(staged_int8, results[-1])
-            with atomic_file(int8_out) as tmp:
-                shutil.copyfile(staged_int8, tmp)
-            notify(f"wrote {int8_out}")
+            placements.append((staged_int8, int8_out))
         if engine_out is not None:
             built = build_engine(
                 staged,
@@ -206,11 +202,20 @@ def run_export(
                     notify,
                 )
             )
-            with atomic_file(engine_out) as tmp:
-                tmp.write_bytes(built.serialized)
-            with atomic_file(engine_metadata_path(engine_out)) as tmp:
-                tmp.write_text(json.dumps(built.metadata, indent=2) + "\n", encoding="utf-8")
-            notify(f"wrote {engine_out} (+ {engine_metadata_path(engine_out).name})")
+            staged_engine = Path(scratch) / "model.engine"
+            staged_engine.write_bytes(built.serialized)
+            staged_metadata = Path(scratch) / engine_metadata_path(staged_engine).name
+            staged_metadata.write_text(
+                json.dumps(built.metadata, indent=2) + "\n", encoding="utf-8"
+            )
+            placements += [
+                (staged_engine, engine_out),
+                (staged_metadata, engine_metadata_path(engine_out)),
+            ]
+        for source, target in placements:
+            with write_errors(target), atomic_file(target) as tmp:
+                shutil.copyfile(source, tmp)
+            notify(f"wrote {target}")
     return results
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from histoseek.callbacks import Notify
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_file
+from histoseek.fsutil import atomic_file, write_errors
 from histoseek.inference import BACKENDS, DEVICES
 from histoseek.inference.base import Embedder
 from histoseek.inference.cpu import CpuPlan
@@ -180,7 +180,8 @@ class _ExportFinder:
                 "exporting the model to ONNX once for fast CPU inference (about 10 s); "
                 f"cached at {path} (see `histoseek cache`)"
             )
-            with atomic_file(path) as tmp:
+            # An unwritable cache is one line (and, for --backend auto, a fall-back to torch).
+            with write_errors(path), atomic_file(path) as tmp:
                 self.onnx_exporter(self.model, tmp)
         return path
 

@@ -80,6 +80,20 @@ def test_failed_int8_gate_writes_nothing_and_exits_1(checkpoint: Path, tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+def test_a_failed_int8_gate_leaves_the_onnx_export_asked_with_it_unwritten(
+    checkpoint: Path, monkeypatch
+):
+    (checkpoint.parent / "model.onnx").write_bytes(b"the previous export")
+    monkeypatch.setattr(checked_export, "INT8_MIN_COSINE", 1.5)
+    monkeypatch.setattr(int8_export, "FP32_INPUT_CONV_STEPS", (3,))
+    options = ("--onnx", "--int8", "--calibration-images", "16", "--overwrite")
+    result = _export("--model", str(checkpoint), *options)
+    assert result.exit_code == 1
+    assert "int8 parity failed" in result.output and "wrote" not in result.output
+    assert (checkpoint.parent / "model.onnx").read_bytes() == b"the previous export"
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["model.onnx", "model.pt"]
+
+
 def test_calibration_options_need_int8(checkpoint: Path, tmp_path: Path):
     for option in (["--calibration", str(tmp_path)], ["--calibration-images", "8"]):
         result = _export("--model", str(checkpoint), *option)

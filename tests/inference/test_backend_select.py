@@ -120,6 +120,20 @@ def test_model_without_checkpoint_is_exported_once_into_the_cache(tmp_path: Path
     assert len(notes) == 1
 
 
+@needs_cpu_only
+def test_an_unwritable_cache_is_one_line_and_auto_falls_back_to_torch(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("HISTOSEEK_CACHE", str(blocker))
+    model = _small_model()
+    notes: list[str] = []
+    embedder = create_embedder(model, "auto", "cpu", notify=notes.append, onnx_exporter=export_onnx)
+    assert isinstance(embedder, TorchEmbedder)
+    assert notes[-1].startswith(f"not using an on-the-fly ONNX export: cannot write {blocker}/")
+    with pytest.raises(HistoseekError, match=f"^cannot write {blocker}/onnx/"):
+        create_embedder(model, "onnx", onnx_exporter=export_onnx)
+
+
 def test_without_an_exporter_auto_uses_torch_and_onnx_says_how_to_export(tmp_path, monkeypatch):
     monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
     model = _small_model()
