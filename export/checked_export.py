@@ -125,6 +125,11 @@ def run_export(
     checkpoint = None if reference == BUILTIN_MODEL else Path(str(model_ref))
     int8_out = resolve_int8_output(int8, checkpoint, model)
     onnx_out, engine_out = resolve_outputs(checkpoint, onnx, trt, int8_only=int8 is not None)
+    if dynamic_size and onnx_out is None and int8_out is None:
+        raise HistoseekError(
+            "--dynamic-size shapes an ONNX model, and a TensorRT engine is built for the "
+            "checkpoint's size: add --onnx, or drop --dynamic-size"
+        )
     targets = [p for p in (onnx_out, engine_out, int8_out) if p is not None]
     if engine_out is not None:
         targets.append(engine_metadata_path(engine_out))

@@ -73,6 +73,11 @@ def create_embedder(
     if device not in DEVICES:
         raise HistoseekError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if backend == "torch":
+        if exported:
+            raise HistoseekError(
+                f"--exported {exported} is run by ONNX Runtime or TensorRT, and --backend "
+                "torch runs the model itself: drop one"
+            )
         return TorchEmbedder(model, device=device)
     exported = Path(exported) if exported else None
     finder = _ExportFinder(model, checkpoint, exported, onnx_exporter, notify, cpu)

@@ -64,6 +64,16 @@ def test_failed_parity_writes_nothing(checkpoint: Path, tmp_path: Path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+def test_dynamic_size_for_an_engine_alone_is_refused_before_any_work(checkpoint: Path):
+    result = _export("--model", str(checkpoint), "--trt", "--dynamic-size")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "Error: --dynamic-size shapes an ONNX model, and a TensorRT engine is built for the "
+        "checkpoint's size: add --onnx, or drop --dynamic-size"
+    )
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["model.pt"]
+
+
 def test_bad_checkpoint_is_one_line(tmp_path: Path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint")

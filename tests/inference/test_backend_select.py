@@ -59,6 +59,20 @@ def test_explicit_torch_is_torch(exported_checkpoint):
     assert embedder.name == "torch (cpu)"
 
 
+def test_an_export_given_with_torch_is_refused(exported_checkpoint):
+    with pytest.raises(HistoseekError) as raised:
+        create_embedder(
+            _load(exported_checkpoint),
+            "torch",
+            checkpoint=exported_checkpoint,
+            exported=exported_checkpoint.with_suffix(".onnx"),
+        )
+    assert str(raised.value) == (
+        f"--exported {exported_checkpoint.with_suffix('.onnx')} is run by ONNX Runtime or "
+        "TensorRT, and --backend torch runs the model itself: drop one"
+    )
+
+
 @needs_cpu_only
 def test_auto_without_export_exports_into_the_cache(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
