@@ -157,6 +157,10 @@ def _check_engine_metadata(meta_path: Path, metadata: dict) -> None:
         )
     if not isinstance(metadata["config"], dict):
         raise HistoseekError(f"{meta_path}: config is not a mapping")
+    # from_dict fills in defaults, which would stand in for the engine's own dim or size.
+    missing = [name for name in ModelConfig.__dataclass_fields__ if name not in metadata["config"]]
+    if missing:
+        raise HistoseekError(f"{meta_path}: config has no {', '.join(missing)}")
     try:
         ModelConfig.from_dict(metadata["config"])
     except HistoseekError as error:

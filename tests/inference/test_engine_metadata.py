@@ -44,6 +44,7 @@ def test_metadata_as_export_writes_it_is_read_back(tmp_path):
         ({"precision": "int4"}, "precision 'int4' is not fp16 or fp32"),
         ({"config": "oops"}, "config is not a mapping"),
         ({"config": {**GOOD["config"], "dim": "48"}}, "config: dim must be a whole number"),
+        ({"config": {}}, "config has no backbone, "),
     ],
 )
 def test_metadata_with_values_of_the_wrong_kind_is_refused_in_one_line(tmp_path, changes, message):
