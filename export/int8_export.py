@@ -72,7 +72,9 @@ def calibration_source(
         return CalibrationSource(Path(explicit), "--calibration")
     train_config = (checkpoint_extra or {}).get("train_config")
     data_dir = train_config.get("data_dir") if isinstance(train_config, dict) else None
-    if isinstance(data_dir, str) and data_dir and Path(data_dir).is_dir():
+    # A relative path (recorded by histoseek before 2026-11-28) would be read from wherever
+    # export runs, perhaps another folder of that name.
+    if isinstance(data_dir, str) and Path(data_dir).is_absolute() and Path(data_dir).is_dir():
         return CalibrationSource(Path(data_dir), "the checkpoint's training folder")
     return CalibrationSource(None, "synthetic")
 

@@ -212,6 +212,16 @@ def test_unreadable_image_is_skipped_and_listed(kather_small, tmp_path):
     assert "val_score" not in metrics["history"][0]
 
 
+def test_the_training_folder_is_recorded_as_an_absolute_path(kather_small, tmp_path, monkeypatch):
+    monkeypatch.chdir(kather_small.parent)
+    result = run("train", kather_small.name, "-o", tmp_path / "run", "--epochs", "1", *FAST)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert config["data_dir"] == str(kather_small)
+    extra = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["extra"]
+    assert extra["train_config"]["data_dir"] == str(kather_small)
+
+
 def test_existing_run_is_not_overwritten(trained_run):
     before = (trained_run / "model.pt").read_bytes()
     result = run("train", trained_run.parent, "-o", trained_run, *FAST)

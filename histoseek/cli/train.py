@@ -186,13 +186,15 @@ def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):
                 if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
             }
             if data_dir is not None:
-                given["data_dir"] = data_dir
+                given["data_dir"] = data_dir.absolute()
             if run_dir is not None:
                 given["run_dir"] = run_dir
             config = resume_config(resume, given)
         else:
             options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
-            config = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), **options)
+            # Absolute, so the checkpoint names its training folder wherever it is used from
+            # (export --int8 calibrates on it).
+            config = TrainConfig(data_dir=str(data_dir.absolute()), run_dir=str(run_dir), **options)
         with pixel_limit(max_pixels), progress_bar("training", transient=True) as progress:
             run_training(
                 config,

@@ -52,7 +52,9 @@ def test_calibration_source_prefers_the_folder_given(tmp_path: Path):
     assert calibration_source(given, extra) == CalibrationSource(given, "--calibration")
 
 
-def test_calibration_source_falls_back_to_the_training_folder_then_synthetic(tmp_path: Path):
+def test_calibration_source_falls_back_to_the_training_folder_then_synthetic(
+    tmp_path: Path, monkeypatch
+):
     trained_on = tmp_path / "train"
     trained_on.mkdir()
     found = calibration_source(None, {"train_config": {"data_dir": str(trained_on)}})
@@ -60,7 +62,10 @@ def test_calibration_source_falls_back_to_the_training_folder_then_synthetic(tmp
     assert "training folder" in found.describe()
     # Moved away since training, or never recorded: synthetic patches.
     moved = {"train_config": {"data_dir": str(tmp_path / "gone")}}
-    for extra in (moved, {}, None, {"train_config": "not a dict"}):
+    # A relative path says nothing about where training ran, though "train" exists here.
+    relative = {"train_config": {"data_dir": "train"}}
+    monkeypatch.chdir(tmp_path)
+    for extra in (moved, relative, {}, None, {"train_config": "not a dict"}):
         source = calibration_source(None, extra)
         assert source.folder is None
         assert source.describe() == "synthetic H&E-like patches"
