@@ -45,6 +45,11 @@ class ImageEmbedder:
         return self.backend.name
 
     @property
+    def precision(self) -> str:
+        """What the backend computes in: "fp32", "fp16" or "int8"."""
+        return self.backend.precision
+
+    @property
     def checkpoint(self) -> Path | None:
         """The checkpoint file the model came from (None for the built-in model)."""
         return None if self.reference == BUILTIN_MODEL else Path(self.reference)

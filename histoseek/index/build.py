@@ -189,6 +189,13 @@ def _check_previous(
             f"{shown} was built {built} --tta; {hint} to update it, "
             "or pass --overwrite to replace it"
         )
+    if manifest.precision != embedder.precision:
+        raise HistoseekError(
+            f"{shown} holds {manifest.precision.upper()} embeddings and {embedder.name} embeds "
+            f"in {embedder.precision.upper()}; choose a backend that embeds in "
+            f"{manifest.precision.upper()} (--backend) to update it, or pass --overwrite to "
+            "embed everything again"
+        )
 
 
 class _Counter:
@@ -231,8 +238,10 @@ class _Run:
             raise HistoseekError(f"--strict: {display_path(key)} cannot be indexed ({reason})")
         self.skipped.append(SkippedFile(key, reason))
 
-    def recipe(self) -> tuple[str, dict, bool]:
-        return self.embedder.fingerprint, self.embedder.config.to_dict(), self.embedder.tta
+    def recipe(self) -> tuple[str, dict, bool, str]:
+        """How this run embeds, in ShardInfo.recipe's terms."""
+        embedder = self.embedder
+        return embedder.fingerprint, embedder.config.to_dict(), embedder.tta, embedder.precision
 
     def stored(self, name: str, fits: Callable[[ShardInfo], bool], what: str) -> Shard | None:
         """The shard `name` if it fits and passes every check; a damaged one is noted."""
@@ -246,11 +255,12 @@ class _Run:
             return None
 
     def shard_info(self, items: int, slide: TiledSlide | None) -> ShardInfo:
-        fingerprint, config, tta = self.recipe()
+        fingerprint, config, tta, precision = self.recipe()
         return ShardInfo(
             model_fingerprint=fingerprint,
             model_config=config,
             tta=tta,
+            precision=precision,
             tiling=self.options.shard_tiling() if slide is not None else None,
             slide=slide.record if slide is not None else None,
             items=items,
@@ -275,7 +285,7 @@ def _plan_images(run: _Run, images: list[_Image]) -> _ImagesPlan:
     """Which plain images keep their stored embedding: same path, size and mtime, same model."""
     stored = run.stored(
         IMAGES_SHARD,
-        lambda info: (info.model_fingerprint, info.model_config, info.tta) == run.recipe(),
+        lambda info: info.recipe() == run.recipe(),
         "the plain images",
     )
     items = stored.items if stored is not None else []
@@ -372,7 +382,7 @@ def _update_slides(
 ) -> tuple[dict[str, Shard], list[TiledSlide]]:
     """The stored shards that still fit their slides, by slide path, and the other slides'
     tissue tiles (found now; a slide that cannot be read is skipped)."""
-    fingerprint, config, tta = run.recipe()
+    recipe = run.recipe()
     shards: dict[str, Shard] = {}
     pending = []
     for slide in slides:
@@ -380,9 +390,8 @@ def _update_slides(
 
         def fits(info: ShardInfo, slide: _Slide = slide) -> bool:
             return shard_fits(
-                info, slide.file.relative, slide.size, slide.mtime_ns, fingerprint, config,
-                run.options, tta,
-            )  # fmt: skip
+                info, slide.file.relative, slide.size, slide.mtime_ns, recipe, run.options
+            )
 
         stored = run.stored(shard_name(relative), fits, display_path(relative))
         if stored is None:
@@ -612,6 +621,7 @@ def build_index(
             min_tissue=options.min_tissue,
             slide_mpp=options.slide_mpp,
             tta=embedder.tta,
+            precision=embedder.precision,
         )
         _write_index(index_dir, manifest, parts, skipped, shards)
     return BuildReport(

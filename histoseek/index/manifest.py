@@ -14,6 +14,7 @@ from histoseek import __version__
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_INDEX_DIR
+from histoseek.inference import EMBEDDING_PRECISIONS
 from histoseek.prepare.defaults import DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
 from histoseek.slide.defaults import DEFAULT_MPP
 
@@ -57,6 +58,8 @@ class Manifest:
     """Microns per pixel given for slides whose files record none (--slide-mpp), or None."""
     tta: bool = False
     """Embedded with test-time augmentation (8 flips and rotations averaged); so are queries."""
+    precision: str = "fp32"
+    """What every embedding was computed in (one of EMBEDDING_PRECISIONS)."""
     metric: str = METRIC
     embeddings_dtype: str = EMBEDDINGS_DTYPE
     format_version: int = FORMAT_VERSION
@@ -152,8 +155,10 @@ def read_manifest(index_dir: Path) -> Manifest:
     def damaged(problem: str) -> DamagedIndexError:
         return DamagedIndexError(index_dir, path, problem)
 
-    # Indexes written before test-time augmentation existed were embedded without it.
+    # Indexes written before test-time augmentation (or INT8 and FP16 backends) existed were
+    # embedded without it, in FP32.
     data.setdefault("tta", False)
+    data.setdefault("precision", "fp32")
     for name, kind in _MANIFEST_TYPES.items():
         if name not in data:
             raise damaged(f'"{name}" is missing')
@@ -177,6 +182,10 @@ def read_manifest(index_dir: Path) -> Manifest:
         value = getattr(manifest, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise damaged(f'"{name}" must be a positive number of microns per pixel, not {value}')
+    if manifest.precision not in EMBEDDING_PRECISIONS:
+        raise damaged(
+            f'"precision" is {manifest.precision!r}, not {" or ".join(EMBEDDING_PRECISIONS)}'
+        )
     if not 0 <= manifest.min_tissue <= 1:
         raise damaged(f'"min_tissue" must be a fraction from 0 to 1, not {manifest.min_tissue}')
     if not os.path.isabs(manifest.source_dir):

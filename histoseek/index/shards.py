@@ -33,6 +33,7 @@ from histoseek import __version__
 from histoseek.fsutil import atomic_dir
 from histoseek.index.items import IndexItem, item_json, parse_item
 from histoseek.index.store import read_matrix
+from histoseek.inference import EMBEDDING_PRECISIONS
 
 SHARD_FORMAT = "histoseek-shard"
 SHARD_VERSION = 1
@@ -80,11 +81,17 @@ class ShardInfo:
     dim: int
     tta: bool = False
     """Embedded with test-time augmentation (8 flips and rotations averaged)."""
+    precision: str = "fp32"
+    """What the backend computed in (one of EMBEDDING_PRECISIONS)."""
     dtype: str = SHARD_DTYPE
     histoseek_version: str = __version__
     created: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+
+    def recipe(self) -> tuple[str, dict, bool, str]:
+        """How its embeddings were made: model fingerprint and config, TTA, precision."""
+        return self.model_fingerprint, self.model_config, self.tta, self.precision
 
     def to_dict(self) -> dict:
         """The info as written to shard.json."""
@@ -179,8 +186,10 @@ def read_shard_info(path: Path) -> ShardInfo:
             f"shard format version {data.get('format_version')!r}; this histoseek writes "
             f"and reads version {SHARD_VERSION}"
         )
-    # Shards written before test-time augmentation existed were embedded without it.
+    # Shards written before test-time augmentation (or INT8 and FP16 backends) existed were
+    # embedded without it, in FP32.
     data.setdefault("tta", False)
+    data.setdefault("precision", "fp32")
     missing = [name for name in _INFO_TYPES if name not in data]
     if missing:
         raise ShardError(f'shard.json: "{missing[0]}" is missing')
@@ -189,6 +198,10 @@ def read_shard_info(path: Path) -> ShardInfo:
         raise ShardError(f"shard.json: {info.items} items of dim {info.dim}")
     if info.dtype != SHARD_DTYPE:
         raise ShardError(f"shard.json: dtype {info.dtype!r}, not {SHARD_DTYPE}")
+    if info.precision not in EMBEDDING_PRECISIONS:
+        raise ShardError(
+            f"shard.json: precision {info.precision!r}, not {' or '.join(EMBEDDING_PRECISIONS)}"
+        )
     if (info.slide is None) != (info.tiling is None):
         raise ShardError("shard.json: a slide's shard needs both slide and tiling, images neither")
     return info

@@ -105,18 +105,16 @@ def shard_fits(
     relative: str,
     size: int,
     mtime_ns: int,
-    fingerprint: str,
-    model_config: dict,
+    recipe: tuple[str, dict, bool, str],
     options: TilingOptions,
-    tta: bool,
 ) -> bool:
-    """Whether a shard holds the slide at `relative` as it is now, embedded as this run would."""
+    """Whether a shard holds the slide at `relative` as it is now, embedded as this run would
+    (`recipe`: as ShardInfo.recipe, the run's model fingerprint and config, TTA, precision)."""
     slide = info.slide
     return (
         slide is not None
         and (slide.path, slide.size, slide.mtime_ns) == (relative, size, mtime_ns)
-        and (info.model_fingerprint, info.model_config, info.tta)
-        == (fingerprint, model_config, tta)
+        and info.recipe() == recipe
         and info.tiling == options.shard_tiling()
         and (
             not slide.mpp_from_option

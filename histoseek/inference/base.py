@@ -14,6 +14,8 @@ class Embedder(Protocol):
     name: str
     #: Embedding dimension.
     dim: int
+    #: What it computes in: one of EMBEDDING_PRECISIONS.
+    precision: str
     #: Batches that may run side by side, one per calling thread (1: one at a time).
     batch_threads: int
 

@@ -76,7 +76,8 @@ class TensorRTEmbedder:
         self.max_batch = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0]
         self.dim = int(metadata["config"]["dim"])
         self.batch_threads = 1
-        self.name = f"tensorrt ({metadata['precision']}, {torch.cuda.get_device_name()})"
+        self.precision = metadata["precision"]
+        self.name = f"tensorrt ({self.precision}, {torch.cuda.get_device_name()})"
 
     @classmethod
     def load(cls, engine: Path, fingerprint: str | None = None) -> TensorRTEmbedder:

@@ -34,6 +34,7 @@ class TorchEmbedder:
         self.dim = model.config.dim
         self.batch_threads = 1
         self.name = f"torch ({self.device.type}{', amp' if self.amp else ''})"
+        self.precision = "fp16" if self.amp else "fp32"
 
     @torch.inference_mode()
     def embed_batch(self, images: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ class _StagesEmbedder:
 
     name = "frozen stages"
     batch_threads = 1
+    precision = "fp32"
 
     def __init__(self, stages: nn.Module, shape: tuple[int, ...], device: torch.device):
         self.stages, self.shape, self.device = stages, shape, device

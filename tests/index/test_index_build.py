@@ -13,6 +13,7 @@ import pytest
 from index_helpers import error_line, index_args, kather_tiles, run_cli
 
 from histoseek import __version__
+from histoseek.errors import HistoseekError
 from histoseek.index import build
 from histoseek.index.manifest import FORMAT_VERSION, read_manifest
 from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
@@ -236,6 +237,32 @@ def test_index_of_another_folder_or_model_needs_overwrite(
     refused = run_cli(*index_args(tiles, checkpoint, "-o", stranger, "--overwrite"))
     assert "is not a histoseek index" in error_line(refused)
     assert (stranger / "keep.txt").read_text() == "mine"
+
+
+def test_embeddings_of_another_precision_are_never_mixed_in(tiles, checkpoint, tmp_path):
+    from histoseek.embedder import load_image_embedder
+
+    index_dir = tmp_path / "idx"
+    fp32 = load_image_embedder(checkpoint, backend="torch", workers=0)
+    assert build.build_index(tiles, index_dir, fp32).embedded == 8
+    assert read_manifest(index_dir).precision == "fp32"
+    int8 = load_image_embedder(checkpoint, backend="torch", workers=0)
+    int8.backend.precision = "int8"  # stands in for an INT8 export of the same weights
+    with pytest.raises(HistoseekError) as raised:
+        build.build_index(tiles, index_dir, int8)
+    assert str(raised.value) == (
+        f"{index_dir} holds FP32 embeddings and torch (cpu) embeds in INT8; choose a backend "
+        "that embeds in FP32 (--backend) to update it, or pass --overwrite to embed "
+        "everything again"
+    )
+    report = build.build_index(tiles, index_dir, int8, overwrite=True)
+    assert (report.embedded, report.reused) == (8, 0)
+    assert read_manifest(index_dir).precision == "int8"
+    assert {info["precision"] for info in _shard_infos(index_dir)} == {"int8"}
+
+
+def _shard_infos(index_dir: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in index_dir.glob("shards/*/shard.json")]
 
 
 def test_builtin_model_is_the_default_and_is_recorded(tmp_path, monkeypatch):

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from index_helpers import error_line, index_args, run_cli
 
 from histoseek.embedder import load_image_embedder
-from histoseek.index.manifest import read_manifest
+from histoseek.index.manifest import DamagedIndexError, read_manifest
 
 
 def _query(index_dir: Path, image: Path, *extra: str) -> list:
@@ -80,8 +81,21 @@ def test_an_index_from_before_tta_existed_reads_as_built_without_it(tiles, check
     assert run_cli(*index_args(tiles, checkpoint, "-o", index_dir)).exit_code == 0
     manifest_path = index_dir / "manifest.json"
     document = json.loads(manifest_path.read_text())
-    del document["tta"]
+    del document["tta"], document["precision"]
     manifest_path.write_text(json.dumps(document))
-    assert read_manifest(index_dir).tta is False
+    manifest = read_manifest(index_dir)
+    assert (manifest.tta, manifest.precision) == (False, "fp32")
     again = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
     assert again.exit_code == 0 and "0 embedded, 8 reused" in again.stderr
+
+
+def test_a_manifest_with_an_unknown_precision_is_damaged(tiles, checkpoint, tmp_path):
+    index_dir = tmp_path / "idx"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", index_dir)).exit_code == 0
+    manifest_path = index_dir / "manifest.json"
+    document = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**document, "precision": "int4"}))
+    with pytest.raises(
+        DamagedIndexError, match="\"precision\" is 'int4', not fp32 or fp16 or int8"
+    ):
+        read_manifest(index_dir)
