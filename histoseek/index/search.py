@@ -113,11 +113,12 @@ def query_embedder(
 ) -> ImageEmbedder:
     """The embedder for queries of `index`: the model it was built with (`model` where its
     checkpoint has moved, see load_index_model) on its backend, with the index's test-time
-    augmentation (see query_tta); the rest as histoseek.embedder.embedder_for_model."""
+    augmentation (see query_tta); the rest as histoseek.embedder.embedder_for_model. A backend
+    computing in another precision than the index's embeddings is noted."""
     from histoseek.embedder import embedder_for_model
 
     network, class_names, reference = load_index_model(index, model)
-    return embedder_for_model(
+    embedder = embedder_for_model(
         network,
         reference,
         class_names,
@@ -130,6 +131,14 @@ def query_embedder(
         tta=query_tta(index, tta, notify),
         decoding_alongside=decoding_alongside,
     )
+    built, now = index.manifest.precision.upper(), embedder.precision.upper()
+    if built != now:
+        notify(
+            f"note: the index holds {built} embeddings and {embedder.name} embeds the queries "
+            f"in {now}: similarities may differ by about 0.01 from an {built} query's; "
+            "--backend chooses another"
+        )
+    return embedder
 
 
 def collect_query_images(arguments: Sequence[Path], notify: Notify | None = None) -> list[Path]:

@@ -535,3 +535,18 @@ def test_fifos_in_a_query_folder_are_skipped_not_read(shared, tmp_path, fifo_gua
     line = error_line(run_cli("query", folder / "pipe.png", "--index", index_dir))
     assert line.endswith("pipe.png is not a regular file")
     assert fifo_guard.opened == []
+
+
+def test_queries_embedded_in_another_precision_than_the_index_are_noted(shared):
+    from histoseek.index.search import open_index, query_embedder
+
+    opened = open_index(shared[1])
+    notes: list[str] = []
+    query_embedder(opened, backend="torch", device="cpu", workers=0, notify=notes.append)
+    assert notes == []
+    opened.manifest.precision = "int8"  # as if built with an INT8 export
+    query_embedder(opened, backend="torch", device="cpu", workers=0, notify=notes.append)
+    assert notes == [
+        "note: the index holds INT8 embeddings and torch (cpu) embeds the queries in FP32: "
+        "similarities may differ by about 0.01 from an INT8 query's; --backend chooses another"
+    ]
