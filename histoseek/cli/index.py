@@ -91,7 +91,7 @@ def index(
     from histoseek.data.folder import display_path
     from histoseek.data.images import pixel_limit
     from histoseek.embedder import load_image_embedder
-    from histoseek.index.build import build_index
+    from histoseek.index.build import build_index, check_index_request
     from histoseek.index.slides import TilingOptions
     from histoseek.report.progress import progress_bars
 
@@ -99,6 +99,8 @@ def index(
     console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     notify = console.print
     tiling = TilingOptions(mpp, patch_size, min_tissue, slide_mpp)
+    # Before the model loads, which may export it first (seconds).
+    check_index_request(directory, index_dir, group_regex, labels_csv)
     embedder = load_image_embedder(
         model_path, backend, device, exported, batch_size, workers, notify=notify, tta=tta
     )

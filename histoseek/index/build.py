@@ -31,7 +31,7 @@ from histoseek.fsutil import atomic_dir, check_replaceable, dir_lock
 from histoseek.index.annoy_index import build_annoy
 from histoseek.index.defaults import DEFAULT_SEED, DEFAULT_TREES
 from histoseek.index.items import IndexItem, item_json, item_source
-from histoseek.index.labels import SlideIdentity, identify_slides, read_labels_csv
+from histoseek.index.labels import LabelRow, SlideIdentity, identify_slides, read_labels_csv
 from histoseek.index.manifest import (
     ANNOY_NAME,
     EMBEDDINGS_DTYPE,
@@ -510,6 +510,22 @@ def _write_index(
         write_manifest(tmp, manifest)
 
 
+def check_index_request(
+    source_dir: Path, index_dir: Path, group_regex: str | None, labels_csv: Path | None
+) -> tuple[Path, list[LabelRow]]:
+    """The checks an index run can make before its model is loaded: the folder exists, the
+    output may be written there, the group regex compiles and the labels file reads; returns
+    (the folder resolved, the labels' rows)."""
+    source = Path(source_dir)
+    if not source.exists():
+        raise HistoseekError(f"folder not found: {display_path(source)}")
+    source = source.resolve()
+    compile_group_regex(group_regex)
+    labels = read_labels_csv(labels_csv) if labels_csv is not None else []
+    check_replaceable(Path(index_dir), keep=[source])
+    return source, labels
+
+
 def build_index(
     source_dir: Path,
     index_dir: Path,
@@ -539,14 +555,9 @@ def build_index(
     """
     started = time.perf_counter()
     options = tiling or TilingOptions()
-    source = Path(source_dir)
-    if not source.exists():
-        raise HistoseekError(f"folder not found: {display_path(source)}")
-    source = source.resolve()
+    source, labels = check_index_request(source_dir, index_dir, group_regex, labels_csv)
     index_dir = Path(index_dir)
     regex = compile_group_regex(group_regex)
-    labels = read_labels_csv(labels_csv) if labels_csv is not None else []
-    check_replaceable(index_dir, keep=[source])
     with dir_lock(index_dir, wait=wait, purpose="histoseek index run", notify=notify):
         recover_index(index_dir, notify)
         slides, images, skipped = _scan(source)

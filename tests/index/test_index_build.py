@@ -200,6 +200,29 @@ def test_missing_or_empty_folder_is_one_line(make, message, checkpoint, tmp_path
     assert not (tmp_path / "idx").exists()
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ((), "folder not found"),
+        (("--group-regex", "(unclosed"), "--group-regex"),
+        (("--labels", "missing.csv"), "missing.csv"),
+    ],
+)
+def test_inputs_are_checked_before_the_model_loads(
+    options, message, tiles, checkpoint, tmp_path, monkeypatch
+):
+    import histoseek.embedder
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(histoseek.embedder, "load_image_embedder", never)
+    folder = tiles if options else tmp_path / "absent"
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(*index_args(folder, checkpoint, "-o", tmp_path / "idx", *options))
+    assert message in error_line(result)
+
+
 def test_a_folder_of_only_unreadable_files_is_one_line(checkpoint, tmp_path):
     (tmp_path / "patches").mkdir()
     (tmp_path / "patches" / "a.png").write_text("not a png")
