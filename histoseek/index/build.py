@@ -14,6 +14,7 @@ are dropped then.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -512,18 +513,18 @@ def _write_index(
 
 def check_index_request(
     source_dir: Path, index_dir: Path, group_regex: str | None, labels_csv: Path | None
-) -> tuple[Path, list[LabelRow]]:
+) -> tuple[Path, re.Pattern[str] | None, list[LabelRow]]:
     """The checks an index run can make before its model is loaded: the folder exists, the
     output may be written there, the group regex compiles and the labels file reads; returns
-    (the folder resolved, the labels' rows)."""
+    (the folder resolved, the compiled regex, the labels' rows)."""
     source = Path(source_dir)
     if not source.exists():
         raise HistoseekError(f"folder not found: {display_path(source)}")
     source = source.resolve()
-    compile_group_regex(group_regex)
+    regex = compile_group_regex(group_regex)
     labels = read_labels_csv(labels_csv) if labels_csv is not None else []
     check_replaceable(Path(index_dir), keep=[source])
-    return source, labels
+    return source, regex, labels
 
 
 def build_index(
@@ -555,9 +556,8 @@ def build_index(
     """
     started = time.perf_counter()
     options = tiling or TilingOptions()
-    source, labels = check_index_request(source_dir, index_dir, group_regex, labels_csv)
+    source, regex, labels = check_index_request(source_dir, index_dir, group_regex, labels_csv)
     index_dir = Path(index_dir)
-    regex = compile_group_regex(group_regex)
     with dir_lock(index_dir, wait=wait, purpose="histoseek index run", notify=notify):
         recover_index(index_dir, notify)
         slides, images, skipped = _scan(source)
