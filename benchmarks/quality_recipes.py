@@ -103,6 +103,7 @@ FIRST_DEFAULTS = {
     "temperature": 0.5,
     "crop_scale": 0.5,
     "stain_jitter": 0.2,
+    "freeze_stages": 5,
 }
 CHOSEN_SETTINGS = frozenset({"backbone", "image_size", *FIRST_DEFAULTS})
 LITE0 = {"backbone": "efficientnet_lite0", "image_size": 224, **FIRST_DEFAULTS}
@@ -120,7 +121,8 @@ LITE0_BB1 = {**LITE0_LR3E3, "backbone_lr_scale": 1.0}
 LITE0_BB1_G = {**LITE0_BB1, "gd_config": "G"}
 LITE0_BB1_G_20EP = {**LITE0_BB1_G, "epochs": 20}
 LITE0_BB1_G_20EP_TEMP_CROP = {**LITE0_BB1_G_20EP, "temperature": 0.2, "crop_scale": 0.8}
-# The ninth round's winner, the defaults of the tenth, eleventh and twelfth rounds.
+# The ninth round's winner, the defaults of the tenth to fourteenth rounds (whose winner
+# freezes 4 stages: with_frozen_stages(4)).
 LITE0_BB1_G_20EP_STAIN = {**LITE0_BB1_G_20EP_TEMP_CROP, "stain_jitter": 0.5}
 LITE0_BB1_G_30EP_STAIN = {**LITE0_BB1_G_20EP_STAIN, "epochs": 30}
 
@@ -135,7 +137,8 @@ def with_stain_jitter(strength: float) -> Recipe:
 
 
 def with_frozen_stages(frozen: int) -> Recipe:
-    """The defaults with another number of frozen trunk stages than Lite0's 5."""
+    """The ninth round's winner with another number of frozen trunk stages than its 5 (4: the
+    defaults since the fourteenth round)."""
     return Recipe(
         f"lite0-bb1-g-20ep-temp0.2-crop0.8-stain0.5-freeze{frozen}",
         f"the defaults with {frozen} stages frozen instead of 5",

@@ -49,12 +49,12 @@ def _frozen(module) -> bool:
     return not any(p.requires_grad for p in module.parameters())
 
 
-def test_lite0_freezes_its_first_five_stages_by_default():
+def test_lite0_freezes_its_first_four_stages_by_default():
     model = build_model(ModelConfig(dim=48, num_classes=3))
     frozen = freeze_stages(model, None)
-    assert len(frozen) == 5
-    assert _frozen(model.trunk._conv_stem) and _frozen(model.trunk._blocks[0:8])
-    assert _trainable(model.trunk._blocks[8:]) and _trainable(model.trunk._conv_head)
+    assert len(frozen) == 4  # the stem and block stages of 1, 2 and 2 blocks
+    assert _frozen(model.trunk._conv_stem) and _frozen(model.trunk._blocks[0:5])
+    assert _trainable(model.trunk._blocks[5:]) and _trainable(model.trunk._conv_head)
     assert _trainable(model.projections) and _trainable(model.classifier)
 
 
@@ -391,7 +391,7 @@ def test_validation_keeps_the_frozen_stages_output_and_embeds_as_the_whole_model
     tiny, tmp_path, monkeypatch
 ):
     run = setup_run(_config(tiny, tmp_path / "run"))
-    assert len(run.frozen) == 5
+    assert len(run.frozen) == 4
     whole = _validation(run, frozen_stages=0)._embed(run.model, run.device)
     kept = _validation(run)
     first = kept._embed(run.model, run.device)

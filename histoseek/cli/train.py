@@ -81,7 +81,7 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     "--freeze-stages",
     type=click.IntRange(min=0),
     default=_TRAIN.freeze_stages,
-    help="Freeze this many backbone stages from the input side [default: 5 of "
+    help="Freeze this many backbone stages from the input side [default: 4 of "
     "an EfficientNet-Lite's 9, 2 of a ResNet's 5 (stem and layer1)].",
 )
 @click.option(

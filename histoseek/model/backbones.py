@@ -87,8 +87,9 @@ def _resnet_trunk(arch: str) -> Callable[[bool], nn.Module]:
 
 
 def _lite_spec(variant: LiteVariant) -> BackboneSpec:
-    # Freezing the stem and the first four block stages (up to stride 16) is the recipe found
-    # for Lite0; the larger Lites have the same nine stages at the same strides.
+    # Freezing the stem and the first three block stages (up to stride 8) is the recipe chosen
+    # on validation for Lite0 (README, fourteenth round); the larger Lites have the same nine
+    # stages at the same strides.
     return BackboneSpec(
         variant.name,
         EfficientNetLite.out_channels,
@@ -96,7 +97,7 @@ def _lite_spec(variant: LiteVariant) -> BackboneSpec:
         LITE_STD,
         _efficientnet_lite(variant),
         EfficientNetLite.stages,
-        5,
+        4,
         variant.native_size,
     )
 
