@@ -36,6 +36,7 @@ class StubBackend:
     name = "stub (cpu)"
     dim = DIM
     batch_threads = 1
+    precision = "fp32"
 
     def __init__(self):
         self.batch_sizes: list[int] = []
