@@ -9,6 +9,7 @@ import click
 from histoseek.cli.options import (
     embedding_options,
     exclude_option,
+    given_options,
     labels_option,
     max_pixels_option,
     max_tiles_option,
@@ -47,16 +48,6 @@ SLIDE_OPTIONS = (
     "max_tiles",
     "tile_k",
 )
-
-
-def _given(names: tuple[str, ...]) -> list[str]:
-    """The options among `names` given on the command line, as spelled there."""
-    context = click.get_current_context()
-    return [
-        "--" + name.replace("_csv", "").replace("_", "-")
-        for name in names
-        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-    ]
 
 
 @click.command()
@@ -169,7 +160,7 @@ def evaluate(
             as_json,
         )
         return
-    given = _given(SLIDE_OPTIONS)
+    given = given_options(SLIDE_OPTIONS)
     if given:
         raise HistoseekError(
             f"{given[0]} applies to a gallery of slides; {display_path(gallery)} holds none"

@@ -37,6 +37,16 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+def given_options(names: tuple[str, ...]) -> list[str]:
+    """The options among `names` given on the command line, as spelled there."""
+    context = click.get_current_context()
+    return [
+        "--" + name.replace("_csv", "").replace("_", "-")
+        for name in names
+        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    ]
+
+
 def model_option(
     help: str = "Trained checkpoint (model.pt) [default: the built-in ImageNet "
     "EfficientNet-Lite0].",

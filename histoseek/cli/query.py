@@ -10,6 +10,7 @@ import click
 from histoseek.cli.options import (
     embedding_options,
     exclude_option,
+    given_options,
     group_regex_option,
     index_model_option,
     index_option,
@@ -46,6 +47,25 @@ def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
             raise HistoseekError(
                 f"cannot write {shown}: {display_path(folder)} is not a writable folder"
             )
+
+
+def _refuse_unused_options(paths: list[Path], region: str | None, by: str | None) -> None:
+    """Refuse, before the model loads, slide options that none of these queries would use."""
+    from histoseek.slide.reader import is_slide_file
+
+    given = given_options(("max_tiles", "slide_mpp", "tile_k"))
+    whole_slides = region is None and any(map(is_slide_file, paths))
+    if "--max-tiles" in given and not whole_slides:
+        read = "--region reads its region whole" if region else "no query here is a slide"
+        raise HistoseekError(f"--max-tiles samples the tiles of a whole query slide; {read}")
+    if "--slide-mpp" in given and region is None and not whole_slides:
+        raise HistoseekError("--slide-mpp applies to query slides and --region; none was given")
+    ranked = by in ("slide", "group") or (by is None and whole_slides)
+    if "--tile-k" in given and not ranked:
+        raise HistoseekError(
+            "--tile-k sets the tiles that rank slides or groups (--by slide or group, the "
+            "default for a whole slide); these queries are answered by tile"
+        )
 
 
 @click.command()
@@ -179,6 +199,7 @@ def query(
         _check_outputs([path for path in (html_path, sheet_path) if path is not None], overwrite)
         opened = open_index(index_dir, notify=notes.print)
         paths = collect_query_images(images, notify=notes.print)
+        _refuse_unused_options(paths, region, by)
         embedder = query_embedder(
             opened,
             model_path,

@@ -348,3 +348,31 @@ def test_tile_k_sets_the_evidence_and_by_tile_gives_no_ranking(archive):
     )
     tiles_only = _query(*args, "--by", "tile")["queries"][0]
     assert tiles_only["by"] == "tile" and "ranking" not in tiles_only
+
+
+def test_slide_options_no_query_would_use_are_refused_before_the_model_loads(archive, tmp_path):
+    slides, index_dir = archive
+    item = next(item for item in load_index(index_dir).items if item.path == QUERY)
+    patch = tmp_path / "patch.png"
+    read_item_image(slides, item).save(patch)
+    # A model that cannot load: the refusal must come first.
+    base = ("--index", index_dir, "--model", tmp_path / "missing.pt")
+    for option, value, why in (
+        ("--max-tiles", "4", "no query here is a slide"),
+        ("--slide-mpp", "0.5", "none was given"),
+        ("--tile-k", "3", "answered by tile"),
+    ):
+        line = error_line(run_cli("query", patch, *base, option, value))
+        assert option in line and why in line
+    region = ("--region", "0,0,64,64")
+    line = error_line(run_cli("query", slides / QUERY, *base, *region, "--max-tiles", "4"))
+    assert "--region reads its region whole" in line
+    for answered_by_tile in ((*region,), ("--by", "tile")):
+        line = error_line(
+            run_cli("query", slides / QUERY, *base, *answered_by_tile, "--tile-k", "3")
+        )
+        assert "--tile-k" in line
+    # Where they are used, the same options pass.
+    assert _query(patch, "--index", index_dir, "--by", "slide", "--tile-k", 3)["queries"]
+    regional = _query(slides / QUERY, "--index", index_dir, *region, "--slide-mpp", 0.5)
+    assert regional["queries"][0]["kind"] == "region"
