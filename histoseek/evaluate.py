@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoseek.callbacks import Progress
+from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import (
     LabelledImages,
     display_path,
@@ -121,7 +121,10 @@ def _check_scorable(
 
 
 def check_evaluation_set(
-    gallery_dir: Path, query_dir: Path | None = None, group_regex: str | None = None
+    gallery_dir: Path,
+    query_dir: Path | None = None,
+    group_regex: str | None = None,
+    notify: Notify = lambda line: None,
 ) -> EvaluationSet:
     """List and check the folders before anything is embedded.
 
@@ -137,8 +140,15 @@ def check_evaluation_set(
     query_set = gallery if queries is None else queries
     gallery_groups = query_groups = None
     if group_regex:
-        gallery_groups = group_ids_from_regex(_names(gallery), group_regex, "gallery file names")
-        query_groups = group_ids_from_regex(_names(query_set), group_regex, "query file names")
+        gallery_groups = group_ids_from_regex(
+            _names(gallery), group_regex, "gallery file names", notify
+        )
+        if queries is not None:
+            query_groups = group_ids_from_regex(
+                _names(queries), group_regex, "query file names", notify
+            )
+        else:
+            query_groups = gallery_groups
     leave_one_out = queries is None
     relevant = _relevant_counts(
         _labels(query_set), _labels(gallery), leave_one_out, query_groups, gallery_groups

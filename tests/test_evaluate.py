@@ -164,6 +164,14 @@ def test_a_group_regex_that_matches_no_file_name_is_refused(checkpoint, tmp_path
     assert "matches none of the 6 gallery file names" in _one_line(stderr)
 
 
+def test_a_group_regex_that_matches_some_file_names_is_noted(checkpoint, tmp_path):
+    gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
+    code, _, stderr = _evaluate(checkpoint, "--gallery", gallery, "--group-regex", "a")
+    assert code == 0, stderr
+    notes = [line for line in stderr.splitlines() if "--group-regex" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: --group-regex 'a' matches 3 of the 6 ")
+
+
 def test_query_classes_partly_missing_from_the_gallery_are_left_out(checkpoint, tmp_path):
     gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
     query = _images(tmp_path / "q", {"a": 2, "z": 2}, seed=1)

@@ -232,6 +232,18 @@ def test_setup_checks_then_builds_the_run_and_writes_only_config_and_log(tiny, t
     assert lines[0] in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_a_group_regex_that_misses_some_training_names_is_logged(tiny, tmp_path):
+    lines = []
+    config = _config(tiny, tmp_path / "run", group_regex=r"a\d")
+    run = setup_run(config, notify=lines.append)
+    assert run.splits.notes == [
+        "--group-regex 'a\\d' matches 6 of the 12 training file names; the other 6 are each a "
+        "group of their own (e.g. 'b0.png')"
+    ]
+    assert run.splits.notes[0] in lines[1]
+    assert run.splits.notes[0] in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_training_can_start_from_the_pooled_descriptors_themselves(tiny, tmp_path):
     options = {"gd_config": "SG", "dim": 2 * 1280, "power": 0.5, "identity_init": True}
     run = setup_run(_config(tiny, tmp_path / "run", **options))

@@ -165,9 +165,11 @@ def evaluate(
         raise HistoseekError(
             f"{given[0]} applies to a gallery of slides; {display_path(gallery)} holds none"
         )
-    evaluation_set = check_evaluation_set(gallery, query, group_regex)
     # Paths print as they are: markup off, so names with [brackets] are shown, not styled.
     notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    evaluation_set = check_evaluation_set(
+        gallery, query, group_regex, notify=lambda line: notes.print(f"note: {line}")
+    )
     with pixel_limit(max_pixels):
         embedder = load_image_embedder(
             model_path, backend, device, exported, batch_size, workers, tta=tta

@@ -7,6 +7,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 
+from histoseek.callbacks import Notify
 from histoseek.errors import HistoseekError
 
 
@@ -43,20 +44,32 @@ def regex_group(regex: re.Pattern[str] | None, name: str) -> str | None:
 
 
 def group_ids_from_regex(
-    names: Sequence[str], pattern: str | None, matched_on: str | None = None
+    names: Sequence[str],
+    pattern: str | None,
+    matched_on: str | None = None,
+    notify: Notify = lambda line: None,
 ) -> list[str]:
     """A group id per name: the regex's first group (or whole match); the name itself if none.
 
-    With `matched_on` (what the names are, for the message: a user's --group-regex), a regex
-    that matches none of them is refused: a typo would silently make each image its own group.
+    With `matched_on` (what the names are, for the messages: a user's --group-regex), a regex
+    that matches none of them is refused: a typo would silently make each image its own group;
+    one that misses some of them is noted, since those images are then groups of their own.
     """
     regex = compile_group_regex(pattern)
     found = [regex_group(regex, name) for name in names]
-    if matched_on is not None and regex is not None and names and not any(found):
-        raise HistoseekError(
-            f"--group-regex '{pattern}' matches none of the {len(names)} {matched_on} "
-            f"(e.g. {names[0]!r}), so every image would be a group of its own"
-        )
+    if matched_on is not None and regex is not None and names:
+        missed = [name for name, group in zip(names, found, strict=True) if group is None]
+        if len(missed) == len(names):
+            raise HistoseekError(
+                f"--group-regex '{pattern}' matches none of the {len(names)} {matched_on} "
+                f"(e.g. {names[0]!r}), so every image would be a group of its own"
+            )
+        if missed:
+            notify(
+                f"--group-regex '{pattern}' matches {len(names) - len(missed)} of the "
+                f"{len(names)} {matched_on}; the other {len(missed)} are each a group of their "
+                f"own (e.g. {missed[0]!r})"
+            )
     return [group or name for group, name in zip(found, names, strict=True)]
 
 

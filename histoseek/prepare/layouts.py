@@ -256,7 +256,10 @@ def discover(layout: str, src: Path, group_regex: str | None = None) -> Discover
         raise HistoseekError(f"no images found for the {layout} layout in {display_path(src)}")
     if group_regex is not None:
         groups = group_ids_from_regex(
-            [image.relative for image in found.images], group_regex, "paths below SRC"
+            [image.relative for image in found.images],
+            group_regex,
+            "paths below SRC",
+            found.notes.append,
         )
         found.images = [
             replace(image, group=g) for image, g in zip(found.images, groups, strict=True)

@@ -302,6 +302,8 @@ def setup_run(
             f"{val_size}; batches of {sampler.classes_per_batch} classes × {sampler.m} images "
             f"per process; device {device}, {ddp.world_size} process(es)"
         )
+        for note in splits.notes:
+            run.log(note)
         if run.previous is not None:
             run.log(f"the previous run waits in {run.previous.aside} until the first epoch ends")
     except BaseException:

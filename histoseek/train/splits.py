@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from histoseek.data.colour_groups import clusters_per_class, colour_groups
@@ -31,10 +31,12 @@ MAX_VALIDATION_GALLERY = 2000
 
 @dataclass
 class Splits:
-    """The training images and the validation images (None: no validation)."""
+    """The training images and the validation images (None: no validation), and notes on
+    how they were split."""
 
     train: LabelledImages
     val: LabelledImages | None
+    notes: list[str] = field(default_factory=list)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -94,6 +96,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         if config.colour_groups:
             raise HistoseekError("--colour-groups chooses validation images; give --val-fraction")
         return Splits(images, None)
+    notes: list[str] = []
     if config.colour_groups:
         if config.group_regex:
             raise HistoseekError("give --group-regex or --colour-groups, not both")
@@ -101,7 +104,9 @@ def prepare_splits(config: TrainConfig) -> Splits:
         groups = colour_groups(images.paths, images.labels, per_class, config.seed)
     else:
         names = [path.name for path in images.paths]
-        groups = group_ids_from_regex(names, config.group_regex, "training file names")
+        groups = group_ids_from_regex(
+            names, config.group_regex, "training file names", notes.append
+        )
     fractions = [1.0 - config.val_fraction, config.val_fraction]
     assignment = stratified_group_split(images.labels, groups, fractions, config.seed)
     train = _select(images, [i for i, s in enumerate(assignment) if s == 0])
@@ -113,7 +118,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         )
     if len(set(train.labels)) < 2:
         raise HistoseekError("too few images to hold out validation; lower --val-fraction")
-    return Splits(train, val)
+    return Splits(train, val, notes)
 
 
 def _readable(path) -> bool:

@@ -53,8 +53,20 @@ def test_a_users_regex_that_matches_no_name_is_refused():
         "--group-regex 'patient(\\d+)' matches none of the 2 training file names "
         "(e.g. 'P1_tumor_0.png'), so every image would be a group of its own"
     )
-    partly = ["P1_tumor_0.png", "tumor_1.png"]
-    assert group_ids_from_regex(partly, r"(P\d+)_", "file names") == ["P1", "tumor_1.png"]
+
+
+def test_a_users_regex_that_misses_some_names_says_so():
+    partly = ["P1_tumor_0.png", "tumor_1.png", "tumor_2.png"]
+    notes = []
+    groups = group_ids_from_regex(partly, r"(P\d+)_", "file names", notes.append)
+    assert groups == ["P1", "tumor_1.png", "tumor_2.png"]
+    assert notes == [
+        "--group-regex '(P\\d+)_' matches 1 of the 3 file names; the other 2 are each a group "
+        "of their own (e.g. 'tumor_1.png')"
+    ]
+    group_ids_from_regex(partly[:1], r"(P\d+)_", "file names", notes.append)
+    group_ids_from_regex(partly, r"(P\d+)_", notify=notes.append)  # no check asked for
+    assert len(notes) == 1
 
 
 @pytest.mark.parametrize("text", ["0.7,0.2", "a,b", "-0.5,1.5"])

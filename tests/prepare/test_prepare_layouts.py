@@ -93,6 +93,12 @@ def test_class_folders_differing_only_in_case_are_refused(folder_tree):
     )
 
 
+def test_a_group_regex_matching_some_paths_is_noted(folder_tree):
+    found = discover("folder", folder_tree, group_regex=r"slide0\d")
+    assert len({image.group for image in found.images}) == 4 + 8
+    assert any("matches 8 of the 16 paths below SRC; the other 8" in n for n in found.notes)
+
+
 def test_a_group_regex_matching_no_path_is_refused(folder_tree):
     with pytest.raises(HistoseekError, match="matches none of the 16 paths below SRC"):
         discover("folder", folder_tree, group_regex=r"patient\d+")
