@@ -24,7 +24,7 @@ from histoseek.data.transforms import EvalTransform
 from histoseek.embedder import ImageEmbedder
 from histoseek.errors import HistoseekError
 from histoseek.index.items import IndexItem, read_item_image
-from histoseek.index.search import OpenIndex, nearest_items
+from histoseek.index.search import OpenIndex, annoy_search_k, nearest_items
 from histoseek.index.slide_query import Box
 from histoseek.metrics import majority_label
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
@@ -123,6 +123,9 @@ class SearchAnswer:
     k: int
     mode: str
     search_k: int | None
+    """Annoy's candidates per query, as given or the default for k (None: exact search)."""
+    search_k_scaled: bool
+    """Whether search_k grew with the items left out (none given, and some left out)."""
     index: str
     model: str
     backend: str
@@ -351,7 +354,12 @@ class SearchService:
             majority=MajorityRecord(majority[0], majority[1], len(hits)) if majority else None,
             k=options.k,
             mode="exact" if options.exact else "annoy",
-            search_k=None if options.exact else options.search_k,
+            search_k=None
+            if options.exact
+            else annoy_search_k(
+                options.k, len(self.index.items), self.index.manifest.trees, options.search_k
+            ),
+            search_k_scaled=not options.exact and options.search_k is None and bool(left_out),
             index=display_path(self.index.path),
             model=self.embedder.reference,
             backend=self.embedder.name,

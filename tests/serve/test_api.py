@@ -18,7 +18,7 @@ from PIL import Image
 from serve_helpers import stub_embedder
 
 from histoseek.index.build import build_index
-from histoseek.index.search import open_index
+from histoseek.index.search import annoy_search_k, open_index
 from histoseek.serve.app import create_app
 from histoseek.serve.defaults import MAX_K
 from histoseek.serve.service import SearchService
@@ -117,6 +117,16 @@ def test_exact_search_agrees_with_annoy_on_a_small_index(client):
     exact = client.post("/api/search", data={"item": "0", "k": "5", "exact": "true"}).json()
     assert exact["mode"] == "exact" and exact["search_k"] is None
     assert [hit["item"] for hit in exact["hits"]] == [hit["item"] for hit in annoy["hits"]]
+    assert (annoy["search_k"], annoy["search_k_scaled"]) == (1000, False)
+
+
+def test_the_search_k_used_is_reported_as_query_reports_it(client, opened):
+    fields = {"item": "0", "k": "5"}
+    default = annoy_search_k(5, len(opened.items), opened.manifest.trees)
+    scaled = client.post("/api/search", data=fields).json()  # the item itself is left out
+    assert (scaled["search_k"], scaled["search_k_scaled"]) == (default, True)
+    kept = client.post("/api/search", data={**fields, "exclude_self": "false"}).json()
+    assert (kept["search_k"], kept["search_k_scaled"]) == (default, False)
 
 
 def test_k_larger_than_the_index_returns_every_other_item(client, opened):
