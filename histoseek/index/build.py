@@ -26,7 +26,7 @@ import numpy as np
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import display_path
 from histoseek.data.sources import why_unreadable
-from histoseek.data.split import compile_group_regex, regex_group
+from histoseek.data.split import compile_group_regex, group_ids_from_regex, regex_group
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir, check_replaceable, dir_lock
 from histoseek.index.annoy_index import build_annoy
@@ -569,6 +569,10 @@ def build_index(
             )
         _check_previous(index_dir, source, embedder, overwrite)
         files = [slide.file for slide in slides]
+        if group_regex is not None and not labels:
+            # Where --labels gives the groups, the regex may rightly match only some names.
+            names = [image.key for image in images] + [file.name for file in files]
+            group_ids_from_regex(names, group_regex, "paths below the folder", notify)
         identities, notes = identify_slides(files, group_regex, labels)
         for note in notes:
             notify(note)

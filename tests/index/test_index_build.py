@@ -16,6 +16,7 @@ from histoseek import __version__
 from histoseek.errors import HistoseekError
 from histoseek.index import build
 from histoseek.index.manifest import FORMAT_VERSION, read_manifest
+from histoseek.index.store import load_index
 from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
 
 
@@ -344,3 +345,19 @@ def test_a_full_disk_is_one_line_and_the_previous_index_stays(
     assert line == f"Error: no space left on device while writing {written}"
     assert {p.name: p.read_bytes() for p in index_dir.iterdir() if p.is_file()} == before
     assert sorted(os.listdir(tmp_path)) == ["idx", "tiles"]
+
+
+def test_a_group_regex_that_matches_no_path_is_refused_and_one_that_misses_some_noted(
+    tiles, checkpoint, tmp_path
+):
+    index_dir = tmp_path / "idx"
+    line = error_line(
+        run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--group-regex", "patient"))
+    )
+    assert "--group-regex 'patient' matches none of the 8 paths below the folder" in line
+    assert not index_dir.exists()
+    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--group-regex", "TUMOR"))
+    assert result.exit_code == 0, result.output
+    assert "--group-regex 'TUMOR' matches 2 of the 8 paths below the folder" in result.stderr
+    groups = [item.group for item in load_index(index_dir).items]
+    assert groups.count("TUMOR") == 2 and groups.count(None) == 6
