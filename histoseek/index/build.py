@@ -255,6 +255,17 @@ class _Run:
             self.notify(f"the stored shard of {what} cannot be used ({error}); embedding it again")
             return None
 
+    def written(self, path: Path, what: str) -> Shard:
+        """The shard just written to `path`, read back with every check; one line if it fails
+        them (only a disk fault could), since nothing this run made can then be trusted."""
+        try:
+            return read_shard(path)
+        except ShardError as error:
+            raise HistoseekError(
+                f"the shard of {what} just written to {display_path(path)} cannot be read "
+                f"back ({error}); check the disk, then run index again"
+            ) from None
+
     def shard_info(self, items: int, slide: TiledSlide | None) -> ShardInfo:
         fingerprint, config, tta, precision = self.recipe()
         return ShardInfo(
@@ -348,7 +359,8 @@ def _embed_images(
     items = [item for item, _ in rows]
     vectors = np.stack([vector for _, vector in rows])
     info = run.shard_info(len(items), None)
-    return read_shard(write_shard(run.shards_dir, IMAGES_SHARD, info, items, vectors))
+    written = write_shard(run.shards_dir, IMAGES_SHARD, info, items, vectors)
+    return run.written(written, "the plain images")
 
 
 def _embed_slide(run: _Run, tiled: TiledSlide, identity: SlideIdentity, counter: _Counter):
@@ -375,7 +387,7 @@ def _embed_slide(run: _Run, tiled: TiledSlide, identity: SlideIdentity, counter:
         vectors,
     )
     run.embedded += len(items)
-    return read_shard(written)
+    return run.written(written, f"slide {display_path(tiled.file.relative)}")
 
 
 def _update_slides(

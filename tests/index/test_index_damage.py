@@ -220,3 +220,19 @@ def test_a_damaged_manifest_needs_overwrite_since_it_cannot_say_what_it_indexes(
     result = run_cli(*index_args(built[0], checkpoint, "-o", index_dir, "--overwrite"))
     assert result.exit_code == 0, result.output
     assert len(load_index(index_dir).items) == 8
+
+
+def test_a_shard_that_fails_its_read_back_is_one_line(checkpoint, tmp_path, monkeypatch):
+    from histoseek.index import build
+    from histoseek.index.shards import ShardError
+
+    def failing(path: Path):
+        raise ShardError("vectors.npy cannot be read (Input/output error)")
+
+    monkeypatch.setattr(build, "read_shard", failing)
+    index_dir = tmp_path / "idx"
+    result = run_cli(*index_args(copy_tiles(tmp_path / "tiles"), checkpoint, "-o", index_dir))
+    line = error_line(result)
+    assert "the shard of the plain images just written to" in line
+    assert "cannot be read back (vectors.npy cannot be read (Input/output error))" in line
+    assert not (index_dir / "manifest.json").exists()
