@@ -32,7 +32,7 @@ def one_error_line(result) -> str:
         (["train", "data", "-o", "run", "--lr", "nan"], "'--lr': 'nan' is not a finite number"),
         (["train", "data", "-o", "run", "--ema-epochs", "inf"], "'--ema-epochs': 'inf'"),
         (["train", "data", "-o", "run", "--stain-jitter", "nan"], "'--stain-jitter': 'nan'"),
-        (["serve", "index", "--max-upload-mb", "inf"], "'inf' is not a finite number"),
+        (["serve", "index", "--max-upload-mb", "nan"], "'nan' is not a finite number"),
         (["prepare", "folder", "in", "-o", "out", "--scale", "nan"], "'--scale': 'nan'"),
         (["index", "folder", "--mpp", "nan"], "'--mpp': 'nan'"),
     ],

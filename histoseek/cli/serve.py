@@ -19,6 +19,8 @@ from histoseek.serve.defaults import (
     DEFAULT_HOST,
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_PORT,
+    MAX_BATCH_WINDOW_MS,
+    MAX_UPLOAD_MB_RANGE,
 )
 
 
@@ -41,14 +43,14 @@ from histoseek.serve.defaults import (
 )
 @click.option(
     "--max-upload-mb",
-    type=FiniteFloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(*MAX_UPLOAD_MB_RANGE),
     default=DEFAULT_MAX_UPLOAD_MB,
     show_default=True,
     help="Largest query image upload, in megabytes.",
 )
 @click.option(
     "--batch-window-ms",
-    type=FiniteFloatRange(min=0),
+    type=FiniteFloatRange(0, MAX_BATCH_WINDOW_MS),
     default=DEFAULT_BATCH_WINDOW_MS,
     show_default=True,
     help="Longest wait for queries still being decoded to join a batch (a lone query never waits).",
@@ -107,7 +109,7 @@ def serve(
     service = SearchService(
         opened,
         embedder,
-        max_upload_bytes=int(max_upload_mb * 1_000_000),
+        max_upload_bytes=round(max_upload_mb * 1_000_000),
         max_pixels=max_pixels,
         batch_window_s=batch_window_ms / 1e3,
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -308,13 +309,33 @@ def annoy_search_k(k: int, items: int, trees: int, search_k: int | None = None) 
     return search_k
 
 
-class _SelfMatcher:
+class SelfMatcher:
     """Tells whether an indexed item is the query file itself: the same resolved path, or
     the same bytes (hashed only for items of the query's size, and at most once each)."""
 
     def __init__(self, index: OpenIndex):
         self.index = index
         self.digests: dict[Path, str | None] = {}
+
+    @cached_property
+    def _image_items_by_size(self) -> dict[int, list[int]]:
+        by_size: dict[int, list[int]] = {}
+        for position, item in enumerate(self.index.items):
+            if not item.is_tile:
+                by_size.setdefault(item.size, []).append(position)
+        return by_size
+
+    def copies_of(self, data: bytes) -> list[int]:
+        """The indexed image files (not slide tiles) that hold exactly these bytes."""
+        candidates = self._image_items_by_size.get(len(data), [])
+        if not candidates:
+            return []
+        digest = hashlib.sha256(data).hexdigest()
+        return [
+            position
+            for position in candidates
+            if self._digest(self.index.file_of(self.index.items[position]).resolve()) == digest
+        ]
 
     def _digest(self, path: Path) -> str | None:
         if path not in self.digests:
@@ -386,7 +407,7 @@ def _nearest(
     k: int,
     search_k: int | None,
     exact: bool,
-    matcher: _SelfMatcher | None,
+    matcher: SelfMatcher | None,
     excluded: frozenset[int],
 ) -> tuple[list[tuple[int, float]], list[int]]:
     """The k nearest (item, similarity) to one query vector, best first, less `excluded` and,
@@ -428,7 +449,7 @@ def _answer_image_query(
     tile_k: int,
     search_k: int | None,
     exact: bool,
-    matcher: _SelfMatcher | None,
+    matcher: SelfMatcher | None,
 ) -> QueryResult:
     """The k nearest items of an image query, and by slide or group the ranking from its
     tile_k nearest."""
@@ -607,7 +628,7 @@ def search_images(
     vectors = iter(embedded.embeddings[span] for span in spans)
     embedding_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    matcher = None if include_self else _SelfMatcher(index)
+    matcher = None if include_self else SelfMatcher(index)
     source_dir = Path(index.manifest.source_dir)
     results = []
     for query in queries:

@@ -188,7 +188,11 @@ def create_app(service: SearchService) -> FastAPI:
             bool, Form(description="Exact search over the stored embeddings.")
         ] = False,
         exclude_self: Annotated[
-            bool, Form(description="Leave the query item out of its own results.")
+            bool,
+            Form(
+                description="Leave the query out of its own results: the query item, or for "
+                "an upload the indexed files with its very bytes."
+            ),
         ] = True,
         exclude: Annotated[
             Literal[EXCLUDE_CHOICES] | None,

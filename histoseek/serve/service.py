@@ -24,7 +24,7 @@ from histoseek.data.transforms import EvalTransform
 from histoseek.embedder import ImageEmbedder
 from histoseek.errors import HistoseekError
 from histoseek.index.items import IndexItem, read_item_image
-from histoseek.index.search import OpenIndex, annoy_search_k, nearest_items
+from histoseek.index.search import OpenIndex, SelfMatcher, annoy_search_k, nearest_items
 from histoseek.index.slide_query import Box
 from histoseek.metrics import majority_label
 from histoseek.prepare.defaults import DEFAULT_MAX_PIXELS
@@ -72,6 +72,8 @@ class QueryRecord:
     kind: str
     item: int | None = None
     name: str | None = None
+    copies: list[int] | None = None
+    """For an upload: the indexed image files with its very bytes (left out if exclude_self)."""
 
 
 @dataclass
@@ -125,7 +127,7 @@ class SearchAnswer:
     search_k: int | None
     """Annoy's candidates per query, as given or the default for k (None: exact search)."""
     search_k_scaled: bool
-    """Whether search_k grew with the items left out (none given, and some left out)."""
+    """Whether search_k grows with the items `exclude` leaves out (none given), as in query."""
     index: str
     model: str
     backend: str
@@ -208,6 +210,7 @@ class SearchService:
         self.decode_size = config.image_size
         self.batcher = MicroBatcher(embedder.embed_batch, embedder.batch_size, batch_window_s)
         self.source = Path(index.manifest.source_dir).resolve()
+        self.self_matcher = SelfMatcher(index)
         self.item_thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE)(self._item_thumbnail)
         self.slide_overview = lru_cache(maxsize=THUMBNAIL_CACHE)(self._slide_overview)
         self._slide_thumbnail = lru_cache(maxsize=SLIDE_VIEW_CACHE)(self._read_slide_thumbnail)
@@ -289,8 +292,11 @@ class SearchService:
             decoded = time.perf_counter()
             vector = embed(image)
         embedded = time.perf_counter()
-        query = QueryRecord(kind="upload", name=name)
-        return self._answer(query, vector, set(), options, started, decoded, embedded)
+        # As `query` leaves out an indexed copy of its query file, so does an upload.
+        copies = self.self_matcher.copies_of(data)
+        left_out = set(copies) if options.exclude_self else set()
+        query = QueryRecord(kind="upload", name=name, copies=copies)
+        return self._answer(query, vector, left_out, options, started, decoded, embedded)
 
     def search_item(self, item_id: int, options: SearchOptions) -> SearchAnswer:
         """Search with an indexed item's stored embedding ("more like this")."""
@@ -316,7 +322,15 @@ class SearchService:
         if key is None:
             what = "is an image file, not a slide tile" if by_slide else "has no group"
             raise RequestError(400, f"exclude={options.exclude}: item {item_id} {what}")
-        return left_out | self._members[options.exclude][key]
+        left_out = left_out | self._members[options.exclude][key]
+        if len(left_out) == len(self.index.items):
+            whose = "slide" if by_slide else "group (patient)"
+            raise RequestError(
+                400,
+                f"exclude={options.exclude} leaves nothing to search: every item of the index "
+                f"is from the {whose} of item {item_id}",
+            )
+        return left_out
 
     def _answer(
         self,
@@ -359,7 +373,9 @@ class SearchService:
             else annoy_search_k(
                 options.k, len(self.index.items), self.index.manifest.trees, options.search_k
             ),
-            search_k_scaled=not options.exact and options.search_k is None and bool(left_out),
+            search_k_scaled=(
+                not options.exact and options.search_k is None and options.exclude is not None
+            ),
             index=display_path(self.index.path),
             model=self.embedder.reference,
             backend=self.embedder.name,

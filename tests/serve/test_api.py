@@ -81,11 +81,11 @@ def test_health_info_and_openapi_docs(client, opened):
             assert response.status_code == 200 and response.content, url
 
 
-def test_an_indexed_tile_uploaded_finds_itself_first(client, opened):
+def test_an_indexed_tile_uploaded_finds_itself_first_when_kept(client, opened):
     item = 9
     data = opened.file_of(opened.items[item]).read_bytes()
-    answer = upload(client, data, name="tile.tif", k=5).json()
-    assert answer["query"] == {"kind": "upload", "item": None, "name": "tile.tif"}
+    answer = upload(client, data, name="tile.tif", k=5, exclude_self="false").json()
+    assert answer["query"] == {"kind": "upload", "item": None, "name": "tile.tif", "copies": [9]}
     assert [hit["rank"] for hit in answer["hits"]] == [1, 2, 3, 4, 5]
     first = answer["hits"][0]
     assert first["item"] == item and first["similarity"] == pytest.approx(1.0, abs=1e-5)
@@ -100,6 +100,18 @@ def test_an_indexed_tile_uploaded_finds_itself_first(client, opened):
     ]
     assert answer["mode"] == "annoy" and answer["backend"] == "stub (cpu)"
     assert answer["timings"]["total_ms"] >= answer["timings"]["search_ms"] >= 0
+
+
+def test_an_upload_leaves_out_indexed_files_with_its_bytes_as_query_does(client, opened):
+    data = opened.file_of(opened.items[9]).read_bytes()
+    kept = upload(client, data, k=5, exclude_self="false").json()
+    answer = upload(client, data, k=5).json()
+    assert answer["query"]["copies"] == [9]
+    assert [hit["item"] for hit in kept["hits"]][:1] == [9]
+    assert [hit["item"] for hit in answer["hits"]][:4] == [hit["item"] for hit in kept["hits"]][1:]
+    assert 9 not in [hit["item"] for hit in answer["hits"]] and len(answer["hits"]) == 5
+    other = png_bytes(Image.open(io.BytesIO(data)).convert("RGB"))  # same pixels, other bytes
+    assert upload(client, other, k=5).json()["query"]["copies"] == []
 
 
 def test_more_like_this_leaves_the_item_out_unless_asked(client):
@@ -123,10 +135,8 @@ def test_exact_search_agrees_with_annoy_on_a_small_index(client):
 def test_the_search_k_used_is_reported_as_query_reports_it(client, opened):
     fields = {"item": "0", "k": "5"}
     default = annoy_search_k(5, len(opened.items), opened.manifest.trees)
-    scaled = client.post("/api/search", data=fields).json()  # the item itself is left out
-    assert (scaled["search_k"], scaled["search_k_scaled"]) == (default, True)
-    kept = client.post("/api/search", data={**fields, "exclude_self": "false"}).json()
-    assert (kept["search_k"], kept["search_k_scaled"]) == (default, False)
+    answer = client.post("/api/search", data=fields).json()
+    assert (answer["search_k"], answer["search_k_scaled"]) == (default, False)
 
 
 def test_k_larger_than_the_index_returns_every_other_item(client, opened):

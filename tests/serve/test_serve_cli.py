@@ -80,9 +80,11 @@ def test_serve_answers_as_query_does(real_index, kather_small, started):
     opened = open_index(real_index)
     network, class_names, reference = load_index_model(opened)
     embedder = embedder_for_model(network, reference, class_names, "torch", "cpu", workers=0)
-    # An upload is not a file of the index, so the service keeps the tile's own entry.
-    (expected,) = search_images(opened, embedder, [tile], 6, include_self=True).results
-    assert hits[0]["item"] == [item.path for item in opened.items].index(f"04_LYMPHO/{tile.name}")
+    # Both leave out the tile's own entry: the upload has its very bytes.
+    (expected,) = search_images(opened, embedder, [tile], 6).results
+    own = [item.path for item in opened.items].index(f"04_LYMPHO/{tile.name}")
+    assert response.json()["query"]["copies"] == [own]
+    assert own not in [hit["item"] for hit in hits] and len(hits) == 6
     assert [hit["path"] for hit in hits] == [
         hit.path.relative_to(opened.manifest.source_dir).as_posix() for hit in expected.hits
     ]
@@ -127,7 +129,15 @@ def test_a_missing_index_is_one_line(tmp_path, started):
 
 
 @pytest.mark.parametrize(
-    "option, value", [("--max-upload-mb", "0"), ("--batch-window-ms", "-1"), ("--port", "70000")]
+    "option, value",
+    [
+        ("--max-upload-mb", "0"),
+        ("--max-upload-mb", "1e-7"),  # under one byte
+        ("--max-upload-mb", "1e13"),  # more than a read can be asked for
+        ("--batch-window-ms", "-1"),
+        ("--batch-window-ms", "1e300"),  # a wait the batcher's clock cannot hold
+        ("--port", "70000"),
+    ],
 )
 def test_bad_limits_are_usage_errors(option, value, started):
     assert option in error_line(serve(option, value))

@@ -133,6 +133,36 @@ def test_exclusion_by_slide_and_by_patient(slide_client):
     assert any(not items[n].is_tile for n in other_patients)
 
 
+def test_exclusion_scales_search_k_and_says_so(slide_client):
+    client, service = slide_client
+    tile = _first_tile(service, "01_TUMOR")
+    plain = client.post("/api/search", data={"item": tile}).json()
+    excluding = client.post("/api/search", data={"item": tile, "exclude": "same-slide"}).json()
+    assert (plain["search_k_scaled"], excluding["search_k_scaled"]) == (False, True)
+    assert plain["search_k"] == excluding["search_k"]
+
+
+def test_an_exclusion_that_leaves_nothing_is_refused(slide_index_dir):
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    from histoseek.serve.app import create_app
+    from histoseek.serve.service import SearchService
+
+    one_patient = open_index(slide_index_dir)
+    one_patient.items = [replace(item, group="P1") for item in one_patient.items]
+    service = SearchService(one_patient, stub_embedder())
+    tile = _first_tile(service, "01_TUMOR")
+    with TestClient(create_app(service)) as client:
+        refused = client.post("/api/search", data={"item": tile, "exclude": "same-group"})
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": "exclude=same-group leaves nothing to search: every item of the index is "
+        f"from the group (patient) of item {tile}"
+    }
+
+
 def test_exclusion_refusals_are_one_line(slide_client):
     client, service = slide_client
     image_item = next(n for n, item in enumerate(service.index.items) if not item.is_tile)

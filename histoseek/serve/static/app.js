@@ -147,10 +147,15 @@
         `(${majority.count}/${majority.of}). A hint, not a diagnosis.`
       : "No results.";
     const mode = answer.mode === "exact" ? "exact search" : "Annoy search";
+    // An upload that is itself in the index is left out of its results, as `query` does.
+    const copies = answer.query.copies || [];
+    const itself = copies.length
+      ? ` · the index holds this very image (${copies.map((id) => `#${id}`).join(", ")}), left out`
+      : "";
     setStatus(
       `${answer.hits.length} results from ${answer.index} · model ${answer.model} · ` +
         `${answer.backend} · ${mode} · ${Math.round(roundTripMs)} ms ` +
-        `(server ${answer.timings.total_ms.toFixed(1)} ms)`,
+        `(server ${answer.timings.total_ms.toFixed(1)} ms)${itself}`,
     );
     const state = byId("answer").dataset;
     state.query = answer.query.kind === "item" ? `item:${answer.query.item}` : "upload";
