@@ -47,12 +47,28 @@ def _full_disk_is_one_line(shown: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _creating(shown: str) -> Iterator[None]:
+    """Turn a failure to create the temporary file or folder beside a target (a folder that
+    cannot be written, or cannot exist) into one line naming the target."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in _FULL_DISK:
+            raise
+        raise HistoseekError(f"cannot write {shown}: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds."""
     target = Path(target)
-    with _full_disk_is_one_line(display_path(target)):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    shown = display_path(target)
+    with _full_disk_is_one_line(shown):
+        with _creating(shown):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+            )
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -125,13 +141,15 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     check_replaceable(target)
-    with _full_disk_is_one_line(display_path(target)):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(
-            tempfile.mkdtemp(
-                prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent
+    shown = display_path(target)
+    with _full_disk_is_one_line(shown):
+        with _creating(shown):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent
+                )
             )
-        )
         tag = tmp.name[len(target.name) + 2 : -len(".tmp")]
         new, old = _swap_name(target, tag, "new"), _swap_name(target, tag, "old")
         try:

@@ -50,6 +50,18 @@ def test_a_full_disk_is_one_line_naming_the_target(context, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("context", [atomic_file, atomic_dir])
+def test_a_target_that_cannot_be_created_is_one_line_and_the_blocks_errors_pass(context, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    target = tmp_path / "a-file" / "out"
+    with pytest.raises(HistoseekError) as raised, context(target):
+        pass
+    assert str(raised.value).startswith(f"cannot write {target}: ")
+    # What the caller's own work raises is its own error, not one about writing.
+    with pytest.raises(PermissionError), context(tmp_path / "out"):
+        raise PermissionError(errno.EACCES, "a source file")
+
+
 def test_recover_restores_a_whole_update_else_the_previous_folder(tmp_path):
     target = tmp_path / "out"
     _folder(tmp_path / ".out.4242-abc.old", "previous")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter, defaultdict
@@ -19,6 +20,8 @@ def parse_fractions(text: str) -> list[float]:
         raise HistoseekError(
             f"split fractions must be numbers such as 0.7,0.15,0.15: {text!r}"
         ) from None
+    if not all(map(math.isfinite, fractions)):
+        raise HistoseekError(f"split fractions must be finite numbers: {text!r}")
     if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise HistoseekError(f"split fractions must be non-negative and sum to 1: {text!r}")
     return fractions

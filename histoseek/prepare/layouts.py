@@ -54,11 +54,20 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def _subdirs(folder: Path) -> dict[str, Path]:
+def _subdirs(folder: Path, searching: bool = False) -> dict[str, Path]:
     """Visible sub-folders of `folder`, keyed by lower-case name; two names that differ only
-    in case are refused, since one would hide the other's images."""
+    in case are refused, since one would hide the other's images. A folder that cannot be
+    listed is one line, or while `searching` for the dataset's root, a folder without any."""
     found: dict[str, Path] = {}
-    for child in sorted(folder.iterdir()):
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as error:
+        if searching:  # say, a lost+found beside the dataset
+            return found
+        raise HistoseekError(
+            f"cannot list {display_path(folder)}: {error.strerror or error}"
+        ) from None
+    for child in children:
         if not child.is_dir() or child.name.startswith("."):
             continue
         key = child.name.lower()
@@ -72,13 +81,15 @@ def _subdirs(folder: Path) -> dict[str, Path]:
 
 
 def _find_root(src: Path, wanted: set[str], what: str) -> Path:
-    """The shallowest folder at or below `src` that holds one of the `wanted` sub-folders."""
+    """The shallowest folder at or below `src` that holds one of the `wanted` sub-folders
+    (below `src`, folders that cannot be listed are passed over)."""
     level = [src]
     for _ in range(SEARCH_DEPTH):
-        for folder in level:
-            if wanted & set(_subdirs(folder)):
+        listed = [_subdirs(folder, searching=folder != src) for folder in level]
+        for folder, subdirs in zip(level, listed, strict=True):
+            if wanted & set(subdirs):
                 return folder
-        level = [child for folder in level for child in _subdirs(folder).values()]
+        level = [child for subdirs in listed for child in subdirs.values()]
     raise HistoseekError(
         f"no {what} found in {display_path(src)} or the {SEARCH_DEPTH - 1} levels below it"
     )

@@ -279,6 +279,11 @@ def _check_paths(src: Path, out: Path, record: dict, overwrite: bool) -> None:
             f"{display_path(out)} is not empty and holds no histoseek preparation; "
             "choose another -o or pass --overwrite"
         ) from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("options"), dict):
+        raise HistoseekError(
+            f"{display_path(out / RECORD)} is damaged (it is not a preparation record); "
+            "choose another -o or pass --overwrite"
+        )
     mine = {key: record[key] for key in ("layout", "source", "options")}
     theirs = {key: previous.get(key) for key in mine}
     if theirs == mine:
@@ -287,8 +292,8 @@ def _check_paths(src: Path, out: Path, record: dict, overwrite: bool) -> None:
         )
     changed = sorted(
         key
-        for key in set(mine["options"]) | set(theirs.get("options") or {})
-        if mine["options"].get(key) != (theirs.get("options") or {}).get(key)
+        for key in set(mine["options"]) | set(theirs["options"])
+        if mine["options"].get(key) != theirs["options"].get(key)
     ) + [key for key in ("layout", "source") if mine[key] != theirs[key]]
     raise HistoseekError(
         f"{display_path(out)} holds a different preparation (differs in: {', '.join(changed)}); "
@@ -439,7 +444,10 @@ def prepare_dataset(
     }
     _check_paths(src, out, record, overwrite)
     _check_sizes(discovery.images, options.max_pixels)
-    normalizer = fit_normalizer(options.normalize, options.reference) if options.normalize else None
+    normalizer = None
+    if options.normalize:
+        with pixel_limit(options.max_pixels):  # the reference is read as the sources are
+            normalizer = fit_normalizer(options.normalize, options.reference)
     record["normalization"] = (
         {
             "method": normalizer.method,

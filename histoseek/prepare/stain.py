@@ -229,6 +229,8 @@ def fit_normalizer(method: str, reference: Path) -> StainNormalizer:
     """Read `reference` and fit the named method to it."""
     if method not in STAIN_METHODS:
         raise HistoseekError(f"unknown stain normalisation {method!r}; use one of {STAIN_METHODS}")
+    if not Path(reference).is_file():  # a FIFO would block the read for ever
+        raise HistoseekError(f"--reference {display_path(reference)} is not a regular file")
     try:
         rgb = np.asarray(load_rgb(reference))
     except UnreadableImageError as error:

@@ -69,7 +69,7 @@ def test_a_users_regex_that_misses_some_names_says_so():
     assert len(notes) == 1
 
 
-@pytest.mark.parametrize("text", ["0.7,0.2", "a,b", "-0.5,1.5"])
+@pytest.mark.parametrize("text", ["0.7,0.2", "a,b", "-0.5,1.5", "0.5,nan,0.5", "nan", "inf,-inf"])
 def test_parse_fractions_rejects_bad_input(text):
     with pytest.raises(HistoseekError):
         parse_fractions(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from synthetic_slides import crc_tree, he_image, save
@@ -63,6 +64,29 @@ def test_crc_accepts_both_spellings(tmp_path, folders):
         "low_grade": 3,
         "high_grade": 3,
     }
+
+
+def test_a_folder_that_cannot_be_listed_is_passed_over_in_the_search_else_one_line(
+    tmp_path, monkeypatch
+):
+    crc_tree(tmp_path / "crc" / "CRC_Dataset", ("1_normal", "2_low_grade", "3_high_grade"))
+    (tmp_path / "crc" / "00locked").mkdir()  # sorted first, as lost+found can be
+    listing = Path.iterdir
+    locked = {"00locked"}
+
+    def iterdir(self):
+        if self.name in locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert len(discover("crc", tmp_path / "crc").images) == 9
+    locked.add("CRC_Dataset")
+    with pytest.raises(HistoseekError) as refused:
+        discover("crc", tmp_path / "crc" / "CRC_Dataset")
+    assert str(refused.value) == (
+        f"cannot list {tmp_path / 'crc' / 'CRC_Dataset'}: Permission denied"
+    )
 
 
 def test_crc_refuses_two_folders_for_one_grade(tmp_path):

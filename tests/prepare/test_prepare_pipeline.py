@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -185,6 +186,10 @@ def test_existing_output_is_refused_unless_overwrite(folder_tree, tmp_path):
     (other / "keep.txt").parent.mkdir()
     (other / "keep.txt").write_text("mine")
     assert "holds no histoseek preparation" in fails("folder", folder_tree, "-o", other)
+    for damaged in ("[1, 2]", '{"options": [[1]], "layout": "folder"}'):
+        (out / "prepare.json").write_text(damaged)
+        line = fails("folder", folder_tree, "-o", out, "--patch-size", 64)
+        assert "prepare.json is damaged (it is not a preparation record)" in line
     assert "inside SRC" in fails("folder", folder_tree, "-o", folder_tree / "patches")
 
 
@@ -194,6 +199,18 @@ def test_nothing_is_written_when_no_patch_fits(folder_tree, tmp_path):
     )
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["folder"]
+
+
+def test_the_reference_is_a_regular_file_read_under_the_pixel_limit(folder_tree, tmp_path):
+    fifo = tmp_path / "reference.png"
+    os.mkfifo(fifo)
+    base = ("folder", folder_tree, "--normalize", "reinhard", "--workers", 0)
+    line = fails(*base, "-o", tmp_path / "out", "--reference", fifo)
+    assert f"--reference {fifo} is not a regular file" in line
+    big = save(tmp_path / "big.png", he_image(200, 200, seed=7))
+    line = fails(*base, "-o", tmp_path / "out", "--reference", big, "--max-pixels", 30_000)
+    assert "40,000 pixels is above the limit of 30,000" in line
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("method", ["macenko", "reinhard"])
