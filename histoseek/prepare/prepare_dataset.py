@@ -133,6 +133,7 @@ class _Outcome:
     rows: list[dict]
     skipped_because: str | None = None
     patches_cut: int = 0  # whole patches on the grid, before the tissue filter
+    too_little_stain: bool = False  # for --normalize macenko: left as it was
 
 
 def _tile_source(task: _Task) -> _Outcome:
@@ -162,6 +163,7 @@ def _cut(slide: Slide, task: _Task) -> _Outcome:
     overview = np.asarray(slide.read_scaled(0, 0, width, height, *overview_size))
     mask = tissue_mask(overview)
     recolour = task.normalizer.fitted_to(overview) if task.normalizer is not None else None
+    too_little_stain = task.normalizer is not None and recolour is None
     del overview
     origins = tile_origins(scaled[0], scaled[1], size, options.step)
     folder = task.staging / task.split / task.image.label
@@ -188,11 +190,16 @@ def _cut(slide: Slide, task: _Task) -> _Outcome:
                 "y": y,
                 "scale": options.scale,
                 "tissue_fraction": round(fraction, 4),
-                "stain": options.normalize or "none",
+                "stain": "none" if recolour is None else options.normalize,
             }
         )
     return _Outcome(
-        task.image.relative, task.image.label, task.split, rows, patches_cut=len(origins)
+        task.image.relative,
+        task.image.label,
+        task.split,
+        rows,
+        patches_cut=len(origins),
+        too_little_stain=too_little_stain,
     )
 
 
@@ -502,5 +509,20 @@ def prepare_dataset(
         sources_without_patches=sum(
             1 for o in outcomes if not o.rows and o.skipped_because is None
         ),
-        notes=discovery.notes + _empty_warnings(outcomes, discovery, split_names, options),
+        notes=discovery.notes
+        + _unnormalised_note(outcomes, options)
+        + _empty_warnings(outcomes, discovery, split_names, options),
     )
+
+
+def _unnormalised_note(outcomes: list[_Outcome], options: PrepareOptions) -> list[str]:
+    """A line naming the source images --normalize could not fit and left as they were."""
+    left = [outcome.relative for outcome in outcomes if outcome.too_little_stain and outcome.rows]
+    if not left:
+        return []
+    shown = ", ".join(left[:3]) + (f", … ({len(left) - 3} more)" if len(left) > 3 else "")
+    return [
+        f"{len(left)} source image(s) hold too little stain to fit --normalize "
+        f"{options.normalize}; their patches are not normalised (stain none in manifest.csv): "
+        f"{shown}"
+    ]

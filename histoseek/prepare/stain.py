@@ -123,12 +123,12 @@ class MacenkoNormalizer:
         """The reference fit, for the record."""
         return self.reference.parameters()
 
-    def fitted_to(self, rgb: np.ndarray) -> Recolour:
+    def fitted_to(self, rgb: np.ndarray) -> Recolour | None:
         """The recolouring of an image with `rgb`'s stains (fitted to it, applied to it or to
-        any part of it) to the reference's; unchanged if `rgb` holds too little stain."""
+        any part of it) to the reference's; None if `rgb` holds too little stain to fit."""
         source = MacenkoStains.fit(rgb)
         if source is None:
-            return lambda part: part
+            return None
         unmix = np.linalg.pinv(source.stain_matrix)
         scale = self.reference.max_concentrations / source.max_concentrations
 
@@ -140,7 +140,8 @@ class MacenkoNormalizer:
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
         """The image with the reference's stains; unchanged if it holds too little stain."""
-        return self.fitted_to(rgb)(rgb)
+        recolour = self.fitted_to(rgb)
+        return rgb if recolour is None else recolour(rgb)
 
 
 # sRGB (D65) ↔ CIE XYZ ↔ CIE L*a*b*, the standard formulas.

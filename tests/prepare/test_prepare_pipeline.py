@@ -256,3 +256,21 @@ def test_kather_tiles_through_folder(tmp_path):
     # Tumour tiles are tissue throughout; the empty-background class is almost all dropped.
     assert labels["01_TUMOR"] > 0.9 * 33 * 4
     assert labels["08_EMPTY"] < 0.2 * 33 * 4
+
+
+def test_images_with_too_little_stain_for_macenko_are_left_as_they_are_and_named(
+    folder_tree, tmp_path
+):
+    rng = np.random.default_rng(0)
+    pale = rng.integers((235, 170, 215), (251, 191, 231), (128, 128, 3)).astype(np.uint8)
+    save(folder_tree / "stroma" / "slide09" / "pale.png", pale)
+    reference = save(tmp_path / "reference.png", he_image(128, 128, seed=7, strength=1.4))
+    args = ("folder", folder_tree, "-o", tmp_path / "out", "--patch-size", 64)
+    result = run(*args, "--normalize", "macenko", "--reference", reference, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    assert "1 source image(s) hold too little stain to fit --normalize macenko" in result.output
+    assert "stroma/slide09/pale.png" in result.output
+    rows = ok(*args, "--normalize", "macenko", "--reference", reference, "--overwrite")
+    stains = {(row["source"], row["stain"]) for row in rows}
+    assert ("stroma/slide09/pale.png", "none") in stains
+    assert {stain for source, stain in stains if source != "stroma/slide09/pale.png"} == {"macenko"}
