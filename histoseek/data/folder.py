@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,8 @@ def display_path(path: Path | str) -> str:
 
 @dataclass(frozen=True)
 class SkippedEntry:
-    """A file with an image name that is not listed, and why (a FIFO, a broken link...)."""
+    """An entry that is not listed, and why: a file with an image name that is no regular
+    file (a FIFO, a broken link...), or a folder that cannot be listed."""
 
     path: Path
     reason: str
@@ -33,10 +34,12 @@ class FoundImages:
     skipped: list[SkippedEntry]
 
 
-def walk_folders(root: Path | str) -> Iterator[tuple[Path, list[str], list[str]]]:
+def walk_folders(
+    root: Path | str, unlisted: Callable[[SkippedEntry], None] = lambda entry: None
+) -> Iterator[tuple[Path, list[str], list[str]]]:
     """(folder, its sub-folder names, its file names) for `root` and every folder below it,
     top down, names sorted and hidden file names left out; prune the sub-folder list in
-    place to skip some.
+    place to skip some. A folder that cannot be listed goes to `unlisted`, with the reason.
 
     Symbolic links to folders are followed once each: a link that points back up the tree
     would otherwise make the walk endless.
@@ -45,7 +48,12 @@ def walk_folders(root: Path | str) -> Iterator[tuple[Path, list[str], list[str]]
     if not root.is_dir():
         raise HistoseekError(f"not a folder: {display_path(root)}")
     seen_dirs: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def cannot_list(error: OSError) -> None:
+        why = f"folder cannot be listed: {error.strerror or error}"
+        unlisted(SkippedEntry(Path(error.filename), why))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list, followlinks=True):
         info = os.stat(dirpath)
         key = (info.st_dev, info.st_ino)
         if key in seen_dirs:
@@ -72,7 +80,7 @@ def find_images(root: Path | str) -> FoundImages:
     root = Path(root)
     found: list[Path] = []
     skipped: list[SkippedEntry] = []
-    for folder, _, names in walk_folders(root):
+    for folder, _, names in walk_folders(root, skipped.append):
         for name in names:
             if not is_image_name(name):
                 continue

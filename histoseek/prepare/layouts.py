@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from histoseek.data.folder import display_path, list_images
+from histoseek.data.folder import SkippedEntry, display_path, find_images, list_images
 from histoseek.data.split import group_ids_from_regex
 from histoseek.errors import HistoseekError
 from histoseek.prepare.defaults import LAYOUTS
@@ -52,6 +52,8 @@ class Discovery:
     classes: list[str]
     official_split: bool = False
     notes: list[str] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
+    """Entries below the class folders that are not read: no regular file, or no listing."""
 
 
 def _subdirs(folder: Path, searching: bool = False) -> dict[str, Path]:
@@ -78,6 +80,13 @@ def _subdirs(folder: Path, searching: bool = False) -> dict[str, Path]:
             )
         found[key] = child
     return found
+
+
+def _images_below(folder: Path, skipped: list[SkippedEntry]) -> list[Path]:
+    """The image files below `folder`; what cannot be read as one goes to `skipped`."""
+    found = find_images(folder)
+    skipped.extend(found.skipped)
+    return found.paths
 
 
 def _find_root(src: Path, wanted: set[str], what: str) -> Path:
@@ -137,11 +146,11 @@ def scan_bach(src: Path) -> Discovery:
     notes = []
     if unusable:
         notes.append(f"{BACH_LABELS_CSV}: ignored {len(unusable)} row(s) without a BACH class")
-    images, disagreements, missing = [], [], []
+    images, disagreements, missing, skipped = [], [], [], []
     for name in BACH_CLASSES:
         if name.lower() not in folders:
             continue
-        for path in list_images(folders[name.lower()]):
+        for path in _images_below(folders[name.lower()], skipped):
             label = name
             if csv_path is not None:
                 listed = csv_labels.get(path.name)
@@ -163,7 +172,7 @@ def scan_bach(src: Path) -> Discovery:
             f"{_examples(missing)}"
         )
     classes = [name for name in BACH_CLASSES if any(image.label == name for image in images)]
-    return Discovery(images=images, classes=classes, notes=notes)
+    return Discovery(images=images, classes=classes, notes=notes, skipped=skipped)
 
 
 def scan_bracs(src: Path) -> Discovery:
@@ -171,10 +180,10 @@ def scan_bracs(src: Path) -> Discovery:
     root = _find_root(src, {"train"}, "BRACS split folder 'train'")
     splits = _subdirs(root)
     found = [(split, splits[split]) for split in BRACS_SPLITS if split in splits]
-    paths, labels, split_names = [], [], []
+    paths, labels, split_names, skipped = [], [], [], []
     for split, folder in found:
         for class_dir in _subdirs(folder).values():
-            for path in list_images(class_dir):
+            for path in _images_below(class_dir, skipped):
                 paths.append(path)
                 labels.append(class_dir.name)
                 split_names.append(split)
@@ -191,7 +200,13 @@ def scan_bracs(src: Path) -> Discovery:
         SourceImage(path=p, relative=_relative(p, src), label=label, group=group, split=split)
         for p, label, group, split in zip(paths, labels, groups, split_names, strict=True)
     ]
-    return Discovery(images=images, classes=sorted(set(labels)), official_split=True, notes=notes)
+    return Discovery(
+        images=images,
+        classes=sorted(set(labels)),
+        official_split=True,
+        notes=notes,
+        skipped=skipped,
+    )
 
 
 def _official_split_leaks(images: list[SourceImage]) -> list[str]:
@@ -224,23 +239,24 @@ def scan_crc(src: Path) -> Discovery:
             )
         else:
             chosen[label] = folder
+    skipped: list[SkippedEntry] = []
     images = [
         SourceImage(
             path=path, relative=_relative(path, src), label=label, group=_relative(path, src)
         )
         for label in CRC_CLASSES
         if label in chosen
-        for path in list_images(chosen[label])
+        for path in _images_below(chosen[label], skipped)
     ]
     classes = [label for label in CRC_CLASSES if any(image.label == label for image in images)]
-    return Discovery(images=images, classes=classes, notes=notes)
+    return Discovery(images=images, classes=classes, notes=notes, skipped=skipped)
 
 
 def scan_folder(src: Path) -> Discovery:
     """Any SRC/<class>/**/image tree: the class is the top-level folder under SRC."""
-    images = []
+    images, skipped = [], []
     for folder in _subdirs(src).values():
-        for path in list_images(folder):
+        for path in _images_below(folder, skipped):
             relative = _relative(path, src)
             images.append(
                 SourceImage(path=path, relative=relative, label=folder.name, group=relative)
@@ -249,7 +265,8 @@ def scan_folder(src: Path) -> Discovery:
     loose = [path for path in list_images(src) if path.parent == src]
     if loose:
         notes.append(f"ignored {len(loose)} image(s) directly in SRC: they have no class folder")
-    return Discovery(images=images, classes=sorted({image.label for image in images}), notes=notes)
+    classes = sorted({image.label for image in images})
+    return Discovery(images=images, classes=classes, notes=notes, skipped=skipped)
 
 
 _SCANNERS = {"bach": scan_bach, "bracs": scan_bracs, "crc": scan_crc, "folder": scan_folder}

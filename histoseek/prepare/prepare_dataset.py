@@ -479,7 +479,11 @@ def prepare_dataset(
             key=lambda r: (_split_order(r["split"]), class_order[r["label"]], r["path"]),
         )
         skipped = sorted(
-            (o.relative, o.skipped_because) for o in outcomes if o.skipped_because is not None
+            [(o.relative, o.skipped_because) for o in outcomes if o.skipped_because is not None]
+            + [
+                (display_path(entry.path.relative_to(src).as_posix()), entry.reason)
+                for entry in discovery.skipped
+            ]
         )
         if not rows:
             raise HistoseekError(

@@ -89,7 +89,7 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
     slides: list[SlideFile] = []
     images: list[Path] = []
     skipped: list[SkippedEntry] = []
-    for folder, dirnames, names in walk_folders(root):
+    for folder, dirnames, names in walk_folders(root, skipped.append):
         parts: dict[str, tuple[Path, ...]] = {}
         companions: set[str] = set()
         for name in names:

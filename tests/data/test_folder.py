@@ -76,6 +76,24 @@ def test_fifos_and_broken_links_are_skipped_with_a_reason(tmp_path, fifo_guard):
     assert list_images(tmp_path) == found.paths
 
 
+def test_a_folder_that_cannot_be_listed_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    _image(tmp_path / "a" / "1.png")
+    _image(tmp_path / "a" / "locked" / "2.png")
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = find_images(tmp_path)
+    assert [p.name for p in found.paths] == ["1.png"]
+    assert [(e.path, e.reason) for e in found.skipped] == [
+        (tmp_path / "a" / "locked", "folder cannot be listed: Permission denied")
+    ]
+
+
 def test_the_labelled_scan_training_uses_skips_fifos(tmp_path, fifo_guard):
     _image(tmp_path / "a" / "1.png")
     _image(tmp_path / "b" / "2.png")

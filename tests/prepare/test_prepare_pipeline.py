@@ -258,6 +258,21 @@ def test_kather_tiles_through_folder(tmp_path):
     assert labels["08_EMPTY"] < 0.2 * 33 * 4
 
 
+def test_entries_that_are_not_read_are_listed_in_skipped_txt(folder_tree, tmp_path, fifo_guard):
+    fifo_guard.make(folder_tree / "stroma" / "slide00" / "pipe.png")
+    os.symlink(tmp_path / "gone.png", folder_tree / "tumour" / "slide10" / "broken.png")
+    out = tmp_path / "out"
+    result = run("folder", folder_tree, "-o", out, "--patch-size", 64, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 unreadable image(s)" in result.output
+    assert (out / "skipped.txt").read_text().splitlines() == [
+        "stroma/slide00/pipe.png\tnot a regular file",
+        "tumour/slide10/broken.png\tNo such file or directory",
+    ]
+    assert json.loads((out / "prepare.json").read_text())["skipped"] == 2
+    assert fifo_guard.opened == []
+
+
 def test_images_with_too_little_stain_for_macenko_are_left_as_they_are_and_named(
     folder_tree, tmp_path
 ):
