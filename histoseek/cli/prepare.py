@@ -105,12 +105,22 @@ def prepare(
     )
     # Markup off: paths and class names may hold square brackets.
     console = Console(markup=False)
+
+    def note(line: str) -> None:
+        console.print(Text.assemble(("note:", "yellow"), f" {line}"), highlight=False)
+
     with progress_bar("tiling source images", unit="image", transient=True) as progress:
         summary = prepare_dataset(
-            src, output, options, workers=workers, overwrite=overwrite, progress=progress
+            src,
+            output,
+            options,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            notify=note,
         )
-    for note in summary.notes:
-        console.print(Text.assemble(("note:", "yellow"), f" {note}"), highlight=False)
+    for line in summary.notes:
+        note(line)
     console.print(
         patch_count_table(summary.output, summary.splits, summary.classes, summary.counts)
     )

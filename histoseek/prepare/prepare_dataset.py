@@ -20,11 +20,12 @@ import numpy as np
 from PIL import Image
 
 from histoseek import __version__
+from histoseek.callbacks import Notify
 from histoseek.data.folder import display_path
 from histoseek.data.images import pixel_limit
 from histoseek.data.split import parse_fractions, stratified_group_split
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_dir
+from histoseek.fsutil import atomic_dir, dir_lock, recover_dir
 from histoseek.prepare.defaults import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_TISSUE,
@@ -434,13 +435,29 @@ def prepare_dataset(
     workers: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    notify: Notify = lambda message: None,
 ) -> PrepareSummary:
     """Cut every image of `src` into labelled patches under `out`/<split>/<class>/.
 
     The output appears only when everything is written (built in a temporary folder beside
-    it); `progress(done, total)` is called after each source image.
+    it); `progress(done, total)` is called after each source image. One run at a time writes
+    `out` (another is refused), and what a killed run left beside it is first put back or
+    removed, which `notify` reports.
     """
     src, out = Path(src), Path(out)
+    with dir_lock(out, purpose="histoseek prepare run", wait_flag=None):
+        recover_dir(out, accept=lambda folder: (folder / RECORD).is_file(), notify=notify)
+        return _prepare(src, out, options, workers, overwrite, progress)
+
+
+def _prepare(
+    src: Path,
+    out: Path,
+    options: PrepareOptions,
+    workers: int | None,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+) -> PrepareSummary:
     discovery = discover(options.layout, src, options.group_regex)
     split_names = _validate(options, discovery)
     record = {

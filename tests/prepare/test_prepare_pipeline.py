@@ -289,3 +289,24 @@ def test_images_with_too_little_stain_for_macenko_are_left_as_they_are_and_named
     stains = {(row["source"], row["stain"]) for row in rows}
     assert ("stroma/slide09/pale.png", "none") in stains
     assert {stain for source, stain in stains if source != "stroma/slide09/pale.png"} == {"macenko"}
+
+
+def test_what_a_killed_run_left_is_put_back_and_a_second_run_is_refused(folder_tree, tmp_path):
+    from histoseek.fsutil import dir_lock
+
+    out = tmp_path / "out"
+    args = ("folder", folder_tree, "-o", out, "--patch-size", 64, "--workers", 0)
+    first = ok(*args)
+    # Killed between moving the old output aside and moving the new one in (pid 2**22 + 1
+    # is beyond Linux's range, so no live run); and a killed run's half-written folder.
+    os.replace(out, tmp_path / f".out.{2**22 + 1}-abc.old")
+    (tmp_path / f".out.{2**22 + 2}-def.tmp").mkdir()
+    result = run(*args)
+    assert result.exit_code == 1
+    assert "restored" in result.output and "the previous copy" in result.output
+    assert "removed 1 temporary folder(s)" in result.output
+    assert "already holds this preparation" in result.output
+    assert len(list_images(out)) == len(first)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder", "out"]
+    with dir_lock(out):
+        assert "is being written by another histoseek prepare run" in fails(*args, "--overwrite")
