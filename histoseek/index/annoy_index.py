@@ -73,12 +73,53 @@ def cosine_from_angular(distances: np.ndarray) -> np.ndarray:
     return 1.0 - np.square(distances) / 2.0
 
 
+#: Int32 values of Annoy nodes checked at a time (64 MiB), whatever the dim.
+_CHECK_VALUES = 1 << 24
+
+
+def _check_nodes(annoy_path: Path, embeddings: np.ndarray) -> None:
+    """Every node of an Annoy file as search follows it, ValueError on the first fault.
+
+    Item nodes must hold the embeddings' rows exactly; a leaf lists item ids only; a split
+    node's children come before it in the file (Annoy writes children first). Annoy itself
+    trusts these ids, so a damaged one would crash or hang the search instead.
+    """
+    rows, dim = embeddings.shape
+    nodes = np.memmap(annoy_path, np.int32, mode="r").reshape(-1, 3 + dim)
+    if len(nodes) <= rows:
+        raise ValueError(f"holds {len(nodes)} nodes: no trees over its {rows} items")
+    leaf_capacity = 2 + dim  # Annoy's K: a leaf's item ids fill its children and vector
+    step = max(1, _CHECK_VALUES // (3 + dim))
+    for start in range(0, rows, step):
+        chunk = np.asarray(nodes[start : min(start + step, rows)])
+        stored = chunk[:, 3:].view(np.float32)
+        wrong = (chunk[:, 0] != 1) | (stored != embeddings[start : start + step]).any(axis=1)
+        if wrong.any():
+            item = start + int(np.argmax(wrong))
+            raise ValueError(f"item {item} is not row {item} of the embeddings")
+    for start in range(rows, len(nodes), step):
+        chunk = np.asarray(nodes[start : start + step])
+        count, slots = chunk[:, 0], chunk[:, 1:]
+        leaf = count <= leaf_capacity
+        listed = np.arange(slots.shape[1]) < count[:, None]
+        bad_leaf = leaf & (listed & ((slots < 0) | (slots >= rows))).any(axis=1)
+        own = np.arange(start, start + len(chunk))[:, None]
+        children = slots[:, :2]
+        plane = slots[:, 2:].view(np.float32)
+        bad_split = ~leaf & (
+            ((children < 0) | (children >= own)).any(axis=1) | ~np.isfinite(plane).all(axis=1)
+        )
+        wrong = (count < 1) | bad_leaf | bad_split
+        if wrong.any():
+            raise ValueError(f"tree node {start + int(np.argmax(wrong))} is damaged")
+
+
 class VectorIndex:
     """A saved Annoy file (memory-mapped) and the embeddings it was built from."""
 
     def __init__(self, annoy_path: Path, embeddings: np.ndarray):
         """Load the Annoy file built from `embeddings`, refusing one that does not match them
-        (ValueError saying how; OSError when it cannot be read)."""
+        or whose trees are damaged (ValueError saying how; OSError when it cannot be read)."""
         rows, dim = embeddings.shape
         size = os.stat(annoy_path).st_size
         if size == 0 or size % node_bytes(dim):
@@ -91,10 +132,7 @@ class VectorIndex:
             raise ValueError(
                 f"holds {self.annoy.get_n_items()} items, but the embeddings have {rows} rows"
             )
-        for item in sorted({0, rows // 2, rows - 1}):
-            stored = np.asarray(self.annoy.get_item_vector(item), np.float32)
-            if not np.array_equal(stored, embeddings[item]):
-                raise ValueError(f"item {item} is not row {item} of the embeddings")
+        _check_nodes(annoy_path, embeddings)
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]

@@ -81,3 +81,76 @@ def test_an_annoy_file_that_does_not_match_its_embeddings_is_refused(vectors, tm
         VectorIndex(path, vectors[:11])
     with pytest.raises(ValueError, match="item 0 is not row 0 of the embeddings"):
         VectorIndex(path, vectors[10:20])
+
+
+def _node_of(nodes: np.ndarray, rows: int, leaf: bool) -> int:
+    """The first tree node that is a leaf (or a split node), by Annoy's rule count <= dim + 2."""
+    counts = nodes[rows:, 0]
+    kind = (counts <= nodes.shape[1] - 1) if leaf else (counts > nodes.shape[1] - 1)
+    return rows + int(np.argmax(kind & (counts > 1)))
+
+
+def _damage_split_child(nodes, rows):
+    nodes[_node_of(nodes, rows, leaf=False), 1] = len(nodes) + 5
+
+
+def _damage_split_cycle(nodes, rows):
+    node = _node_of(nodes, rows, leaf=False)
+    nodes[node, 2] = node
+
+
+def _damage_split_plane(nodes, rows):
+    nodes[_node_of(nodes, rows, leaf=False), 7] = np.float32(np.nan).view(np.int32)
+
+
+def _damage_leaf_item(nodes, rows):
+    nodes[_node_of(nodes, rows, leaf=True), 2] = rows + 7
+
+
+def _damage_leaf_count(nodes, rows):
+    nodes[_node_of(nodes, rows, leaf=True), 0] = -3
+
+
+def _damage_item_count(nodes, rows):
+    nodes[17, 0] = 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_damage_split_child, "tree node .* is damaged"),
+        (_damage_split_cycle, "tree node .* is damaged"),
+        (_damage_split_plane, "tree node .* is damaged"),
+        (_damage_leaf_item, "tree node .* is damaged"),
+        (_damage_leaf_count, "tree node .* is damaged"),
+        (_damage_item_count, "item 17 is not row 17 of the embeddings"),
+    ],
+)
+def test_damaged_tree_nodes_are_refused_before_annoy_follows_them(
+    vectors, tmp_path, damage, message
+):
+    # Annoy trusts every id in its trees: a bad one crashes or hangs the search itself.
+    path = tmp_path / "a.ann"
+    build_annoy(vectors, trees=4, seed=0, path=path)
+    nodes = np.fromfile(path, np.int32).reshape(-1, 3 + vectors.shape[1])
+    damage(nodes, len(vectors))
+    nodes.tofile(path)
+    with pytest.raises(ValueError, match=message):
+        VectorIndex(path, vectors)
+
+
+def test_every_stored_item_vector_is_checked_not_a_sample(vectors, tmp_path):
+    path = tmp_path / "a.ann"
+    build_annoy(vectors, trees=2, seed=0, path=path)
+    nodes = np.fromfile(path, np.int32).reshape(-1, 3 + vectors.shape[1])
+    nodes[1234, 3:] = vectors[1235].view(np.int32)
+    nodes.tofile(path)
+    with pytest.raises(ValueError, match="item 1234 is not row 1234 of the embeddings"):
+        VectorIndex(path, vectors)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 30, 200])
+def test_small_indexes_whose_root_is_a_leaf_load(rows, tmp_path):
+    vectors = _unit_vectors(rows, 32, seed=rows)
+    build_annoy(vectors, trees=3, seed=0, path=tmp_path / "a.ann")
+    assert len(VectorIndex(tmp_path / "a.ann", vectors)) == rows
