@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import typing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -67,6 +68,15 @@ class IndexItem:
     def key(self) -> tuple[str, int | None, int | None]:
         """What tells items apart: the path, and for a tile its position on the slide."""
         return (self.path, self.x, self.y)
+
+    @property
+    def order(self) -> tuple[bytes, int, int]:
+        """Where the item sits in an index: by path bytes, then a slide's tiles row by row."""
+        return (
+            os.fsencode(self.path),
+            -1 if self.y is None else self.y,
+            -1 if self.x is None else self.x,
+        )
 
     def tile(self) -> Tile:
         """The slide tile this item was read from (tiles only)."""

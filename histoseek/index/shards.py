@@ -43,10 +43,6 @@ SHARD_EMBEDDINGS = "embeddings.npy"
 #: The shard of the plain images below the folder (slide shards end in a hash, so never this).
 IMAGES_SHARD = "images"
 SHARD_DTYPE = "float32"
-# Rows checked at a time for unit length, so a big shard needs no big temporary array.
-_CHECK_ROWS = 65_536
-# How far from 1 an embedding's length may be: float32 rounding stays far below this.
-_UNIT_TOLERANCE = 1e-3
 
 
 class ShardError(ValueError):
@@ -209,14 +205,9 @@ def read_shard_info(path: Path) -> ShardInfo:
 
 def _read_embeddings(path: Path, info: ShardInfo) -> np.ndarray:
     """embeddings.npy as a memory-mapped (items, dim) array of unit vectors, checked as the
-    index's own (header, length, finite values) and for unit length; ShardError if not."""
+    index's own; ShardError if not."""
     try:
         array = read_matrix(path, info.items, info.dim, info.dtype, "shard.json")
-        for start in range(0, info.items, _CHECK_ROWS):
-            chunk = np.asarray(array[start : start + _CHECK_ROWS], np.float64)
-            off = np.abs(np.linalg.norm(chunk, axis=1) - 1.0) > _UNIT_TOLERANCE
-            if off.any():
-                raise ValueError(f"row {start + int(np.argmax(off))} is not of unit length")
     except FileNotFoundError:
         raise ShardError(f"it has no {path.name}") from None
     except OSError as error:

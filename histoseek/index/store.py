@@ -33,8 +33,10 @@ from histoseek.index.manifest import (
 
 T = typing.TypeVar("T")
 
-#: Rows checked for non-finite values at a time, so a big index needs no big temporary array.
-_FINITE_CHECK_ROWS = 65_536
+#: Rows checked at a time, so a big index needs no big temporary array.
+_ROW_CHECK_ROWS = 16_384
+#: How far from 1 an embedding's length may be: float32 rounding, not a different vector.
+_UNIT_TOLERANCE = 1e-3
 #: Reads of an index that `index` runs keep swapping midway, before giving up.
 _READ_TRIES = 3
 
@@ -67,18 +69,20 @@ def _read_items(index_dir: Path, manifest: Manifest) -> list[IndexItem]:
             index_dir, path, f"not UTF-8 (byte {error.start})", manifest
         ) from None
     items: list[IndexItem] = []
-    seen: set[tuple[str, int | None, int | None]] = set()
+    previous = None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             item = parse_item(line)
-            if item.key in seen:
+            order = item.order
+            if previous is not None and order <= previous:
                 where = f" (tile at {item.x}, {item.y})" if item.is_tile else ""
-                raise ValueError(f"{item.path!r}{where} is listed twice")
+                problem = "is listed twice" if order == previous else "is out of order"
+                raise ValueError(f"{item.path!r}{where} {problem}")
         except ValueError as error:
             raise DamagedIndexError(index_dir, path, f"line {number}: {error}", manifest) from None
-        seen.add(item.key)
+        previous = order
         items.append(item)
     return items
 
@@ -90,10 +94,10 @@ def _dtype_text(dtype: np.dtype) -> str:
 def read_matrix(
     path: Path, rows: int, dim: int, dtype: str, told: str, in_memory: bool = False
 ) -> np.ndarray:
-    """A .npy file as a (rows, dim) array of `dtype` with finite values, as `told` (say, "the
-    manifest") says it is; ValueError says what is wrong. Its header is checked before any
-    data is read, and pickled (object) arrays are never loaded. Memory-mapped unless
-    `in_memory`."""
+    """A .npy file as a (rows, dim) array of `dtype` whose rows are unit vectors, as `told`
+    (say, "the manifest") says it is; ValueError says what is wrong. Its header is checked
+    before any data is read, and pickled (object) arrays are never loaded. Memory-mapped
+    unless `in_memory`."""
     with open(path, "rb") as file:
         try:
             version = np.lib.format.read_magic(file)
@@ -125,11 +129,15 @@ def read_matrix(
     if rows == 0:
         return np.zeros((0, dim), dtype)
     embeddings = np.load(path, mmap_mode=None if in_memory else "r", allow_pickle=False)
-    for start in range(0, shape[0], _FINITE_CHECK_ROWS):
-        finite = np.isfinite(embeddings[start : start + _FINITE_CHECK_ROWS]).all(axis=1)
+    for start in range(0, shape[0], _ROW_CHECK_ROWS):
+        chunk = np.asarray(embeddings[start : start + _ROW_CHECK_ROWS], np.float64)
+        finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
             row = start + int(np.argmin(finite))
             raise ValueError(f"row {row} holds a value that is not a finite number")
+        off = np.abs(np.linalg.norm(chunk, axis=1) - 1.0) > _UNIT_TOLERANCE
+        if off.any():
+            raise ValueError(f"row {start + int(np.argmax(off))} is not of unit length")
     return embeddings
 
 
@@ -138,7 +146,8 @@ def load_index(index_dir: Path, in_memory: bool = False) -> OpenIndex:
 
     The manifest field by field; items.jsonl line by line (types, and paths that stay inside
     the indexed folder); embeddings.npy (2-D, the manifest's dtype, finite, one row per item,
-    the manifest's dim); annoy.ann (loads, one item per row, vectors matching the rows).
+    the manifest's dim, unit rows); annoy.ann (one item per row, vectors matching the rows,
+    trees that point only where they may).
     Any fault is one DamagedIndexError naming the file and what is wrong; an index of another
     format version, or no index at all, is a HistoseekError. `in_memory` loads the embeddings
     instead of memory-mapping them.

@@ -25,8 +25,8 @@ def _vectors(rows: int = ROWS, dim: int = DIM, seed: int = 0) -> np.ndarray:
 
 def _item(number: int) -> dict:
     return {
-        "path": f"class{number % 2}/tile{number}.png",
-        "label": f"class{number % 2}",
+        "path": f"class{number // 4}/tile{number}.png",
+        "label": f"class{number // 4}",
         "width": 150,
         "height": 150,
         "size": 1000 + number,
@@ -104,6 +104,12 @@ def _drop_item_field(name: str) -> Callable[[Path], None]:
     return edit
 
 
+def _swap_item_lines(index: Path) -> None:
+    lines = (index / "items.jsonl").read_text().splitlines(keepends=True)
+    lines[4], lines[5] = lines[5], lines[4]
+    (index / "items.jsonl").write_text("".join(lines))
+
+
 def _delete_item_line(index: Path) -> None:
     lines = (index / "items.jsonl").read_text().splitlines(keepends=True)
     (index / "items.jsonl").write_text("".join(lines[:2] + lines[3:]))
@@ -141,6 +147,12 @@ def _annoy_of(vectors: np.ndarray) -> Callable[[Path], None]:
     return lambda index: build_annoy(vectors, trees=3, seed=0, path=index / "annoy.ann")
 
 
+def _damage_last_tree_node(index: Path) -> None:
+    nodes = np.fromfile(index / "annoy.ann", np.int32).reshape(-1, 3 + DIM)
+    nodes[-1, 1] = 99  # the root is a leaf of the 8 items: it now lists item 99
+    nodes.tofile(index / "annoy.ann")
+
+
 def _remove(name: str) -> Callable[[Path], None]:
     return lambda index: (index / name).unlink()
 
@@ -175,6 +187,7 @@ CORRUPTIONS = {
     "path escapes": (_edit_item(4, path="../../etc/x.png"), 'line 5: "path" is not a plain'),
     "path absolute": (_edit_item(4, path="/etc/x.png"), 'line 5: "path" is absolute'),
     "path twice": (_edit_item(1, path=_item(0)["path"]), "line 2: 'class0/tile0.png' is listed"),
+    "lines swapped": (_swap_item_lines, "line 6: 'class1/tile4.png' is out of order"),
     "width a string": (_edit_item(6, width="150"), 'line 7: "width" must be an integer'),
     "size negative": (_edit_item(6, size=-1), 'line 7: "size" must be 0 or more'),
     "label missing": (_drop_item_field("label"), 'line 4: "label" is missing'),
@@ -191,6 +204,7 @@ CORRUPTIONS = {
     "big-endian embeddings": (_save(_vectors().astype(">f4")), "holds >f4 values"),
     "NaN embedding": (_save(_with_value(np.nan)), "embeddings.npy: row 2 holds a value that"),
     "infinite embedding": (_save(_with_value(np.inf, row=7)), "row 7 holds a value that is not"),
+    "embedding not unit": (_save(_vectors() * 1.01), "embeddings.npy: row 0 is not of unit"),
     "object embeddings": (_save(_object_array(), allow_pickle=True), "holds object values"),
     "7 rows": (_save(_vectors(ROWS - 1)), "embeddings.npy: has 7 rows, but the manifest lists 8"),
     "other dim": (_save(_vectors(dim=DIM + 1)), "rows of 17 values, but the manifest says dim 16"),
@@ -204,6 +218,7 @@ CORRUPTIONS = {
     "annoy truncated": (_truncate("annoy.ann", 1000), "1000 bytes cannot hold an Annoy index of"),
     "annoy of fewer items": (_annoy_of(_vectors(ROWS - 1)), "annoy.ann: holds 7 items, but the"),
     "annoy of other vectors": (_annoy_of(_vectors(seed=1)), "annoy.ann: item 0 is not row 0"),
+    "annoy tree damaged": (_damage_last_tree_node, "annoy.ann: tree node 13 is damaged"),
 }
 
 
