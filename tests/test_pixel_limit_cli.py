@@ -39,7 +39,8 @@ def test_train_decodes_under_the_limit_it_is_given(tmp_path, monkeypatch):
     assert histoseek.data.images._max_pixels == DEFAULT_MAX_PIXELS  # restored afterwards
 
 
-def test_index_skips_images_above_the_limit_with_the_reason(tmp_path):
+def _index_command(tmp_path) -> list[str]:
+    """`index` of a 32×32 and an 80×80 image with a small checkpoint, into tmp_path/idx."""
     from histoseek.model.cgd import ModelConfig, build_model
     from histoseek.model.checkpoint import save_checkpoint
 
@@ -51,15 +52,26 @@ def test_index_skips_images_above_the_limit_with_the_reason(tmp_path):
     for name, size in (("small.png", 32), ("large.png", 80)):
         Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(source / name)
     args = ["index", str(source.parent), "--model", str(checkpoint), "--backend", "torch"]
-    result = CliRunner().invoke(
-        cli, [*args, "--workers", "0", "-o", str(tmp_path / "idx"), "--max-pixels", "5000"]
-    )
+    return [*args, "--workers", "0", "-o", str(tmp_path / "idx")]
+
+
+LARGE_SKIPPED = "a/large.png\t80×80 = 6,400 pixels is above the limit of 5,000 (--max-pixels)"
+
+
+def test_index_skips_images_above_the_limit_with_the_reason(tmp_path):
+    result = CliRunner().invoke(cli, [*_index_command(tmp_path), "--max-pixels", "5000"])
     assert result.exit_code == 0, result.output
     assert "indexed 1 image(s)" in result.stderr
-    skipped = (tmp_path / "idx" / "skipped.txt").read_text().splitlines()[1:]
-    assert skipped == [
-        "a/large.png\t80×80 = 6,400 pixels is above the limit of 5,000 (--max-pixels)"
-    ]
+    assert (tmp_path / "idx" / "skipped.txt").read_text().splitlines()[1:] == [LARGE_SKIPPED]
+
+
+def test_an_incremental_index_holds_reused_images_to_the_limit_too(tmp_path):
+    command = _index_command(tmp_path)
+    assert CliRunner().invoke(cli, command).exit_code == 0
+    result = CliRunner().invoke(cli, [*command, "--max-pixels", "5000"])
+    assert result.exit_code == 0, result.output
+    assert "indexed 1 image(s)" in result.stderr
+    assert (tmp_path / "idx" / "skipped.txt").read_text().splitlines()[1:] == [LARGE_SKIPPED]
 
 
 def test_prepare_and_slide_reading_decode_up_to_their_own_max_pixels(tmp_path, monkeypatch):

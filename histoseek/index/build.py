@@ -25,6 +25,7 @@ import numpy as np
 
 from histoseek.callbacks import Notify, Progress
 from histoseek.data.folder import display_path
+from histoseek.data.images import current_pixel_limit
 from histoseek.data.sources import why_unreadable
 from histoseek.data.split import compile_group_regex, group_ids_from_regex, regex_group
 from histoseek.errors import HistoseekError
@@ -294,7 +295,8 @@ class _ImagesPlan:
 
 
 def _plan_images(run: _Run, images: list[_Image]) -> _ImagesPlan:
-    """Which plain images keep their stored embedding: same path, size and mtime, same model."""
+    """Which plain images keep their stored embedding: same path, size and mtime, same model,
+    and still within the pixel limit (one above it is read again, so refused as it would be)."""
     stored = run.stored(
         IMAGES_SHARD,
         lambda info: info.recipe() == run.recipe(),
@@ -302,13 +304,14 @@ def _plan_images(run: _Run, images: list[_Image]) -> _ImagesPlan:
     )
     items = stored.items if stored is not None else []
     rows = {item.path: row for row, item in enumerate(items)}
-    reusable = {
-        image.key
-        for image in images
-        if image.key in rows
-        and (items[rows[image.key]].size, items[rows[image.key]].mtime_ns)
-        == (image.size, image.mtime_ns)
-    }
+    limit = current_pixel_limit()
+
+    def reusable_as_stored(image: _Image) -> bool:
+        item = items[rows[image.key]]
+        same_file = (item.size, item.mtime_ns) == (image.size, image.mtime_ns)
+        return same_file and item.width * item.height <= limit
+
+    reusable = {image.key for image in images if image.key in rows and reusable_as_stored(image)}
     current = {image.key for image in images}
     return _ImagesPlan(
         stored=stored,
