@@ -35,6 +35,11 @@ def one_error_line(result) -> str:
         (["serve", "index", "--max-upload-mb", "nan"], "'nan' is not a finite number"),
         (["prepare", "folder", "in", "-o", "out", "--scale", "nan"], "'--scale': 'nan'"),
         (["index", "folder", "--mpp", "nan"], "'--mpp': 'nan'"),
+        # Seeds and tree counts beyond what Annoy, NumPy and torch take failed after the work.
+        (["index", "folder", "--seed", str(2**31)], "'--seed': 2147483648 is not in the range"),
+        (["index", "folder", "--trees", str(2**31)], "'--trees': 2147483648 is not in the range"),
+        (["synth", "out", "--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=2147483647"),
+        (["prepare", "folder", "in", "-o", "out", "--seed", "-1"], "'--seed': -1 is not in"),
     ],
 )
 def test_usage_errors_are_one_line(args, fragment):

@@ -13,6 +13,7 @@ from histoseek.cli.options import (
     max_pixels_option,
     model_option,
     output_option,
+    seed_option,
     tiling_options,
     tta_option,
 )
@@ -35,12 +36,12 @@ from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TR
 @labels_option()
 @click.option(
     "--trees",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 2**31 - 1),  # Annoy counts trees in a C int
     default=DEFAULT_TREES,
     show_default=True,
     help="Annoy trees: more give better recall, bigger files and slower builds.",
 )
-@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Annoy build seed.")
+@seed_option(DEFAULT_SEED, "Annoy build seed.")
 @click.option(
     "--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping."
 )

@@ -131,6 +131,13 @@ def overwrite_option(help: str = "Replace existing output instead of refusing.")
     return click.option("--overwrite", is_flag=True, help=help)
 
 
+def seed_option(default: int, help: str) -> Decorator:
+    """`--seed`, 0 to 2^31 - 1 for every command: the range every seeded library takes."""
+    return click.option(
+        "--seed", type=click.IntRange(0, 2**31 - 1), default=default, show_default=True, help=help
+    )
+
+
 def image_size_option(
     default: int | None = DEFAULT_IMAGE_SIZE, help: str = "Model input size in pixels (square)."
 ) -> Decorator:

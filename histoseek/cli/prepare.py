@@ -14,6 +14,7 @@ from histoseek.cli.options import (
     output_option,
     overwrite_option,
     patch_size_option,
+    seed_option,
     workers_option,
 )
 from histoseek.prepare.defaults import DEFAULT_SPLIT, LAYOUTS, STAIN_METHODS
@@ -40,7 +41,7 @@ from histoseek.prepare.defaults import DEFAULT_SPLIT, LAYOUTS, STAIN_METHODS
     default=None,
     help=f"train,val,test fractions [default: {DEFAULT_SPLIT}; BRACS keeps its official split].",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@seed_option(0, "Seed of the split.")
 @group_regex_option(help="Group images by this regex on their path below SRC (e.g. a slide id).")
 @click.option(
     "--normalize",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from histoseek.cli.options import overwrite_option
+from histoseek.cli.options import overwrite_option, seed_option
 from histoseek.slide.defaults import DEFAULT_SLIDE_SIZE, DEFAULT_SLIDES_PER_CLASS, SLIDE_CLASSES
 
 DEFAULT_PER_CLASS = 20
@@ -47,7 +47,7 @@ DEFAULT_SIZE = 224
     help="Comma-separated classes [default: adipose,background,lymphocytes,mucosa,stroma; "
     f"{','.join(SLIDE_CLASSES)} with --slides].",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed; same seed, same files.")
+@seed_option(0, "Seed; same seed, same files.")
 @overwrite_option()
 def synth(
     out: Path,
