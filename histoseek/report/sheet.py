@@ -18,8 +18,15 @@ CAPTION_HEIGHT = 34
 QUERY_FRAME = (31, 111, 235)
 
 
+def caption_text(text: str) -> str:
+    """`text` with every character that is not printable (a newline, a byte that was not
+    UTF-8) shown as '?': Pillow draws one line, and cannot encode a stray surrogate."""
+    return "".join(character if character.isprintable() else "?" for character in text)
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
     """Shorten text from the left with '…' until it fits `width` pixels."""
+    text = caption_text(text)
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength("…" + text, font=font) > width:

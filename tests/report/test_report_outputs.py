@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from histoseek.report.results import (
     search_header,
     search_notes,
 )
-from histoseek.report.sheet import CAPTION_HEIGHT, GAP, TILE, write_sheet
+from histoseek.report.sheet import CAPTION_HEIGHT, GAP, TILE, caption_text, write_sheet
 
 KATHER = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kather2016"
 K = 4
@@ -238,6 +239,22 @@ def test_contact_sheet_has_a_row_per_query_and_a_cell_per_image(results, tmp_pat
             assert (distinct == 1) if missing else (distinct > 50), (row, column)
         captions = sheet[top + TILE + 2 : top + TILE + CAPTION_HEIGHT, GAP : GAP + TILE]
         assert (captions < 128).any()  # caption text is drawn
+
+
+def test_contact_sheet_captions_show_control_characters_as_question_marks(tmp_path):
+    # Pillow cannot measure text with a newline in it, and names may hold one (or bytes that
+    # are not UTF-8).
+    names = ["line\nbreak.png", os.fsdecode(b"not-utf8-\xff.png"), "tab\there.png"]
+    paths = [tmp_path / name for name in names]
+    for path in paths:
+        Image.new("RGB", (32, 32), (200, 120, 160)).save(path, format="PNG")
+    hits = [Hit(1, 0.9, "a\nb", paths[1]), Hit(2, 0.8, "c\td", paths[2])]
+    write_sheet(tmp_path / "sheet.png", [QueryResult(paths[0], hits)])
+    assert Image.open(tmp_path / "sheet.png").size == (
+        GAP + 3 * (TILE + GAP),
+        2 * GAP + TILE + CAPTION_HEIGHT,
+    )
+    assert caption_text("line\nbreak\x7f.png") == "line?break?.png"
 
 
 def _chromium() -> str:
