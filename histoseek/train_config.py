@@ -5,6 +5,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers an option accepts: the CLI builds its option types from these, and
+    `--resume` checks a saved configuration against them, so the two never disagree."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        if self.high is None:
+            return above
+        return above and (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        start, end = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {start}{self.low:g}, {self.high:g}{end}"
+
+
+#: The range of each numeric option of `histoseek train` (None, where a field allows it, is
+#: always accepted).
+TRAIN_BOUNDS = {
+    "dim": Bounds(1),
+    "image_size": Bounds(32),
+    "epochs": Bounds(1),
+    "batch_size": Bounds(1),
+    "m_per_class": Bounds(2),
+    "lr": Bounds(0, low_open=True),
+    "backbone_lr_scale": Bounds(0),
+    "weight_decay": Bounds(0),
+    "warmup_epochs": Bounds(0),
+    "freeze_stages": Bounds(0),
+    "label_smoothing": Bounds(0, 1, high_open=True),
+    "temperature": Bounds(0, low_open=True),
+    "margin": Bounds(0),
+    "crop_scale": Bounds(0, 1, low_open=True),
+    # Each stain's amount is scaled by 1 ± up to this, so above 1 a stain could turn negative.
+    "stain_jitter": Bounds(0, 1),
+    "ema_epochs": Bounds(0),
+    "val_fraction": Bounds(0, 1, high_open=True),
+    "workers": Bounds(0),
+}
+
+
 @dataclass
 class TrainConfig:
     """Every training choice; saved with the run so `--resume` continues it exactly.

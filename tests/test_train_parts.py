@@ -541,6 +541,21 @@ def _finished_run(data, run_dir, **changes):
         ({"image_size": True}, "image_size is True, not int | None"),
         ({"train_sizes": [224, "256"]}, "train_sizes is [224, '256'], not list[int] | None"),
         ({"colour": 1}, "colour is not a training option"),
+        # Values of the right type that the options themselves refuse.
+        ({"temperature": -1}, "temperature is -1, not > 0"),
+        ({"m_per_class": 1}, "m_per_class is 1, not >= 2"),
+        ({"label_smoothing": 2}, "label_smoothing is 2, not in [0, 1)"),
+        ({"margin": -1}, "margin is -1, not >= 0"),
+        ({"crop_scale": 5}, "crop_scale is 5, not in (0, 1]"),
+        ({"stain_jitter": 3}, "stain_jitter is 3, not in [0, 1]"),
+        ({"workers": -1}, "workers is -1, not >= 0"),
+        ({"image_size": 16}, "image_size is 16, not >= 32"),
+        ({"device": "tpu"}, "device is 'tpu', not one of auto, cpu, cuda"),
+        (
+            {"backbone": "vgg16"},
+            "backbone is 'vgg16', not one of efficientnet_lite0, "
+            "efficientnet_lite1, efficientnet_lite2, resnet50, resnext50",
+        ),
     ],
 )
 def test_a_damaged_run_configuration_is_refused_in_one_line(tiny, tmp_path, change, message):
@@ -558,6 +573,17 @@ def test_a_damaged_run_configuration_is_refused_in_one_line(tiny, tmp_path, chan
         (lambda state: _without(state, "model"), "it has no model"),
         (lambda state: {**_without(state, "optimizer"), "scheduler": 3}, "it has no optimizer"),
         (lambda state: {**state, "best": {}}, "its best epoch records no val_score"),
+        (lambda state: _without(state, "epoch"), "it has no epoch"),
+        (lambda state: {**state, "epoch": -1}, "its epoch -1 is not a whole number"),
+        (lambda state: {**state, "best": {"val_score": 0.5}}, "its best epoch is not named"),
+        (
+            lambda state: {**state, "best": {"epoch": "1", "val_score": 0.5}},
+            "its best epoch '1' is not a whole number",
+        ),
+        (
+            lambda state: {**state, "history": [1.0]},
+            "its history is not a list of epoch records",
+        ),
         (
             lambda state: {**state, "best": {"epoch": 1, "val_score": "high"}},
             "its best epoch's val_score 'high' is not a finite number",

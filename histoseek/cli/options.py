@@ -23,8 +23,14 @@ from histoseek.slide.defaults import (
     EXCLUDE_CHOICES,
     MPP_RANGE,
 )
+from histoseek.train_config import Bounds
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# The ranges of the shared numeric options, where a command does not give its own.
+_BATCH_SIZE_BOUNDS = Bounds(1)
+_WORKERS_BOUNDS = Bounds(0)
+_IMAGE_SIZE_BOUNDS = Bounds(32)
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -35,6 +41,12 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+def bounded_type(bounds: Bounds, kind: type[int] | type[float] = float) -> click.ParamType:
+    """The Click type of a whole (`kind` int) or finite real number within `bounds`."""
+    limits = (bounds.low, bounds.high, bounds.low_open, bounds.high_open)
+    return click.IntRange(*limits) if kind is int else FiniteFloatRange(*limits)
 
 
 def given_options(names: tuple[str, ...]) -> list[str]:
@@ -89,11 +101,17 @@ def device_option(
 
 
 def batch_size_option(
-    default: int = DEFAULT_BATCH_SIZE, help: str = "Images per inference batch."
+    default: int = DEFAULT_BATCH_SIZE,
+    help: str = "Images per inference batch.",
+    bounds: Bounds = _BATCH_SIZE_BOUNDS,
 ) -> Decorator:
     """`--batch-size N`."""
     return click.option(
-        "--batch-size", type=click.IntRange(min=1), default=default, show_default=True, help=help
+        "--batch-size",
+        type=bounded_type(bounds, int),
+        default=default,
+        show_default=True,
+        help=help,
     )
 
 
@@ -102,9 +120,10 @@ def workers_option(
     "[default: none for ONNX Runtime on the CPU, which runs a batch per core, each thread "
     "decoding its own; else one per 4 CPU cores when the model runs on the CPU, one per core "
     "(at most 8) on a GPU; 0 = decode in the main process].",
+    bounds: Bounds = _WORKERS_BOUNDS,
 ) -> Decorator:
     """`--workers N`."""
-    return click.option("--workers", type=click.IntRange(min=0), default=None, help=help)
+    return click.option("--workers", type=bounded_type(bounds, int), default=None, help=help)
 
 
 def output_option(
@@ -139,12 +158,14 @@ def seed_option(default: int, help: str) -> Decorator:
 
 
 def image_size_option(
-    default: int | None = DEFAULT_IMAGE_SIZE, help: str = "Model input size in pixels (square)."
+    default: int | None = DEFAULT_IMAGE_SIZE,
+    help: str = "Model input size in pixels (square).",
+    bounds: Bounds = _IMAGE_SIZE_BOUNDS,
 ) -> Decorator:
     """`--image-size N`; a None default is stated in `help`."""
     return click.option(
         "--image-size",
-        type=click.IntRange(min=32),
+        type=bounded_type(bounds, int),
         default=default,
         show_default=default is not None,
         help=help,

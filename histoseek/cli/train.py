@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from histoseek.cli.options import (
-    FiniteFloatRange,
     batch_size_option,
+    bounded_type,
     device_option,
     image_size_option,
     max_pixels_option,
@@ -18,9 +18,14 @@ from histoseek.cli.options import (
 )
 from histoseek.errors import HistoseekError
 from histoseek.model.defaults import BACKBONE_NAMES
-from histoseek.train_config import TrainConfig
+from histoseek.train_config import TRAIN_BOUNDS, TrainConfig
 
 _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in TrainConfig
+
+
+def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamType:
+    """The type of the option for TrainConfig field `name`, from its TRAIN_BOUNDS range."""
+    return bounded_type(TRAIN_BOUNDS[name], kind)
 
 
 @click.command()
@@ -42,85 +47,92 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
     show_default=True,
     help="Global descriptors in order: S=SPoC, M=MAC, G=GeM (first feeds the classifier).",
 )
-@click.option("--dim", type=click.IntRange(min=1), default=_TRAIN.dim, show_default=True)
+@click.option("--dim", type=_bounded("dim", int), default=_TRAIN.dim, show_default=True)
 @image_size_option(
     _TRAIN.image_size,
+    bounds=TRAIN_BOUNDS["image_size"],
     help="Model input size in pixels (square) [default: the backbone's native size: 240 for "
     "EfficientNet-Lite1, 224 for Lite0 and the ResNets, 260 for Lite2].",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True)
-@batch_size_option(_TRAIN.batch_size, help="Training images per step (all processes together).")
+@click.option("--epochs", type=_bounded("epochs", int), default=_TRAIN.epochs, show_default=True)
+@batch_size_option(
+    _TRAIN.batch_size,
+    help="Training images per step (all processes together).",
+    bounds=TRAIN_BOUNDS["batch_size"],
+)
 @click.option(
     "--m-per-class",
-    type=click.IntRange(min=2),
+    type=_bounded("m_per_class", int),
     default=_TRAIN.m_per_class,
     show_default=True,
     help="Images per class in each batch.",
 )
 @click.option(
     "--lr",
-    type=FiniteFloatRange(min=0, min_open=True),
+    type=_bounded("lr"),
     default=_TRAIN.lr,
     show_default=True,
     help="Learning rate of the CGD layers.",
 )
 @click.option(
     "--backbone-lr-scale",
-    type=FiniteFloatRange(min=0),
+    type=_bounded("backbone_lr_scale"),
     default=_TRAIN.backbone_lr_scale,
     show_default=True,
     help="Learning rate of the unfrozen backbone stages as a fraction of --lr.",
 )
 @click.option(
-    "--weight-decay", type=FiniteFloatRange(min=0), default=_TRAIN.weight_decay, show_default=True
+    "--weight-decay", type=_bounded("weight_decay"), default=_TRAIN.weight_decay, show_default=True
 )
 @click.option(
-    "--warmup-epochs", type=FiniteFloatRange(min=0), default=_TRAIN.warmup_epochs, show_default=True
+    "--warmup-epochs",
+    type=_bounded("warmup_epochs"),
+    default=_TRAIN.warmup_epochs,
+    show_default=True,
 )
 @click.option(
     "--freeze-stages",
-    type=click.IntRange(min=0),
+    type=_bounded("freeze_stages", int),
     default=_TRAIN.freeze_stages,
     help="Freeze this many backbone stages from the input side [default: 4 of "
     "an EfficientNet-Lite's 9, 2 of a ResNet's 5 (stem and layer1)].",
 )
 @click.option(
     "--label-smoothing",
-    type=FiniteFloatRange(0, 1, max_open=True),
+    type=_bounded("label_smoothing"),
     default=_TRAIN.label_smoothing,
     show_default=True,
 )
 @click.option(
     "--temperature",
-    type=FiniteFloatRange(min=0, min_open=True),
+    type=_bounded("temperature"),
     default=_TRAIN.temperature,
     show_default=True,
 )
 @click.option(
     "--margin",
-    type=FiniteFloatRange(min=0),
+    type=_bounded("margin"),
     default=_TRAIN.margin,
     show_default=True,
     help="Triplet margin.",
 )
 @click.option(
     "--crop-scale",
-    type=FiniteFloatRange(0, 1, min_open=True),
+    type=_bounded("crop_scale"),
     default=_TRAIN.crop_scale,
     show_default=True,
     help="Smallest area share of a random resized crop.",
 )
 @click.option(
     "--stain-jitter",
-    # Each stain's amount is scaled by 1 ± up to this, so above 1 a stain could turn negative.
-    type=FiniteFloatRange(0, 1),
+    type=_bounded("stain_jitter"),
     default=_TRAIN.stain_jitter,
     show_default=True,
     help="Strength of haematoxylin/eosin jitter, 0 (off) to 1.",
 )
 @click.option(
     "--ema-epochs",
-    type=FiniteFloatRange(min=0),
+    type=_bounded("ema_epochs"),
     default=_TRAIN.ema_epochs,
     show_default=True,
     help="Validate and keep a moving average of the weights over about this many epochs "
@@ -129,7 +141,7 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 @click.option("--val-dir", type=click.Path(path_type=Path), help="Validation folder.")
 @click.option(
     "--val-fraction",
-    type=FiniteFloatRange(0, 1, max_open=True),
+    type=_bounded("val_fraction"),
     default=_TRAIN.val_fraction,
     show_default=True,
     help="Held-out share of DATA_DIR when there is no --val-dir.",
@@ -150,7 +162,7 @@ _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in Tr
 @click.option(
     "--amp/--no-amp", default=False, show_default=True, help="Mixed precision (CUDA only)."
 )
-@workers_option()
+@workers_option(bounds=TRAIN_BOUNDS["workers"])
 @max_pixels_option()
 @overwrite_option()
 def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):

@@ -43,6 +43,10 @@ def write_resume_state(path: Path, state: ResumeState) -> None:
         torch.save(payload, tmp)
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_resume_state(path: Path) -> ResumeState:
     """Read a resume state back, checking its structure before anything trusts it."""
     payload = load_tensors(path, "training state")
@@ -52,12 +56,12 @@ def read_resume_state(path: Path) -> ResumeState:
     def damaged(what: str) -> HistoseekError:
         return HistoseekError(f"{path} is a damaged training resume state: {what}")
 
-    epoch = payload["epoch"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise damaged(f"its epoch {epoch!r} is not a whole number")
-    missing = [key for key in ("model", "optimizer", "scheduler") if key not in payload]
+    missing = [key for key in ("epoch", "model", "optimizer", "scheduler") if key not in payload]
     if missing:
         raise damaged(f"it has no {', '.join(missing)}")
+    epoch = payload["epoch"]
+    if not _whole(epoch):
+        raise damaged(f"its epoch {epoch!r} is not a whole number")
     for key in ("best", "model", "optimizer", "scheduler", "scaler", "averaged_model"):
         if not isinstance(payload.get(key, {}), dict):
             raise damaged(f"its {key} is not a mapping")
@@ -65,6 +69,10 @@ def read_resume_state(path: Path) -> ResumeState:
     # A best epoch without val_score is a run validated the earlier way, which resume names.
     if "val_score" not in best and not best.get("epoch"):
         raise damaged("its best epoch records no val_score")
+    if "epoch" not in best:
+        raise damaged("its best epoch is not named")
+    if best["epoch"] is not None and not _whole(best["epoch"]):
+        raise damaged(f"its best epoch {best['epoch']!r} is not a whole number")
     score = best.get("val_score")
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
@@ -73,6 +81,8 @@ def read_resume_state(path: Path) -> ResumeState:
     for key in ("history", "unreadable"):
         if not isinstance(payload.get(key, []), list):
             raise damaged(f"its {key} is not a list")
+    if not all(isinstance(record, dict) for record in payload.get("history", [])):
+        raise damaged("its history is not a list of epoch records")
     class_names = payload.get("class_names")
     if class_names is not None and not (
         isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)

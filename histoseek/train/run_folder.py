@@ -19,7 +19,9 @@ from histoseek.callbacks import Notify
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file, dir_lock
-from histoseek.train_config import TrainConfig
+from histoseek.inference import DEVICES
+from histoseek.model.defaults import BACKBONE_NAMES
+from histoseek.train_config import TRAIN_BOUNDS, TrainConfig
 
 TRAIN_STATE = "last.pt"
 BEST_MODEL = "model.pt"
@@ -33,6 +35,8 @@ RUN_FILES = (TRAIN_STATE, BEST_MODEL, METRICS, TRAIN_LOG, TRAIN_CONFIG)
 #: where its data now is. Every other option is part of what the run is.
 RESUMABLE_OPTIONS = frozenset({"data_dir", "epochs", "device", "workers"})
 _FLAGS = {"data_dir": "DATA_DIR", "run_dir": "-o"}
+#: The values of the options that are a choice, as the CLI offers them.
+_CHOICES = {"backbone": BACKBONE_NAMES, "device": DEVICES}
 
 
 def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -72,12 +76,18 @@ def load_train_config(run_dir: Path) -> TrainConfig:
 
 def _check_field(name: str, value: object, hints: Mapping[str, object]) -> None:
     """Refuse a value that is not of its TrainConfig field's type (`hints`; floats also
-    finite), so a damaged or hand-edited config fails here in one line, not deep in training."""
+    finite) or that its option would refuse (TRAIN_BOUNDS, _CHOICES), so a damaged or
+    hand-edited config fails here in one line, not deep in training."""
     if name not in hints:
         raise ValueError(f"{name} is not a training option")
     kind = hints[name]
     if not _fits(value, kind):
         raise ValueError(f"{name} is {value!r}, not {getattr(kind, '__name__', kind)}")
+    bounds = TRAIN_BOUNDS.get(name)
+    if bounds is not None and value is not None and value not in bounds:
+        raise ValueError(f"{name} is {value!r}, not {bounds}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"{name} is {value!r}, not one of {', '.join(_CHOICES[name])}")
 
 
 def _fits(value: object, kind: object) -> bool:
