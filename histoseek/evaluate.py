@@ -237,15 +237,17 @@ def evaluate(
             query_groups=[group for group, kept in zip(query_groups, scored, strict=True) if kept],
             gallery_groups=gallery_groups,
         )
-        if neighbours.indices.shape[1] < k:
-            protocol += (
-                f"; {neighbours.indices.shape[1]} neighbours per query, as many as the "
-                "largest group leaves"
-            )
     else:
         neighbours = exact_neighbours(
             queries.embeddings, gallery.embeddings, k, leave_one_out
         ).subset(scored)
+    ranked = neighbours.indices.shape[1]
+    if ranked < k:
+        limit = "the largest group leaves" if group_regex else "the gallery offers each query"
+        protocol += (
+            f"; {ranked} neighbours per query, as many as {limit}: metrics @k above {ranked} "
+            f"are taken over those {ranked}"
+        )
     label_codes = {
         name: i for i, name in enumerate(sorted(set(gallery.labels) | set(queries.labels)))
     }

@@ -69,13 +69,29 @@ def exact_neighbours(
             sims[rows, rows + start] = -np.inf
         if query_groups is not None:
             sims[query_codes[start:stop, None] == gallery_codes[None, :]] = -np.inf
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = _top_k(sims, k)
         top_sims = np.take_along_axis(sims, top, axis=1)
         # Ties go to the lower gallery index, so results never depend on argpartition's order.
         order = np.lexsort((top, -top_sims), axis=-1)
         out_idx[start:stop] = np.take_along_axis(top, order, axis=1)
         out_sim[start:stop] = np.take_along_axis(top_sims, order, axis=1)
     return Neighbours(out_idx, out_sim)
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """The columns of each row's k largest values, unordered; of the columns tied with the
+    k-th largest, the lowest (argpartition alone takes any of them)."""
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(sims, top, axis=1).min(axis=1, keepdims=True)
+    # Only rows where a tie straddles the k-th place need redoing, usually none.
+    straddled = np.flatnonzero((sims >= kth).sum(axis=1) > k)
+    if straddled.size:
+        rows, kth = sims[straddled], kth[straddled]
+        above, level = rows > kth, rows == kth
+        places_left = k - above.sum(axis=1, keepdims=True)
+        keep = above | (level & (np.cumsum(level, axis=1, dtype=np.int32) <= places_left))
+        top[straddled] = np.nonzero(keep)[1].reshape(len(straddled), k)
+    return top
 
 
 def majority_label(labels: Sequence) -> tuple:
@@ -100,6 +116,8 @@ def retrieval_metrics(
 
     AP@k = Σ_{i≤k} P@i·rel_i / min(k, R), with R the number of relevant gallery items for the
     query (given by `relevant_counts`, after exclusions); queries with R = 0 are left out.
+    Where fewer than k neighbours were ranked (exact_neighbours cuts k to what every query may
+    retrieve), each metric @k is taken over those ranked, as if k were their number.
     """
     gallery_labels = np.asarray(gallery_labels)
     query_labels = np.asarray(query_labels)
@@ -115,7 +133,8 @@ def retrieval_metrics(
 
     hits = relevant[:, :map_k].astype(np.float64)
     precision_at_i = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
-    denominators = np.minimum(map_k, np.maximum(relevant_counts, 1))
+    # min(k, R) with k cut to the ranked depth: a query can find no more than that.
+    denominators = np.minimum(hits.shape[1], np.maximum(relevant_counts, 1))
     average_precision = (precision_at_i * hits).sum(axis=1) / denominators
     results[f"map@{map_k}"] = float(average_precision[has_relevant].mean())
 

@@ -140,8 +140,23 @@ def test_a_large_group_cuts_k_and_says_so(checkpoint, tmp_path):
     assert code == 0, stderr
     document = json.loads(stdout)
     # s1 holds 8 of the 15 images: its queries may retrieve only 7.
-    assert "7 neighbours per query, as many as the largest group leaves" in document["protocol"]
+    assert (
+        "7 neighbours per query, as many as the largest group leaves: metrics @k above 7 are "
+        "taken over those 7" in document["protocol"]
+    )
     assert all(0.0 <= value <= 1.0 for value in document["metrics"].values())
+
+
+def test_a_gallery_smaller_than_k_says_how_deep_it_ranks(checkpoint, tmp_path):
+    gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
+    code, stdout, stderr = _evaluate(checkpoint, "--gallery", gallery, "--json")
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    # Leave-one-out in 6 images ranks 5, fewer than precision@10's 10.
+    assert document["protocol"].endswith(
+        "; 5 neighbours per query, as many as the gallery offers each query: metrics @k above "
+        "5 are taken over those 5"
+    )
 
 
 def test_a_query_folder_inside_the_gallery_is_refused(checkpoint, tmp_path):

@@ -50,6 +50,36 @@ def test_k_is_cut_so_that_no_left_out_item_fills_a_place():
     assert metrics["mmv@5"] == 0.0
 
 
+def test_a_ranking_cut_short_cuts_the_ap_denominator_and_precision_depth():
+    # s1 (five class-0 items) is the largest group: every query ranks only 9 - 5 = 4 items.
+    # Query 5 (class 0, alone in s2) has R = 5 relevant items, all in s1.
+    gallery = _unit(10, 11, 12, 13, 14, 0, 11.5, 90, 91)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
+    groups = ["s1"] * 5 + ["s2", "s3", "s4", "s5"]
+    found = exact_neighbours(gallery, gallery, k=10, query_groups=groups, gallery_groups=groups)
+    assert found.indices.shape == (9, 4)
+    assert found.indices[5].tolist() == [0, 1, 6, 2]  # hit, hit, miss, hit
+    metrics = retrieval_metrics(found.subset([5]), labels[5:6], labels, relevant_counts=[5])
+    # AP@5 = (P@1 + P@2 + P@4) / min(4 ranked, 5, R = 5) = (1 + 1 + 3/4) / 4; dividing by
+    # min(5, R) = 5 capped it at 0.8 even for a perfect ranking.
+    assert metrics["map@5"] == pytest.approx(2.75 / 4)
+    # precision@10 over the 4 ranked: 3 hits.
+    assert metrics["precision@10"] == pytest.approx(3 / 4)
+
+
+def test_ties_at_the_kth_place_go_to_the_lowest_index():
+    # Items 2 and 3 tie at the top, items 0 and 1 tie for the third place.
+    gallery = _unit(10, 10, 0, 0)
+    assert exact_neighbours(_unit(0), gallery, k=3).indices.tolist() == [[2, 3, 0]]
+    rng = np.random.default_rng(0)
+    levels = _unit(*(rng.integers(0, 3, size=200) * 10.0))  # 3 distinct similarities
+    found = exact_neighbours(levels[:20], levels, k=50)
+    for query, row in zip(levels[:20], found.indices, strict=True):
+        similarities = levels @ query
+        expected = np.lexsort((np.arange(len(levels)), -similarities))[:50]
+        assert row.tolist() == expected.tolist()
+
+
 def test_chunking_gives_the_same_answer(monkeypatch):
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(50, 8)).astype(np.float32)
