@@ -83,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     os.environ.setdefault("HISTOSEEK_CACHE", str(work / "onnx-cache"))
 
     images = scan_labelled_folder(args.data)
-    groups = group_ids_from_regex([path.name for path in images.paths], SOURCE_IMAGE)
+    groups = group_ids_from_regex(
+        [path.name for path in images.paths],
+        SOURCE_IMAGE,
+        ids=[str(path.relative_to(images.root)) for path in images.paths],
+    )
     assignment = assign_folds(images.labels, groups, folds)
     # The built-in model, embedded with or without --tta as each recipe is.
     builtins = {

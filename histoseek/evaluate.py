@@ -65,8 +65,16 @@ def _labels(images: LabelledImages) -> list[str]:
     return [images.class_names[label] for label in images.labels]
 
 
-def _names(images: LabelledImages) -> list[str]:
-    return [path.name for path in images.paths]
+def _groups(
+    paths: Sequence[Path],
+    group_regex: str,
+    matched_on: str | None = None,
+    notify: Notify = lambda line: None,
+) -> list[str]:
+    """The --group-regex group of each file name; a file it does not match is its own group,
+    named by its whole path (unique across the gallery and query folders, unlike its name)."""
+    names = [path.name for path in paths]
+    return group_ids_from_regex(names, group_regex, matched_on, notify, [str(p) for p in paths])
 
 
 def _relevant_counts(
@@ -140,13 +148,9 @@ def check_evaluation_set(
     query_set = gallery if queries is None else queries
     gallery_groups = query_groups = None
     if group_regex:
-        gallery_groups = group_ids_from_regex(
-            _names(gallery), group_regex, "gallery file names", notify
-        )
+        gallery_groups = _groups(gallery.paths, group_regex, "gallery file names", notify)
         if queries is not None:
-            query_groups = group_ids_from_regex(
-                _names(queries), group_regex, "query file names", notify
-            )
+            query_groups = _groups(queries.paths, group_regex, "query file names", notify)
         else:
             query_groups = gallery_groups
     leave_one_out = queries is None
@@ -163,7 +167,7 @@ def check_evaluation_set(
 class _Embedded:
     embeddings: np.ndarray
     labels: list[str]
-    names: list[str]
+    paths: list[Path]
     skipped: list[str]
 
 
@@ -172,10 +176,10 @@ def _embed_folder(
 ) -> _Embedded:
     result = embedder.embed_files(images.paths, progress)
     labels = [images.class_names[images.labels[i]] for i in result.indices]
-    names = [images.paths[i].name for i in result.indices]
+    paths = [images.paths[i] for i in result.indices]
     skipped = [display_path(entry.path) for entry in images.skipped]
     skipped += [display_path(images.paths[i]) for i in result.failed]
-    return _Embedded(result.embeddings, labels, names, skipped)
+    return _Embedded(result.embeddings, labels, paths, skipped)
 
 
 def evaluate(
@@ -210,8 +214,8 @@ def evaluate(
     group_regex = evaluation_set.group_regex
     query_groups = gallery_groups = None
     if group_regex:
-        gallery_groups = group_ids_from_regex(gallery.names, group_regex)
-        query_groups = group_ids_from_regex(queries.names, group_regex)
+        gallery_groups = _groups(gallery.paths, group_regex)
+        query_groups = _groups(queries.paths, group_regex)
         protocol += f"; neighbours from the query's own group excluded ({group_regex})"
     relevant = _relevant_counts(
         queries.labels, gallery.labels, leave_one_out, query_groups, gallery_groups

@@ -159,6 +159,21 @@ def test_a_gallery_smaller_than_k_says_how_deep_it_ranks(checkpoint, tmp_path):
     )
 
 
+def test_a_query_sharing_a_file_name_with_a_gallery_image_is_not_in_its_group(checkpoint, tmp_path):
+    gallery = _images(tmp_path / "g", {"a": 1, "b": 2})
+    queries = _images(tmp_path / "q", {"a": 1, "b": 1})
+    for path in (gallery / "b").iterdir():
+        path.rename(path.with_name(f"P2_{path.name}"))
+    (queries / "b" / "b-0.png").rename(queries / "b" / "P3_b-0.png")
+    # q/a/a-0.png and g/a/a-0.png match no regex: each is a group of its own, so the query
+    # finds the gallery's one image of class a (it used to be left out as in its group).
+    code, stdout, stderr = _evaluate(
+        checkpoint, "--gallery", gallery, "--query", queries, "--group-regex", r"(P\d)_", "--json"
+    )
+    assert code == 0, stderr
+    assert json.loads(stdout)["queries_left_out"] == 0
+
+
 def test_a_query_folder_inside_the_gallery_is_refused(checkpoint, tmp_path):
     gallery = _images(tmp_path / "g", {"a": 3, "b": 3})
     inside = tmp_path / "q"

@@ -142,6 +142,25 @@ def test_validation_split_keeps_groups_together(tmp_path):
     assert {splits.val.class_names[i] for i in splits.val.labels} == {"a", "b"}
 
 
+@pytest.mark.parametrize("group_regex", [None, r"(P\d)_"])
+def test_files_sharing_a_name_in_two_classes_are_not_one_group(tmp_path, monkeypatch, group_regex):
+    for label, grouped in (("a", "P1_1.png"), ("b", "P2_1.png")):
+        (tmp_path / label).mkdir()
+        for name in ("1.png", "2.png", "3.png", grouped):
+            Image.new("RGB", (8, 8)).save(tmp_path / label / name)
+    seen = []
+
+    def split(labels, groups, fractions, seed):
+        seen.extend(groups)
+        return [i % 2 for i in range(len(labels))]
+
+    monkeypatch.setattr("histoseek.train.splits.stratified_group_split", split)
+    prepare_splits(TrainConfig(data_dir=str(tmp_path), run_dir="", group_regex=group_regex))
+    unmatched = [f"{label}/{number}.png" for label in ("a", "b") for number in (1, 2, 3)]
+    regex_groups = ["P1", "P2"] if group_regex else ["a/P1_1.png", "b/P2_1.png"]
+    assert sorted(seen) == sorted(unmatched + regex_groups)
+
+
 def test_colour_groups_hold_out_whole_colour_clusters(tmp_path):
     rng = np.random.default_rng(0)
     for label in ("a", "b"):

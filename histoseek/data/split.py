@@ -51,12 +51,17 @@ def group_ids_from_regex(
     pattern: str | None,
     matched_on: str | None = None,
     notify: Notify = lambda line: None,
+    ids: Sequence[str] | None = None,
 ) -> list[str]:
-    """A group id per name: the regex's first group (or whole match); the name itself if none.
+    """A group id per name: the regex's first group (or whole match); where there is no regex
+    or it does not match, the item's own id, so that it is a group of its own.
 
-    With `matched_on` (what the names are, for the messages: a user's --group-regex), a regex
-    that matches none of them is refused: a typo would silently make each image its own group;
-    one that misses some of them is noted, since those images are then groups of their own.
+    `ids` are the items' own ids, one per name and each unique (e.g. their paths); without
+    them the names serve, which must then be unique themselves: file names alone are not, as
+    a/1.png and b/1.png share one. With `matched_on` (what the names are, for the messages:
+    a user's --group-regex), a regex that matches none of them is refused: a typo would
+    silently make each image its own group; one that misses some of them is noted, since
+    those images are then groups of their own.
     """
     regex = compile_group_regex(pattern)
     found = [regex_group(regex, name) for name in names]
@@ -73,7 +78,8 @@ def group_ids_from_regex(
                 f"{len(names)} {matched_on}; the other {len(missed)} are each a group of their "
                 f"own (e.g. {missed[0]!r})"
             )
-    return [group or name for group, name in zip(found, names, strict=True)]
+    own = names if ids is None else ids
+    return [group or item for group, item in zip(found, own, strict=True)]
 
 
 def stratified_group_split(

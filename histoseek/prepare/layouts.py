@@ -188,17 +188,24 @@ def scan_bracs(src: Path) -> Discovery:
                 labels.append(class_dir.name)
                 split_names.append(split)
     names = [path.name for path in paths]
-    groups = group_ids_from_regex(names, BRACS_SLIDE_REGEX)
+    relatives = [_relative(path, src) for path in paths]
+    groups = group_ids_from_regex(names, BRACS_SLIDE_REGEX, ids=relatives)
     notes = []
-    ungrouped = [name for name, group in zip(names, groups, strict=True) if name == group]
+    ungrouped = [
+        name
+        for name, relative, group in zip(names, relatives, groups, strict=True)
+        if group == relative
+    ]
     if ungrouped:
         notes.append(
             f"{len(ungrouped)} image name(s) carry no BRACS_<id> slide id; each is its own "
             f"group: {_examples(ungrouped)}"
         )
     images = [
-        SourceImage(path=p, relative=_relative(p, src), label=label, group=group, split=split)
-        for p, label, group, split in zip(paths, labels, groups, split_names, strict=True)
+        SourceImage(path=p, relative=relative, label=label, group=group, split=split)
+        for p, relative, label, group, split in zip(
+            paths, relatives, labels, groups, split_names, strict=True
+        )
     ]
     return Discovery(
         images=images,

@@ -104,8 +104,10 @@ def prepare_splits(config: TrainConfig) -> Splits:
         groups = colour_groups(images.paths, images.labels, per_class, config.seed)
     else:
         names = [path.name for path in images.paths]
+        # Relative paths, so the split does not depend on where the data lives.
+        ids = [str(path.relative_to(images.root)) for path in images.paths]
         groups = group_ids_from_regex(
-            names, config.group_regex, "training file names", notes.append
+            names, config.group_regex, "training file names", notes.append, ids
         )
     fractions = [1.0 - config.val_fraction, config.val_fraction]
     assignment = stratified_group_split(images.labels, groups, fractions, config.seed)

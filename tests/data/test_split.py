@@ -44,6 +44,14 @@ def test_group_ids_from_regex():
         group_ids_from_regex(names, "(")
 
 
+def test_an_unmatched_name_is_a_group_of_its_own_by_its_id():
+    # a/1.png and b/1.png share a file name, not a group.
+    names = ["1.png", "1.png", "P1_2.png"]
+    ids = ["a/1.png", "b/1.png", "a/P1_2.png"]
+    assert group_ids_from_regex(names, r"(P\d+)_", ids=ids) == ["a/1.png", "b/1.png", "P1"]
+    assert group_ids_from_regex(names, None, ids=ids) == ids
+
+
 def test_a_users_regex_that_matches_no_name_is_refused():
     names = ["P1_tumor_0.png", "P2_normal_1.png"]
     assert group_ids_from_regex(names, r"patient(\d+)") == names  # no check asked for

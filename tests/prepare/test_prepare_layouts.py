@@ -52,6 +52,19 @@ def test_bracs_reports_a_slide_in_two_official_splits(bracs_tree):
     assert any("BRACS_1" in note and "more than one split" in note for note in found.notes)
 
 
+def test_bracs_images_without_a_slide_id_are_each_their_own_group(bracs_tree):
+    root = bracs_tree / "BRACS_RoI" / "latest_version"
+    # One name in two splits: two images, not one group that straddles the splits.
+    save(root / "train" / "0_N" / "extra.png", he_image(64, 64))
+    save(root / "test" / "6_IC" / "extra.png", he_image(64, 64, seed=1))
+    found = discover("bracs", root)
+    groups = {image.relative: image.group for image in found.images}
+    assert groups["train/0_N/extra.png"] == "train/0_N/extra.png"
+    assert groups["test/6_IC/extra.png"] == "test/6_IC/extra.png"
+    assert "2 image name(s) carry no BRACS_<id> slide id" in " ".join(found.notes)
+    assert not any("more than one split" in note for note in found.notes)
+
+
 @pytest.mark.parametrize(
     "folders", [("1_normal", "2_low_grade", "3_high_grade"), ("Normal", "Low", "High")]
 )
