@@ -222,6 +222,24 @@ def test_the_training_folder_is_recorded_as_an_absolute_path(kather_small, tmp_p
     assert extra["train_config"]["data_dir"] == str(kather_small)
 
 
+def test_a_relative_validation_folder_is_recorded_absolute_and_resumes_from_elsewhere(
+    kather_small, tmp_path, monkeypatch
+):
+    for name in ("01_TUMOR", "04_LYMPHO"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for tile in sorted((kather_small / name).iterdir())[:2]:
+            shutil.copy(tile, tmp_path / "val" / name / tile.name)
+    fast = [arg for arg in FAST if arg not in ("--val-fraction", "0.25")]
+    monkeypatch.chdir(tmp_path)
+    result = run("train", kather_small, "-o", "run", "--epochs", "1", *fast, "--val-dir", "val")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert config["val_dir"] == str(tmp_path / "val")
+    monkeypatch.chdir(tmp_path / "run")
+    result = run("train", "--resume", ".", "--epochs", "2", "--val-dir", "../val")
+    assert result.exit_code == 0, result.output
+
+
 def test_existing_run_is_not_overwritten(trained_run):
     before = (trained_run / "model.pt").read_bytes()
     result = run("train", trained_run.parent, "-o", trained_run, *FAST)

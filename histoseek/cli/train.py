@@ -203,10 +203,15 @@ def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):
                 given["run_dir"] = run_dir
             config = resume_config(resume, given)
         else:
-            options["val_dir"] = str(options["val_dir"]) if options["val_dir"] else None
             # Absolute, so the checkpoint names its training folder wherever it is used from
-            # (export --int8 calibrates on it).
-            config = TrainConfig(data_dir=str(data_dir.absolute()), run_dir=str(run_dir), **options)
+            # (export --int8 calibrates on it), and --resume finds both folders from anywhere.
+            val_dir = options.pop("val_dir")
+            config = TrainConfig(
+                data_dir=str(data_dir.absolute()),
+                run_dir=str(run_dir),
+                val_dir=str(val_dir.absolute()) if val_dir else None,
+                **options,
+            )
         with pixel_limit(max_pixels), progress_bar("training", transient=True) as progress:
             run_training(
                 config,

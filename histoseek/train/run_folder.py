@@ -118,7 +118,7 @@ def _plain(value: object) -> object:
 
 def _same(name: str, given: object, configured: object) -> bool:
     if name == "val_dir" and given is not None and configured is not None:
-        return Path(str(given)) == Path(str(configured))
+        return Path(str(given)).resolve() == Path(str(configured)).resolve()
     return _plain(given) == configured
 
 
