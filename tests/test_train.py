@@ -16,7 +16,8 @@ from histoseek.model.checkpoint import load_checkpoint
 from histoseek.train.run_folder import PreviousRun
 from histoseek.train_config import TrainConfig
 
-FAST = [
+# For runs validated on a --val-dir, which no --val-fraction goes with.
+FAST_FOR_VAL_DIR = [
     "--image-size",
     "64",
     "--dim",
@@ -27,11 +28,10 @@ FAST = [
     "4",
     "--workers",
     "0",
-    "--val-fraction",
-    "0.25",
     "--weights",
     "none",
 ]
+FAST = [*FAST_FOR_VAL_DIR, "--val-fraction", "0.25"]
 
 
 def run(*args):
@@ -229,9 +229,10 @@ def test_a_relative_validation_folder_is_recorded_absolute_and_resumes_from_else
         (tmp_path / "val" / name).mkdir(parents=True)
         for tile in sorted((kather_small / name).iterdir())[:2]:
             shutil.copy(tile, tmp_path / "val" / name / tile.name)
-    fast = [arg for arg in FAST if arg not in ("--val-fraction", "0.25")]
     monkeypatch.chdir(tmp_path)
-    result = run("train", kather_small, "-o", "run", "--epochs", "1", *fast, "--val-dir", "val")
+    result = run(
+        "train", kather_small, "-o", "run", "--epochs", "1", *FAST_FOR_VAL_DIR, "--val-dir", "val"
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert config["val_dir"] == str(tmp_path / "val")
@@ -264,7 +265,9 @@ def test_a_validation_folder_sharing_training_images_is_refused(kather_small, tm
     linked = tmp_path / "linked"
     linked.symlink_to(kather_small, target_is_directory=True)
     for val_dir in (kather_small, linked):
-        result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--val-dir", val_dir)
+        result = run(
+            "train", kather_small, "-o", tmp_path / "run", *FAST_FOR_VAL_DIR, "--val-dir", val_dir
+        )
         assert_one_line_error(result, f"--val-dir {val_dir} shares")
         assert "validation must be images that training never sees" in result.stderr
         assert not (tmp_path / "run").exists()
@@ -344,12 +347,40 @@ def test_colour_groups_choose_the_validation_images(kather_small, tmp_path):
     assert not (tmp_path / "other" / "model.pt").exists()
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--val-fraction", "0.25"], "--val-fraction holds out part of DATA_DIR; it has no use "
+         "with --val-dir"),
+        (["--group-regex", "("], "--group-regex splits DATA_DIR; it has no use with --val-dir"),
+    ],
+)  # fmt: skip
+def test_options_that_split_data_dir_are_refused_with_a_validation_folder(
+    kather_small, tmp_path, options, message
+):
+    val = tmp_path / "val"
+    shutil.copytree(kather_small / "01_TUMOR", val / "01_TUMOR")
+    result = run(
+        "train", kather_small, "-o", tmp_path / "run", *FAST_FOR_VAL_DIR, "--val-dir", val,
+        *options,
+    )  # fmt: skip
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_group_regex_without_a_validation_fraction_is_refused(kather_small, tmp_path):
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST_FOR_VAL_DIR,
+                 "--val-fraction", "0", "--group-regex", "HE-\\d+")  # fmt: skip
+    assert_one_line_error(result, "--group-regex chooses validation images; give --val-fraction")
+    assert not (tmp_path / "run").exists()
+
+
 def test_validation_folder_with_one_image_is_refused(kather_small, tmp_path):
     val = tmp_path / "val"
     shutil.copytree(kather_small / "01_TUMOR", val / "01_TUMOR")
     for extra in sorted((val / "01_TUMOR").iterdir())[1:]:
         extra.unlink()
-    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--val-dir", val)
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST_FOR_VAL_DIR, "--val-dir", val)
     assert_one_line_error(result, "validation needs at least 2")
     assert not (tmp_path / "run").exists()
 

@@ -161,6 +161,21 @@ def test_files_sharing_a_name_in_two_classes_are_not_one_group(tmp_path, monkeyp
     assert sorted(seen) == sorted(unmatched + regex_groups)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # Never compiled, so even a bad regex went unnoticed.
+        ({"val_dir": "elsewhere"}, "--group-regex splits DATA_DIR; it has no use with --val-dir"),
+        ({"val_fraction": 0.0}, "--group-regex chooses validation images; give --val-fraction"),
+    ],
+)
+def test_a_group_regex_with_no_held_out_fraction_is_refused(tmp_path, changes, message):
+    _tiny_folder(tmp_path / "data")
+    config = TrainConfig(data_dir=str(tmp_path / "data"), run_dir="", group_regex="(", **changes)
+    with pytest.raises(HistoseekError, match=re.escape(message)):
+        prepare_splits(config)
+
+
 def test_colour_groups_hold_out_whole_colour_clusters(tmp_path):
     rng = np.random.default_rng(0)
     for label in ("a", "b"):

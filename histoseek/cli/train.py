@@ -10,6 +10,7 @@ from histoseek.cli.options import (
     batch_size_option,
     bounded_type,
     device_option,
+    given_options,
     image_size_option,
     max_pixels_option,
     output_option,
@@ -183,6 +184,12 @@ def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):
 
     if resume is None and (data_dir is None or run_dir is None):
         raise HistoseekError("give DATA_DIR and -o RUN_DIR (or --resume RUN_DIR)")
+    # --val-fraction has a default, so only the command line tells whether it was given; the
+    # options the config tells apart (--group-regex, --colour-groups) prepare_splits refuses.
+    if options["val_dir"] is not None and given_options(("val_fraction",)):
+        raise HistoseekError(
+            "--val-fraction holds out part of DATA_DIR; it has no use with --val-dir"
+        )
     # Markup off: log lines carry paths, which may hold square brackets.
     console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     folder = resume if resume is not None else run_dir

@@ -81,6 +81,8 @@ def prepare_splits(config: TrainConfig) -> Splits:
     if config.val_dir:
         if config.colour_groups:
             raise HistoseekError("--colour-groups splits DATA_DIR; it has no use with --val-dir")
+        if config.group_regex is not None:
+            raise HistoseekError("--group-regex splits DATA_DIR; it has no use with --val-dir")
         val = scan_labelled_folder(config.val_dir, class_names=images.class_names)
         refuse_shared_images(
             val, images, "--val-dir", "validation must be images that training never sees"
@@ -95,6 +97,8 @@ def prepare_splits(config: TrainConfig) -> Splits:
     if config.val_fraction <= 0:
         if config.colour_groups:
             raise HistoseekError("--colour-groups chooses validation images; give --val-fraction")
+        if config.group_regex is not None:
+            raise HistoseekError("--group-regex chooses validation images; give --val-fraction")
         return Splits(images, None)
     notes: list[str] = []
     if config.colour_groups:
