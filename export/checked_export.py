@@ -99,6 +99,25 @@ def resolve_int8_output(int8: str | None, checkpoint: Path | None, model: CGD) -
     return checkpoint.with_suffix(INT8_SUFFIX)
 
 
+def _refuse_clashing_outputs(checkpoint: Path | None, named: list[tuple[str, Path]]) -> None:
+    """Refuse an output (`named`: option, path) that is the checkpoint or another output,
+    however the paths are spelt: with --overwrite the export would replace its own input, and
+    two outputs would overwrite each other whatever the options."""
+    source = checkpoint.resolve() if checkpoint is not None else None
+    taken: dict[Path, str] = {}
+    for option, path in named:
+        key = path.resolve()
+        if key == source:
+            raise HistoseekError(
+                f"{option} {path} is the checkpoint being exported; give the output another path"
+            )
+        if key in taken:
+            raise HistoseekError(
+                f"{taken[key]} and {option} both name {path}; give each output its own path"
+            )
+        taken[key] = option
+
+
 def run_export(
     model_ref: str | Path | None,
     onnx: str | None = None,
@@ -130,9 +149,12 @@ def run_export(
             "--dynamic-size shapes an ONNX model, and a TensorRT engine is built for the "
             "checkpoint's size: add --onnx, or drop --dynamic-size"
         )
-    targets = [p for p in (onnx_out, engine_out, int8_out) if p is not None]
+    named = [("--onnx", onnx_out), ("--int8", int8_out), ("--trt", engine_out)]
     if engine_out is not None:
-        targets.append(engine_metadata_path(engine_out))
+        named.append(("--trt's metadata", engine_metadata_path(engine_out)))
+    named = [(option, path) for option, path in named if path is not None]
+    _refuse_clashing_outputs(checkpoint, named)
+    targets = [path for _, path in named]
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
         raise HistoseekError(f"{', '.join(existing)} already exists; use --overwrite to replace it")

@@ -74,6 +74,25 @@ def test_dynamic_size_for_an_engine_alone_is_refused_before_any_work(checkpoint:
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["model.pt"]
 
 
+def test_an_output_that_is_the_checkpoint_or_another_output_is_refused(checkpoint: Path):
+    before = checkpoint.read_bytes()
+    roundabout = checkpoint.parent / ".." / checkpoint.parent.name / checkpoint.name
+    result = _export("--model", str(checkpoint), "--onnx", str(roundabout), "--overwrite")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: --onnx {roundabout} is the checkpoint being exported; give the output another path"
+    )
+    assert checkpoint.read_bytes() == before
+
+    both = checkpoint.parent / "both.onnx"
+    result = _export("--model", str(checkpoint), "--onnx", str(both), "--trt", str(both))
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: --onnx and --trt both name {both}; give each output its own path"
+    )
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["model.pt"]
+
+
 def test_bad_checkpoint_is_one_line(tmp_path: Path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint")
