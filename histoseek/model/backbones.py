@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from histoseek.errors import HistoseekError
@@ -145,17 +146,45 @@ def build_trunk(name: str, weights: str) -> nn.Module:
     trunk = spec.build(False)
     if not Path(weights).is_file():
         raise HistoseekError(f"--weights must be imagenet, none or a file; not found: {weights}")
-    state = load_tensors(Path(weights), "weights")
+    state = load_tensors(Path(weights), "--weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    expected = f"a state dict of the {name} backbone"
     if not isinstance(state, dict):
-        raise HistoseekError(f"{weights} holds no state dict")
+        raise HistoseekError(f"--weights {weights} holds a {type(state).__name__}, not {expected}")
+    state = _match_trunk_keys(trunk, state)
+    misfit = _misfit(trunk.state_dict(), state)
+    if misfit is not None:
+        raise HistoseekError(f"--weights {weights} is not {expected}: {misfit}")
     try:
-        trunk.load_state_dict(_match_trunk_keys(trunk, state), strict=True)
+        trunk.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
-        raise HistoseekError(f"{weights} does not fit backbone {name}: {first_line}") from None
+        # Torch's first line is only a heading; the second says what failed.
+        detail = " ".join(str(error).split("\n")[1:2]).strip() or str(error)
+        raise HistoseekError(f"--weights {weights} is not {expected}: {detail}") from None
     return trunk
+
+
+def _misfit(wanted: Mapping[str, torch.Tensor], state: Mapping) -> str | None:
+    """What keeps `state` (its extra keys already dropped by _match_trunk_keys) from loading
+    into a trunk whose own state is `wanted`, in a few words (torch lists every missing key,
+    hundreds of them); None if nothing does."""
+    missing = [key for key in wanted if key not in state]
+    if len(missing) == len(wanted):
+        shown = next(iter(state), None)
+        has = f"it has e.g. {shown!r}" if shown is not None else "it is empty"
+        return f"none of its keys is one of the backbone's ({has}, the backbone {missing[0]!r})"
+    if missing:
+        return (
+            f"it lacks {len(missing)} of the backbone's {len(wanted)} tensors, e.g. {missing[0]!r}"
+        )
+    for key, own in wanted.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            return f"its {key!r} is not a tensor ({type(value).__name__})"
+        if value.shape != own.shape:
+            return f"its {key!r} has shape {list(value.shape)}, the backbone's {list(own.shape)}"
+    return None
 
 
 def _match_trunk_keys(trunk: nn.Module, state: dict) -> dict:

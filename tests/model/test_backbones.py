@@ -28,11 +28,47 @@ def test_weights_path_accepts_a_full_torchvision_resnet_state_dict(tmp_path):
     assert torch.equal(trunk[0].weight, net.conv1.weight)
 
 
-def test_weights_path_that_does_not_fit_is_refused(tmp_path):
+STEM = "_conv_stem.weight"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (
+            lambda state: {"foo": torch.zeros(1)},
+            f"none of its keys is one of the backbone's (it has e.g. 'foo', the backbone '{STEM}')",
+        ),
+        (
+            lambda state: {key: value for key, value in state.items() if key != STEM},
+            "it lacks 1 of the backbone's {tensors} tensors, e.g. '_conv_stem.weight'",
+        ),
+        (
+            lambda state: {**state, STEM: torch.zeros(3)},
+            f"its '{STEM}' has shape [3], the backbone's [32, 3, 3, 3]",
+        ),
+        (lambda state: {**state, STEM: 1}, f"its '{STEM}' is not a tensor (int)"),
+    ],
+)
+def test_weights_path_that_does_not_fit_says_why(tmp_path, change, why):
+    state = EfficientNetLite().state_dict()
     path = tmp_path / "other.pt"
-    torch.save({"foo": torch.zeros(1)}, path)
-    with pytest.raises(HistoseekError, match="does not fit backbone"):
+    torch.save(change(state), path)
+    with pytest.raises(HistoseekError) as refused:
         build_trunk("efficientnet_lite0", str(path))
+    assert str(refused.value) == (
+        f"--weights {path} is not a state dict of the efficientnet_lite0 backbone: "
+        + why.format(tensors=len(state))
+    )
+
+
+def test_weights_path_that_holds_no_state_dict_says_what_it_holds(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([1, 2], path)
+    with pytest.raises(HistoseekError) as refused:
+        build_trunk("resnet50", str(path))
+    assert str(refused.value) == (
+        f"--weights {path} holds a list, not a state dict of the resnet50 backbone"
+    )
 
 
 def test_missing_weights_file_is_refused(tmp_path):
