@@ -23,10 +23,13 @@ class Bounds:
 
     def __str__(self) -> str:
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {self.low}"
         start, end = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {start}{self.low:g}, {self.high:g}{end}"
+        return f"in {start}{self.low}, {self.high}{end}"
 
+
+#: Every command's `--seed`: the range that Annoy, NumPy and torch all take.
+SEED_BOUNDS = Bounds(0, 2**31 - 1)
 
 #: The range of each numeric option of `histoseek train` (None, where a field allows it, is
 #: always accepted).
@@ -50,6 +53,7 @@ TRAIN_BOUNDS = {
     "ema_epochs": Bounds(0),
     "val_fraction": Bounds(0, 1, high_open=True),
     "workers": Bounds(0),
+    "seed": SEED_BOUNDS,
 }
 
 

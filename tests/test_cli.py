@@ -40,6 +40,7 @@ def one_error_line(result) -> str:
         (["index", "folder", "--trees", str(2**31)], "'--trees': 2147483648 is not in the range"),
         (["synth", "out", "--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=2147483647"),
         (["prepare", "folder", "in", "-o", "out", "--seed", "-1"], "'--seed': -1 is not in"),
+        (["train", "data", "-o", "run", "--seed", "-1"], "'--seed': -1 is not in the range"),
     ],
 )
 def test_usage_errors_are_one_line(args, fragment):

@@ -23,7 +23,7 @@ from histoseek.slide.defaults import (
     EXCLUDE_CHOICES,
     MPP_RANGE,
 )
-from histoseek.train_config import Bounds
+from histoseek.train_config import SEED_BOUNDS, Bounds
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -151,9 +151,9 @@ def overwrite_option(help: str = "Replace existing output instead of refusing.")
 
 
 def seed_option(default: int, help: str) -> Decorator:
-    """`--seed`, 0 to 2^31 - 1 for every command: the range every seeded library takes."""
+    """`--seed`, in the one range every command takes (SEED_BOUNDS)."""
     return click.option(
-        "--seed", type=click.IntRange(0, 2**31 - 1), default=default, show_default=True, help=help
+        "--seed", type=bounded_type(SEED_BOUNDS, int), default=default, show_default=True, help=help
     )
 
 

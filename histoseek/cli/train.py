@@ -15,6 +15,7 @@ from histoseek.cli.options import (
     max_pixels_option,
     output_option,
     overwrite_option,
+    seed_option,
     workers_option,
 )
 from histoseek.errors import HistoseekError
@@ -158,7 +159,7 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
     help="With no patient or slide in the file names: hold out whole clusters of similar "
     "colour within each class, as stand-ins for patients, instead of single images.",
 )
-@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
+@seed_option(_TRAIN.seed, "Seed of the split, sampler, augmentation and initialisation.")
 @device_option()
 @click.option(
     "--amp/--no-amp", default=False, show_default=True, help="Mixed precision (CUDA only)."
