@@ -168,8 +168,18 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             if os.path.lexists(target):  # else recover_dir needs what is left
-                shutil.rmtree(new, ignore_errors=True)
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_entry(new)
+                _remove_entry(old)
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove what is at `path`, if anything: a folder with its contents, or a file or link
+    (what `--overwrite` replaced need not have been a folder; rmtree leaves those behind)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def recover_dir(
@@ -203,7 +213,7 @@ def recover_dir(
                 "beside it"
             )
     for left in found:
-        shutil.rmtree(left.path, ignore_errors=True)
+        _remove_entry(left.path)
     if found:
         pids = ", ".join(sorted({str(left.pid) for left in found}))
         notify(
