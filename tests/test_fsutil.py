@@ -41,6 +41,23 @@ def test_atomic_dir_replaces_a_folder_and_leaves_nothing_beside_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_atomic_dir_replacing_a_file_or_link_leaves_nothing_beside_it(tmp_path, kind):
+    target = tmp_path / "out"
+    if kind == "file":
+        target.write_text("a file")
+    else:
+        target.symlink_to(_folder(tmp_path / "elsewhere", "kept"), target_is_directory=True)
+    with atomic_dir(target) as tmp:
+        (tmp / "data.txt").write_text("new")
+    assert not target.is_symlink() and (target / "data.txt").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["out"] + (["elsewhere"] if kind == "link" else [])
+    )
+    if kind == "link":
+        assert (tmp_path / "elsewhere" / "data.txt").read_text() == "kept"
+
+
 @pytest.mark.parametrize("context", [atomic_file, atomic_dir])
 def test_a_full_disk_is_one_line_naming_the_target(context, tmp_path):
     target = tmp_path / "out"
@@ -103,18 +120,25 @@ def test_the_lock_is_exclusive_and_leaves_no_file(tmp_path):
 def test_the_lock_ends_with_a_killed_holder_though_its_forked_child_lives_on(tmp_path):
     target = tmp_path / "out"
     read_end, write_end = os.pipe()
+    started_read, started_write = os.pipe()
     holder = os.fork()
     if holder == 0:
         try:
             with dir_lock(target):
                 if os.fork() == 0:  # a decoding worker, say, that outlives the holder
                     os.close(write_end)
+                    os.write(started_write, b"1")  # its fork handlers have run by now
                     os.read(read_end, 1)
                     os._exit(0)
+                # Without this wait the holder could exit before the worker had dropped its
+                # copy of the lock, and the test would fail for a reason not under test.
+                os.read(started_read, 1)
                 os._exit(0)  # dies holding the lock, as if killed: nothing released or removed
         finally:
             os._exit(1)  # never back into pytest
     os.close(read_end)
+    os.close(started_read)
+    os.close(started_write)
     try:
         assert os.waitpid(holder, 0)[1] == 0
         assert (tmp_path / ".out.lock").exists()
