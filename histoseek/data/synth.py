@@ -25,6 +25,8 @@ TISSUE_CLASSES: tuple[str, ...] = ("adipose", "background", "lymphocytes", "muco
 
 MIN_SIZE = 16
 """Smallest width or height, in pixels, that still shows a recognisable texture."""
+MAX_SIZE = 8192
+"""Largest width or height: a patch is drawn whole in memory, about 60 bytes a pixel."""
 
 # Colour of one unit of each stain on white light; its optical density is -ln(colour / 255).
 _HAEMATOXYLIN_RGB = (70, 40, 120)
@@ -332,9 +334,10 @@ def _to_image(haematoxylin: np.ndarray, eosin: np.ndarray, rng: np.random.Genera
 
 
 def _check_size(width: int, height: int) -> None:
-    if width < MIN_SIZE or height < MIN_SIZE:
+    if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
         raise HistoseekError(
-            f"synthetic images must be at least {MIN_SIZE}x{MIN_SIZE} pixels, got {width}x{height}"
+            f"synthetic images are {MIN_SIZE} to {MAX_SIZE} pixels a side, got {width}x{height}"
+            " (for larger, draw slides with --slides)"
         )
 
 

@@ -88,7 +88,7 @@ def test_colour_histogram_nearest_centroid_tells_the_classes_apart() -> None:
 def test_render_tissue_refuses_unknown_class_and_tiny_size() -> None:
     with pytest.raises(HistoseekError, match="unknown tissue class 'bone'"):
         render_tissue("bone", (32, 32), np.random.default_rng(0))
-    with pytest.raises(HistoseekError, match="at least 16x16"):
+    with pytest.raises(HistoseekError, match="16 to 8192 pixels a side"):
         render_tissue("stroma", (32, 15), np.random.default_rng(0))
 
 
@@ -229,10 +229,11 @@ def test_cli_synth_accepts_an_existing_empty_folder(tmp_path: Path) -> None:
     [
         (["--classes", "stroma,bone"], "unknown tissue class 'bone'"),
         (["--classes", "stroma,"], "unknown tissue class ''"),
-        (["--size", "15"], "at least 16x16 pixels, got 15x15"),
-        (["--height", "8"], "at least 16x16 pixels, got 224x8"),
+        (["--size", "15"], "16 to 8192 pixels a side, got 15x15"),
+        (["--height", "8"], "16 to 8192 pixels a side, got 224x8"),
+        (["--size", "8193"], "16 to 8192 pixels a side, got 8193x8193"),
         (["--per-class", "0"], "need at least 1 image per class, got 0"),
-        (["--seed", "-1"], "the seed must be 0 or more, got -1"),
+        (["--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=2147483647"),
     ],
 )
 def test_cli_synth_rejects_bad_options_in_one_line(
