@@ -21,6 +21,7 @@ from histoseek.data.images import UnreadableImageError
 from histoseek.data.sources import ImageSource, load_source, source_name, unreadable_reason
 from histoseek.errors import HistoseekError
 from histoseek.index.manifest import field_problem, json_type
+from histoseek.slide.folder import MULTI_FILE_SUFFIXES
 from histoseek.slide.sources import SlideTile
 from histoseek.slide.tiling import Tile
 
@@ -161,15 +162,47 @@ def item_source(index_root: Path | str, item: IndexItem) -> ImageSource:
     return SlideTile(path, item.tile()) if item.is_tile else path
 
 
+@dataclass(frozen=True)
+class IndexedSource:
+    """An item's pixels as the index embedded them: read only while its file is as it was
+    when indexed, since a file changed since then would show other pixels as the hit."""
+
+    path: Path
+    """The item's file (for a tile, the file OpenSlide opens)."""
+    item: IndexItem
+
+    def load(self) -> Image.Image:
+        """The item's pixels, or UnreadableImageError when the file has changed since."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            info = None  # reading it says what is wrong
+        if info is not None and self._changed(info):
+            raise UnreadableImageError("it has changed since it was indexed")
+        source = SlideTile(self.path, self.item.tile()) if self.item.is_tile else self.path
+        return load_source(source)
+
+    def _changed(self, info: os.stat_result) -> bool:
+        if self.item.is_tile and self.path.suffix.lower() in MULTI_FILE_SUFFIXES:
+            # The index recorded the total size and newest mtime of all the slide's files;
+            # of this one file only the mtime can be compared, and it can be no newer.
+            return info.st_mtime_ns > self.item.mtime_ns
+        return (info.st_size, info.st_mtime_ns) != (self.item.size, self.item.mtime_ns)
+
+    def __str__(self) -> str:
+        where = f" (tile at {self.item.x}, {self.item.y})" if self.item.is_tile else ""
+        return f"{display_path(self.path)}{where}"
+
+
 def read_item_image(index_root: Path | str, item: IndexItem) -> Image.Image:
     """An item's pixels as RGB: its image file decoded whole, or its tile read again from its
     slide at the same place, level and resolution as when it was embedded (a patch_size ×
     patch_size image, the very pixels embedded).
 
     `index_root` is the indexed folder (the manifest's source_dir). A file that cannot be
-    read any more is one HistoseekError.
+    read any more, or that has changed since it was indexed, is one HistoseekError.
     """
-    source = item_source(index_root, item)
+    source = IndexedSource(Path(index_root) / item.path, item)
     try:
         return load_source(source)
     except UnreadableImageError as error:

@@ -20,7 +20,7 @@ from histoseek.data.images import UnreadableImageError, check_image_header
 from histoseek.data.sources import ImageSource, source_name, why_unreadable
 from histoseek.errors import HistoseekError
 from histoseek.index.defaults import DEFAULT_SEARCH_K, MAX_SEARCH_K
-from histoseek.index.items import IndexItem
+from histoseek.index.items import IndexedSource, IndexItem
 from histoseek.index.manifest import Manifest
 from histoseek.index.ranking import TileHit, best_tile_hits, rank_keys, tile_hits
 from histoseek.index.slide_query import (
@@ -40,7 +40,6 @@ from histoseek.metrics import majority_label
 from histoseek.slide.defaults import ANSWER_LEVELS, DEFAULT_MAX_TILES, DEFAULT_TILE_K
 from histoseek.slide.folder import find_slides_and_images
 from histoseek.slide.reader import is_slide_file
-from histoseek.slide.sources import SlideTile
 
 if TYPE_CHECKING:
     from histoseek.embedder import ImageEmbedder
@@ -208,8 +207,9 @@ class Hit:
         return self.item is not None and self.item.is_tile
 
     def source(self) -> ImageSource:
-        """What to read to see the hit: its image file, or its tile of its slide."""
-        return SlideTile(self.path, self.item.tile()) if self.is_tile else self.path
+        """What to read to see the hit: its image file, or its tile of its slide, refused
+        (as unreadable) if the file has changed since it was indexed."""
+        return self.path if self.item is None else IndexedSource(self.path, self.item)
 
 
 def shown_path(path: Path) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError
-from histoseek.data.sources import load_source
+from histoseek.data.sources import ImageSource, load_source
 from histoseek.fsutil import atomic_file, write_errors
 from histoseek.index.search import Hit, QueryResult, SearchReport, shown_path
 from histoseek.index.slide_query import Box
@@ -69,9 +69,15 @@ def _caption(lines: list[tuple[str, str]]) -> str:
     return "<br>".join(f'<span class="{name}">{html.escape(text)}</span>' for name, text in lines)
 
 
-def _figure(image_path: Path, caption: list[tuple[str, str]], css_class: str) -> str:
-    """A thumbnail linked to its original, over caption lines given as (css class, text)."""
-    uri = data_uri(load_thumbnail(image_path, THUMBNAIL_SIZE))
+def _figure(
+    image_path: Path,
+    caption: list[tuple[str, str]],
+    css_class: str,
+    source: ImageSource | None = None,
+) -> str:
+    """A thumbnail of `source` (default: the file) linked to the file, over caption lines
+    given as (css class, text)."""
+    uri = data_uri(load_thumbnail(image_path if source is None else source, THUMBNAIL_SIZE))
     alt = html.escape(shown_path(image_path), quote=True)
     image = f'<img src="{uri}" alt="{alt}">'
     if Path(image_path).is_file():
@@ -170,7 +176,7 @@ class _SlidePage:
                 for path, boxes in list(slides.items())[:MAX_SLIDES_SHOWN]
             )
             if not slides:  # a plain image, ranked as a slide of its own
-                uri = data_uri(load_thumbnail(entry.hits[0].path, THUMBNAIL_SIZE))
+                uri = data_uri(load_thumbnail(entry.hits[0].source(), THUMBNAIL_SIZE))
                 images = f'<img src="{uri}" alt="{html.escape(entry.key, quote=True)}">'
             more = len(slides) - MAX_SLIDES_SHOWN
             caption = [
@@ -225,7 +231,8 @@ def _result_section(result: QueryResult, page: _SlidePage) -> str:
             ]
             figures.append(page.tile_figure(hit, caption, css))
         else:
-            figures.append(_figure(hit.path, caption + [("path", hit.shown_path)], css))
+            caption += [("path", hit.shown_path)]
+            figures.append(_figure(hit.path, caption, css, source=hit.source()))
     if result.slide_query is None:
         query = _figure(
             result.query, [("rank", "query"), ("path", shown_path(result.query))], "query"

@@ -20,6 +20,8 @@ from histoseek.slide.reader import VENDOR_EXTENSIONS, is_slide_file
 # Keys of a .vms/.vmu file that name its companion files (ImageFile, ImageFile(x,y), ...).
 _VMS_FILE_KEYS = ("imagefile", "mapfile", "optimisationfile", "macroimage")
 _DICOM = ".dcm"
+#: Slides made of several files: the one OpenSlide opens and its companions (see above).
+MULTI_FILE_SUFFIXES = (".mrxs", ".vms", ".vmu", _DICOM)
 
 
 @dataclass(frozen=True)

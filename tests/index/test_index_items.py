@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from assembled_slides import synthetic_slide
 from PIL import Image
 
+from histoseek.data.images import UnreadableImageError
 from histoseek.errors import HistoseekError
-from histoseek.index.items import IndexItem, item_json, parse_item, read_item_image
+from histoseek.index.items import IndexedSource, IndexItem, item_json, parse_item, read_item_image
 from histoseek.slide.reader import open_slide
 from histoseek.slide.sources import close_slides
 from histoseek.slide.tiling import Tile, read_tile
@@ -70,18 +73,24 @@ def test_unknown_or_missing_fields_are_refused():
         parse_item("{")
 
 
+def _as_found(root, item: IndexItem) -> IndexItem:
+    """`item` with its file's size and mtime as they are now, as `index` records them."""
+    info = os.stat(root / item.path)
+    return replace(item, size=info.st_size, mtime_ns=info.st_mtime_ns)
+
+
 def test_read_item_image_gives_the_file_or_the_tile_read_again(tmp_path):
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     rgb = np.random.default_rng(0).integers(0, 256, (10, 20, 3), np.uint8)
     Image.fromarray(rgb).save(root / "a" / "x.png")
-    assert np.array_equal(np.asarray(read_item_image(root, PATCH)), rgb)
+    assert np.array_equal(np.asarray(read_item_image(root, _as_found(root, PATCH))), rgb)
 
     (root / "b").mkdir()
     synthetic_slide(root / "b" / "s.tif", size=(1024, 768))
     with open_slide(root / "b" / "s.tif") as slide:
         expected = np.asarray(read_tile(slide, Tile(128, 64, 128, 64, 1.0, 0.7)))
-    image = read_item_image(root, TILE)
+    image = read_item_image(root, _as_found(root, TILE))
     close_slides()
     assert image.size == (64, 64) and np.array_equal(np.asarray(image), expected)
 
@@ -89,3 +98,37 @@ def test_read_item_image_gives_the_file_or_the_tile_read_again(tmp_path):
         read_item_image(tmp_path, TILE)
     with pytest.raises(HistoseekError, match=r"cannot read .*x\.png: .*No such file"):
         read_item_image(tmp_path, PATCH)
+
+
+def test_a_file_changed_since_it_was_indexed_is_not_shown_as_the_hit(tmp_path):
+    # Its pixels now are not the ones the index found: a wrong picture of the answer.
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (20, 10), (200, 100, 150)).save(tmp_path / "a" / "x.png")
+    patch = _as_found(tmp_path, PATCH)
+    (tmp_path / "b").mkdir()
+    synthetic_slide(tmp_path / "b" / "s.tif", size=(1024, 768))
+    tile = _as_found(tmp_path, TILE)
+    for item in (patch, tile):
+        read_item_image(tmp_path, item)
+        os.utime(tmp_path / item.path, ns=(item.mtime_ns, item.mtime_ns + 10**9))
+        with pytest.raises(HistoseekError, match="has changed since it was indexed"):
+            read_item_image(tmp_path, item)
+        source = IndexedSource(tmp_path / item.path, item)
+        with pytest.raises(UnreadableImageError, match="has changed since it was indexed"):
+            source.load()
+    close_slides()
+
+
+def test_a_multi_file_slide_is_changed_only_when_its_file_is_newer_than_recorded(tmp_path):
+    # A MIRAX slide's recorded size and mtime are of all its files: only the mtime of the one
+    # OpenSlide opens can be compared, and it may be older than the newest.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "s.mrxs").write_bytes(b"[GENERAL]\n")
+    info = os.stat(tmp_path / "b" / "s.mrxs")
+    tile = replace(TILE, path="b/s.mrxs", size=info.st_size + 5000, mtime_ns=info.st_mtime_ns)
+    with pytest.raises(UnreadableImageError) as raised:  # read: not a slide, but unchanged
+        IndexedSource(tmp_path / tile.path, tile).load()
+    assert "changed" not in str(raised.value)
+    newer = replace(tile, mtime_ns=info.st_mtime_ns - 1)
+    with pytest.raises(UnreadableImageError, match="has changed since it was indexed"):
+        IndexedSource(tmp_path / newer.path, newer).load()

@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from histoseek.index.items import IndexItem
 from histoseek.index.manifest import Manifest
 from histoseek.index.search import Hit, QueryResult, SearchReport
-from histoseek.report.gallery import gallery_html, write_gallery
+from histoseek.report.gallery import THUMBNAIL_SIZE, gallery_html, write_gallery
 from histoseek.report.results import (
     majority_hint,
     print_results,
@@ -27,6 +28,7 @@ from histoseek.report.results import (
     search_notes,
 )
 from histoseek.report.sheet import CAPTION_HEIGHT, GAP, TILE, caption_text, write_sheet
+from histoseek.report.thumbnails import MISSING_COLOUR, data_uri
 
 KATHER = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kather2016"
 K = 4
@@ -255,6 +257,22 @@ def test_contact_sheet_captions_show_control_characters_as_question_marks(tmp_pa
         2 * GAP + TILE + CAPTION_HEIGHT,
     )
     assert caption_text("line\nbreak\x7f.png") == "line?break?.png"
+
+
+def test_a_hit_whose_file_changed_since_indexing_is_a_grey_square(tmp_path):
+    path = tmp_path / "hit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(path)
+    info = os.stat(path)
+    item = IndexItem("hit.png", "a", 32, 32, info.st_size, info.st_mtime_ns - 1)
+    hits = [Hit(1, 0.9, "a", path, item)]
+    write_sheet(tmp_path / "sheet.png", [QueryResult(path, hits)])
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+    left = GAP + TILE + GAP
+    cell = sheet[GAP + 4 : GAP + TILE - 4, left + 4 : left + TILE - 4]
+    assert len(np.unique(cell.reshape(-1, 3), axis=0)) == 1  # not the changed file's pixels
+    page = gallery_html(_report([QueryResult(path, hits)], tmp_path))
+    grey = data_uri(Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), MISSING_COLOUR))
+    assert page.count(grey) == 1  # the hit's; the query's own file is the same, unchanged
 
 
 def _chromium() -> str:
