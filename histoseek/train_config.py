@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from histoseek.model.defaults import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -30,12 +32,14 @@ class Bounds:
 
 #: Every command's `--seed`: the range that Annoy, NumPy and torch all take.
 SEED_BOUNDS = Bounds(0, 2**31 - 1)
+#: Every command's `--image-size`: the sizes a model may have.
+IMAGE_SIZE_BOUNDS = Bounds(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 
 #: The range of each numeric option of `histoseek train` (None, where a field allows it, is
 #: always accepted).
 TRAIN_BOUNDS = {
     "dim": Bounds(1),
-    "image_size": Bounds(32),
+    "image_size": IMAGE_SIZE_BOUNDS,
     "epochs": Bounds(1),
     "batch_size": Bounds(1),
     "m_per_class": Bounds(2),

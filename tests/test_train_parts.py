@@ -584,7 +584,7 @@ def _finished_run(data, run_dir, **changes):
         ({"stain_jitter": 3}, "stain_jitter is 3, not in [0, 1]"),
         ({"workers": -1}, "workers is -1, not >= 0"),
         ({"seed": 2**31}, "seed is 2147483648, not in [0, 2147483647]"),
-        ({"image_size": 16}, "image_size is 16, not >= 32"),
+        ({"image_size": 16}, "image_size is 16, not in [32, 4096]"),
         ({"device": "tpu"}, "device is 'tpu', not one of auto, cpu, cuda"),
         (
             {"backbone": "vgg16"},

@@ -23,14 +23,13 @@ from histoseek.slide.defaults import (
     EXCLUDE_CHOICES,
     MPP_RANGE,
 )
-from histoseek.train_config import SEED_BOUNDS, Bounds
+from histoseek.train_config import IMAGE_SIZE_BOUNDS, SEED_BOUNDS, Bounds
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # The ranges of the shared numeric options, where a command does not give its own.
 _BATCH_SIZE_BOUNDS = Bounds(1)
 _WORKERS_BOUNDS = Bounds(0)
-_IMAGE_SIZE_BOUNDS = Bounds(32)
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -160,12 +159,12 @@ def seed_option(default: int, help: str) -> Decorator:
 def image_size_option(
     default: int | None = DEFAULT_IMAGE_SIZE,
     help: str = "Model input size in pixels (square).",
-    bounds: Bounds = _IMAGE_SIZE_BOUNDS,
 ) -> Decorator:
-    """`--image-size N`; a None default is stated in `help`."""
+    """`--image-size N`, in the sizes a model may have (IMAGE_SIZE_BOUNDS); a None default is
+    stated in `help`."""
     return click.option(
         "--image-size",
-        type=bounded_type(bounds, int),
+        type=bounded_type(IMAGE_SIZE_BOUNDS, int),
         default=default,
         show_default=default is not None,
         help=help,

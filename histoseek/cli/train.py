@@ -52,7 +52,6 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
 @click.option("--dim", type=_bounded("dim", int), default=_TRAIN.dim, show_default=True)
 @image_size_option(
     _TRAIN.image_size,
-    bounds=TRAIN_BOUNDS["image_size"],
     help="Model input size in pixels (square) [default: the backbone's native size: 240 for "
     "EfficientNet-Lite1, 224 for Lite0 and the ResNets, 260 for Lite2].",
 )

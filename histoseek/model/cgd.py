@@ -16,14 +16,14 @@ from histoseek.model.defaults import (
     DEFAULT_DIM,
     DEFAULT_GD_CONFIG,
     DEFAULT_IMAGE_SIZE,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
 )
 from histoseek.model.descriptors import build_descriptor, parse_gd_config
 
 # Bounds far beyond any real CGD model, to refuse nonsense before allocating for it.
 MAX_DIM = 16384
 MAX_CLASSES = 100_000
-MIN_IMAGE_SIZE = 32
-MAX_IMAGE_SIZE = 4096
 POWER_FLOOR = 1e-6
 
 

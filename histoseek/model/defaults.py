@@ -13,3 +13,6 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_GD_CONFIG = "SMG"
 DEFAULT_DIM = 1536
 DEFAULT_IMAGE_SIZE = 224
+#: Input sizes a model may have: far beyond any real one, to refuse nonsense before allocating.
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 4096
