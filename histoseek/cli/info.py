@@ -81,13 +81,14 @@ def info(
         )
 
     from rich.console import Console
+    from rich.text import Text
 
     from histoseek.inference.availability import auto_device, backend_statuses
     from histoseek.inference.exported import cache_dir, cached_files
     from histoseek.model.cgd import ModelConfig, build_model
     from histoseek.model.checkpoint import BUILTIN_MODEL, load_model, model_fingerprint
     from histoseek.model.summary import summarize
-    from histoseek.report.environment import environment_table
+    from histoseek.report.environment import cache_summary, environment_table
     from histoseek.report.tables import model_table
 
     if described:
@@ -101,4 +102,9 @@ def info(
     console.print(
         model_table(model.config, summarize(model, image_size), label, class_names, fingerprint)
     )
-    console.print(environment_table(backend_statuses(), auto_device(), cache_dir(), cached_files()))
+    try:
+        cache = cache_summary(cache_dir(), cached_files()) + " — see `histoseek cache`"
+    except HistoseekError as error:
+        # The cache only saves exporting again: what it holds is the least of what info shows.
+        cache = Text("✗ ", style="red") + Text(str(error))
+    console.print(environment_table(backend_statuses(), auto_device(), cache))

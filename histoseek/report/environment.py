@@ -37,10 +37,9 @@ def cache_summary(folder: Path, files: Sequence[CachedFile]) -> str:
     return f"{folder}: {len(files)} file(s), {format_size(total)}"
 
 
-def environment_table(
-    backends: Sequence[BackendStatus], device: str, cache_folder: Path, cached: Sequence[CachedFile]
-) -> Table:
-    """Which backends can run here (or why not), where `--device auto` runs, the cache."""
+def environment_table(backends: Sequence[BackendStatus], device: str, cache: str | Text) -> Table:
+    """Which backends can run here (or why not), where `--device auto` runs, and `cache`, the
+    cache row (see `cache_summary`)."""
     table = Table(title="this installation", show_header=False)
     table.add_column("property", style="bold")
     table.add_column("value")
@@ -48,7 +47,7 @@ def environment_table(
         mark = Text("✓ ", style="green") if status.available else Text("✗ ", style="red")
         table.add_row(f"backend {status.name}", mark + Text(status.detail))
     table.add_row("device (auto)", device)
-    table.add_row("cache", cache_summary(cache_folder, cached) + " — see `histoseek cache`")
+    table.add_row("cache", cache)
     return table
 
 

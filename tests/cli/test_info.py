@@ -66,3 +66,15 @@ def test_info_refuses_architecture_options_with_a_model(tmp_path):
         "Error: --backbone, --dim describe an untrained architecture; they do not apply with "
         "--model"
     )
+
+
+def test_an_unreadable_cache_is_shown_in_its_row_and_the_rest_still_is(wide, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("HISTOSEEK_CACHE", str(not_a_folder))
+    result = run("--classes", "0", "--dim", "48", "--image-size", "64")
+    assert result.exit_code == 0, result.output
+    shown = rows(result.stdout)
+    assert shown["cache"].startswith(f"✗ cannot read the cache folder {not_a_folder / 'onnx'}: ")
+    assert shown["backend torch"] == f"✓ PyTorch {torch.__version__}"
+    assert shown["device (auto)"] == auto_device()
