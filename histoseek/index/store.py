@@ -30,13 +30,12 @@ from histoseek.index.manifest import (
     locate_index,
     read_manifest,
 )
+from histoseek.inference.base import UNIT_LENGTH_TOLERANCE
 
 T = typing.TypeVar("T")
 
 #: Rows checked at a time, so a big index needs no big temporary array.
 _ROW_CHECK_ROWS = 16_384
-#: How far from 1 an embedding's length may be: float32 rounding, not a different vector.
-_UNIT_TOLERANCE = 1e-3
 #: Reads of an index that `index` runs keep swapping midway, before giving up.
 _READ_TRIES = 3
 
@@ -135,7 +134,7 @@ def read_matrix(
         if not finite.all():
             row = start + int(np.argmin(finite))
             raise ValueError(f"row {row} holds a value that is not a finite number")
-        off = np.abs(np.linalg.norm(chunk, axis=1) - 1.0) > _UNIT_TOLERANCE
+        off = np.abs(np.linalg.norm(chunk, axis=1) - 1.0) > UNIT_LENGTH_TOLERANCE
         if off.any():
             raise ValueError(f"row {start + int(np.argmax(off))} is not of unit length")
     return embeddings

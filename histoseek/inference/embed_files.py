@@ -11,9 +11,8 @@ import numpy as np
 
 from histoseek.callbacks import Progress
 from histoseek.data.dataset import Batch, ImageDataset, make_loader
-from histoseek.data.sources import ImageSource, source_name
+from histoseek.data.sources import ImageSource
 from histoseek.data.transforms import EvalTransform
-from histoseek.errors import HistoseekError
 from histoseek.inference.base import Embedder
 from histoseek.model.cgd import ModelConfig
 
@@ -94,7 +93,6 @@ def embed_files(
     failed: list[int] = []
     done = 0
     for embedded in batches:
-        _check_finite(embedded, sources)
         failed.extend(embedded.failed)
         if len(embedded.indices):
             parts.append(embedded)
@@ -110,18 +108,6 @@ def embed_files(
 
 
 Embed = Callable[[np.ndarray], np.ndarray]
-
-
-def _check_finite(embedded: EmbeddedFiles, sources: Sequence[ImageSource]) -> None:
-    """Refuse a batch holding a NaN or infinite embedding: nothing can be ranked by it, and
-    images are bytes, so it is the model that is broken, not the image."""
-    finite = np.isfinite(embedded.embeddings).all(axis=1)
-    if not finite.all():
-        first = sources[int(embedded.indices[np.argmin(finite)])]
-        raise HistoseekError(
-            f"the model embeds {source_name(first)} as numbers that are not finite (NaN or "
-            "infinite): its weights or export are damaged, or its precision overflows"
-        )
 
 
 def _nothing_embedded(dim: int, failed: tuple[int, ...] | list[int] = ()) -> EmbeddedFiles:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from histoseek.errors import HistoseekError
+from histoseek.inference.base import checked_embeddings
 from histoseek.inference.exported import (
     INSTALL_GPU,
     META_FINGERPRINT,
@@ -91,7 +93,7 @@ class OnnxEmbedder:
         self.path = path
         self.dim = self.config.dim
         self.batch_threads = batch_threads
-        model_input = self.session.get_inputs()[0]
+        model_input = self._check_graph()
         self.input_name = model_input.name
         # Static exports fix H and W as ints; dynamic ones name them with strings.
         height, width = model_input.shape[2:]
@@ -99,6 +101,39 @@ class OnnxEmbedder:
         self.provider = self.session.get_providers()[0]
         precision_label = " int8" if self.precision == "int8" else ""
         self.name = f"onnxruntime{precision_label} ({self.provider})"
+
+    def _check_graph(self):
+        """The graph's one input, after refusing a graph that does not take NCHW images of the
+        config's size (where fixed) and give `dim` values per image, as its metadata says."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            counts = f"{len(inputs)} input(s) and {len(outputs)} output(s)"
+            self._refuse(f"has {counts}, not one of each")
+        input_shape, output_shape = inputs[0].shape, outputs[0].shape
+        size = self.config.image_size
+        if len(input_shape) != 4:
+            self._refuse(f"takes {len(input_shape)}-D input, not batches of images (N×3×H×W)")
+        # Dynamic axes are named with strings (or None): only the fixed ones can be checked.
+        if any(
+            isinstance(found, int) and found != wanted
+            for found, wanted in zip(input_shape[1:], (3, size, size), strict=True)
+        ):
+            self._refuse(f"takes input of shape {input_shape}, not N×3×{size}×{size}")
+        if len(output_shape) != 2:
+            self._refuse(f"gives {len(output_shape)}-D output, not one row per image")
+        if isinstance(output_shape[1], int) and output_shape[1] != self.dim:
+            self._refuse(f"gives {output_shape[1]} values per image, not dim {self.dim}")
+        return inputs[0]
+
+    def _refuse(self, problem: str) -> NoReturn:
+        raise HistoseekError(
+            f"{self.path} is not the model its metadata describes: it {problem}; {self._remedy}"
+        )
+
+    @property
+    def _remedy(self) -> str:
+        int8 = " --int8" if self.precision == "int8" else ""
+        return f"export it again: histoseek export --model CHECKPOINT{int8} --overwrite"
 
     def embed_batch(self, images: np.ndarray) -> np.ndarray:
         """Embed an NCHW float32 batch → (N, dim) float32."""
@@ -110,4 +145,6 @@ class OnnxEmbedder:
             )
         batch = np.ascontiguousarray(images, dtype=np.float32)
         (embeddings,) = self.session.run(None, {self.input_name: batch})
-        return embeddings.astype(np.float32, copy=False)
+        return checked_embeddings(
+            embeddings, len(images), self.dim, f"the exported model {self.path}", self._remedy
+        )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from histoseek.errors import HistoseekError
+from histoseek.inference.base import checked_embeddings
 from histoseek.inference.exported import (
     check_fingerprint,
     import_tensorrt,
@@ -78,6 +79,7 @@ class TensorRTEmbedder:
         self.batch_threads = 1
         self.precision = metadata["precision"]
         self.name = f"tensorrt ({self.precision}, {torch.cuda.get_device_name()})"
+        self.label = label
 
     @classmethod
     def load(cls, engine: Path, fingerprint: str | None = None) -> TensorRTEmbedder:
@@ -107,7 +109,14 @@ class TensorRTEmbedder:
         """Embed an NCHW float32 batch → (N, dim) float32."""
         host = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         chunks = [self._run(chunk) for chunk in host.split(self.max_batch)]
-        return torch.cat(chunks).float().cpu().numpy()
+        return checked_embeddings(
+            torch.cat(chunks).float().cpu().numpy(),
+            len(images),
+            self.dim,
+            f"the TensorRT engine {self.label}",
+            "build it again (with --fp32 if FP16 overflows): histoseek export --model CHECKPOINT "
+            "--trt --overwrite",
+        )
 
     def _run(self, chunk: torch.Tensor) -> torch.Tensor:
         stream = torch.cuda.current_stream()

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from histoseek.errors import HistoseekError
+from histoseek.inference.base import checked_embeddings
 from histoseek.model.cgd import CGD
 
 
@@ -43,4 +44,10 @@ class TorchEmbedder:
         batch = batch.contiguous(memory_format=self.layout)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             embeddings = self.model.embed(batch)
-        return embeddings.float().cpu().numpy()
+        return checked_embeddings(
+            embeddings.float().cpu().numpy(),
+            len(images),
+            self.dim,
+            "the model",
+            "its weights are damaged, or overflow in this precision; use another checkpoint",
+        )

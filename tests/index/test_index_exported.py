@@ -73,3 +73,31 @@ def test_missing_export_is_refused(tiles, checkpoint, tmp_path):
         "0",
     )
     assert "not found" in error_line(result)
+
+
+def test_an_export_that_computes_something_else_is_refused_naming_it(tiles, checkpoint, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from histoseek.model.checkpoint import load_checkpoint
+    from histoseek_export.onnx_export import export_onnx
+
+    # The model's own export, but with its embeddings doubled: metadata and graph look right.
+    scaled = tmp_path / "scaled.onnx"
+    export_onnx(load_checkpoint(checkpoint)[0], scaled)
+    graph = onnx.load(str(scaled))
+    (node,) = [node for node in graph.graph.node if "embeddings" in node.output]
+    node.output[:] = ["unscaled"]
+    graph.graph.initializer.append(numpy_helper.from_array(np.float32(2), "two"))
+    graph.graph.node.append(helper.make_node("Mul", ["unscaled", "two"], ["embeddings"]))
+    onnx.save(graph, str(scaled))
+
+    index_dir = tmp_path / "index"
+    common = ["--exported", scaled, "--workers", "0"]
+    built = run_cli("index", tiles, "--model", checkpoint, "-o", index_dir, *common)
+    assert error_line(built) == (
+        f"Error: the exported model {scaled} embeds an image as a vector of length 2, not of "
+        "unit length; export it again: histoseek export --model CHECKPOINT --overwrite"
+    )
+    assert not index_dir.exists()

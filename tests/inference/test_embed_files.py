@@ -104,20 +104,3 @@ def test_without_batch_threads_batches_run_one_at_a_time_in_this_thread(files):
     embed_files(backend, CONFIG, files, batch_size=4)
     assert {thread for thread, _ in backend.calls} == {threading.current_thread().name}
     assert [size for _, size in backend.calls] == [3, 4, 2]  # unreadable files left out
-
-
-class NanWhereRedOutweighsGreen(ChannelMeans):
-    """Channel means, but NaN for images redder than green: 06.png and after."""
-
-    def __init__(self):
-        super().__init__(batch_threads=1)
-
-    def embed_batch(self, images: np.ndarray) -> np.ndarray:
-        embedded = super().embed_batch(images)
-        embedded[images[:, 0].mean(axis=(1, 2)) > images[:, 1].mean(axis=(1, 2))] = np.nan
-        return embedded
-
-
-def test_a_model_that_embeds_an_image_as_nan_is_refused_naming_the_image(files):
-    with pytest.raises(HistoseekError, match=r"embeds .*06\.png as numbers that are not finite"):
-        embed_files(NanWhereRedOutweighsGreen(), CONFIG, files, batch_size=4)
