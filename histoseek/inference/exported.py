@@ -44,6 +44,11 @@ INSTALL_CPU = "pip install 'histoseek[cpu]'"
 INSTALL_GPU = "pip install 'histoseek[gpu]'"
 
 
+class UnusableExportError(HistoseekError):
+    """An exported file that cannot run as asked: it does not load, or does not fit the weights,
+    config or precision it should run. Making it again fixes it, as histoseek does in its cache."""
+
+
 def import_onnxruntime(purpose: str = "the onnx backend"):
     """Import onnxruntime, or fail with one line naming the extra that provides it."""
     try:
@@ -105,11 +110,11 @@ def export_kind(path: Path) -> str:
 def check_fingerprint(path: Path, recorded: str | None, expected: str) -> None:
     """Refuse an export whose recorded weights fingerprint is not the model's."""
     if recorded is None:
-        raise HistoseekError(
+        raise UnusableExportError(
             f"{path} has no histoseek fingerprint; export it with histoseek export"
         )
     if recorded != expected:
-        raise HistoseekError(
+        raise UnusableExportError(
             f"{path} was exported from other weights (fingerprint {recorded[:12]}, model "
             f"{expected[:12]}); re-export it: histoseek export --model CHECKPOINT --overwrite"
         )
@@ -123,7 +128,9 @@ def config_from_metadata(path: Path, props: dict[str, str]) -> ModelConfig:
     try:
         return ModelConfig.from_dict(json.loads(props[META_CONFIG]))
     except (KeyError, ValueError, TypeError) as error:
-        raise HistoseekError(f"{path} carries no readable histoseek config ({error})") from None
+        raise UnusableExportError(
+            f"{path} carries no readable histoseek config ({error})"
+        ) from None
 
 
 def read_engine_metadata(engine: Path) -> dict:

@@ -14,6 +14,7 @@ from histoseek.inference.exported import (
     INSTALL_GPU,
     META_FINGERPRINT,
     META_PRECISION,
+    UnusableExportError,
     check_fingerprint,
     config_from_metadata,
     import_onnxruntime,
@@ -75,7 +76,7 @@ class OnnxEmbedder:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for bad files
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else error
-            raise HistoseekError(f"cannot load ONNX model {path}: {first_line}") from None
+            raise UnusableExportError(f"cannot load ONNX model {path}: {first_line}") from None
         props = self.session.get_modelmeta().custom_metadata_map
         #: The export's metadata_props (fingerprint, config, precision, parity...).
         self.metadata = dict(props)
@@ -83,9 +84,9 @@ class OnnxEmbedder:
             check_fingerprint(path, props.get(META_FINGERPRINT), fingerprint)
         self.precision = props.get(META_PRECISION, "fp32")
         if self.precision not in PRECISIONS:
-            raise HistoseekError(f"{path} records an unknown precision {self.precision!r}")
+            raise UnusableExportError(f"{path} records an unknown precision {self.precision!r}")
         if precision is not None and precision != self.precision:
-            raise HistoseekError(
+            raise UnusableExportError(
                 f"{path} is an {self.precision.upper()} export, not {precision.upper()}; "
                 f"use --backend {'onnx-int8' if self.precision == 'int8' else 'onnx'}"
             )
@@ -126,7 +127,7 @@ class OnnxEmbedder:
         return inputs[0]
 
     def _refuse(self, problem: str) -> NoReturn:
-        raise HistoseekError(
+        raise UnusableExportError(
             f"{self.path} is not the model its metadata describes: it {problem}; {self._remedy}"
         )
 

@@ -30,6 +30,7 @@ from histoseek.inference.cpu import CpuPlan
 from histoseek.inference.exported import (
     EXPORT_SUFFIXES,
     META_PARITY,
+    UnusableExportError,
     cached_onnx_path,
     export_beside,
     export_kind,
@@ -175,20 +176,31 @@ class _ExportFinder:
             path, device=device, fingerprint=self.fingerprint, precision=precision, **threads
         )
 
-    def cached_onnx(self) -> Path:
-        """An ONNX export of the model in the user cache, made now if it is not there yet."""
+    def cached_onnx_embedder(self, device: str, exporter: OnnxExporter) -> Embedder:
+        """ONNX Runtime on `device` running the model's export in the user cache, which
+        `exporter` makes now if it is not there yet.
+
+        The cache is histoseek's own, so an export there that does not load or fit (a truncated
+        file, say) is made again rather than skipped on every run. atomic_file swaps it in
+        whole: a concurrent run loads either export, never a half-written one.
+        """
         path = cached_onnx_path(self.fingerprint, self.model.config.image_size)
-        if not path.is_file():
-            if self.onnx_exporter is None:
-                raise HistoseekError("no ONNX export of these weights is cached")
+        if path.is_file():
+            try:
+                return self.onnx_embedder(path, device, "fp32")
+            except UnusableExportError as error:
+                self.notify(
+                    f"exporting the model to ONNX again, as its cached export is damaged: {error}"
+                )
+        else:
             self.notify(
                 "exporting the model to ONNX once for fast CPU inference (about 10 s); "
                 f"cached at {path} (see `histoseek cache`)"
             )
-            # An unwritable cache is one line (and, for --backend auto, a fall-back to torch).
-            with write_errors(path), atomic_file(path) as tmp:
-                self.onnx_exporter(self.model, tmp)
-        return path
+        # An unwritable cache is one line (and, for --backend auto, a fall-back to torch).
+        with write_errors(path), atomic_file(path) as tmp:
+            exporter(self.model, tmp)
+        return self.onnx_embedder(path, device, "fp32")
 
 
 def _ort_device(device: str) -> str:
@@ -202,9 +214,9 @@ def _ort_device(device: str) -> str:
 def _onnx_embedder(finder: _ExportFinder, device: str) -> Embedder:
     import_onnxruntime()
     builtin = finder.checkpoint is None and finder.exported is None
-    cached = builtin and finder.onnx_exporter is not None
-    path = finder.cached_onnx() if cached else finder.require("onnx")
-    return finder.onnx_embedder(path, _ort_device(device), "fp32")
+    if builtin and finder.onnx_exporter is not None:
+        return finder.cached_onnx_embedder(_ort_device(device), finder.onnx_exporter)
+    return finder.onnx_embedder(finder.require("onnx"), _ort_device(device), "fp32")
 
 
 def _int8_embedder(finder: _ExportFinder, device: str) -> Embedder:
@@ -302,18 +314,19 @@ def _auto_onnx_embedder(finder: _ExportFinder, on_gpu: bool) -> Embedder | None:
         return None
     ort_device = "cuda" if on_gpu else "cpu"
 
-    def embedder_for(onnx_path: Path) -> Embedder | None:
-        return _attempt(
-            lambda: finder.onnx_embedder(onnx_path, ort_device, "fp32"), onnx_path, notify
-        )
-
-    embedder = embedder_for(path) if path is not None else None
-    if embedder is not None or finder.exported is not None or finder.onnx_exporter is None:
+    embedder = None
+    if path is not None:
+        embedder = _attempt(lambda: finder.onnx_embedder(path, ort_device, "fp32"), path, notify)
+    exporter = finder.onnx_exporter
+    if embedder is not None or finder.exported is not None or exporter is None:
         return embedder
     # No usable export of these weights: ONNX Runtime is still several times faster than
     # torch on CPUs, so export once into the cache (keyed by the weights' fingerprint).
-    cached = _attempt(finder.cached_onnx, "an on-the-fly ONNX export", notify)
-    return embedder_for(cached) if cached is not None else None
+    return _attempt(
+        lambda: finder.cached_onnx_embedder(ort_device, exporter),
+        "an on-the-fly ONNX export",
+        notify,
+    )
 
 
 def _attempt(factory: Callable, subject: Path | str, notify: Notify):

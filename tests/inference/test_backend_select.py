@@ -135,6 +135,46 @@ def test_model_without_checkpoint_is_exported_once_into_the_cache(tmp_path: Path
 
 
 @needs_cpu_only
+@pytest.mark.parametrize("backend", ["auto", "onnx"])
+def test_a_damaged_cached_export_is_exported_again(tmp_path: Path, monkeypatch, backend):
+    monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
+    model = _small_model()
+    create_embedder(model, backend, "cpu", notify=lambda _: None, onnx_exporter=export_onnx)
+    (cached,) = (tmp_path / "cache" / "onnx").iterdir()
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[:1000])  # a disk that filled up, a copy cut short
+    notes: list[str] = []
+    embedder = create_embedder(
+        model, backend, "cpu", notify=notes.append, onnx_exporter=export_onnx
+    )
+    assert isinstance(embedder, OnnxEmbedder) and embedder.path == cached
+    assert cached.read_bytes() == whole
+    assert len(notes) == 1
+    assert notes[0].startswith(
+        "exporting the model to ONNX again, as its cached export is damaged: cannot load ONNX "
+        f"model {cached}: "
+    )
+    # Only the leftovers of killed exports are ever left beside it, and this one finished.
+    assert list(cached.parent.iterdir()) == [cached]
+
+
+def test_a_cached_export_that_cannot_run_here_is_not_exported_again(tmp_path, monkeypatch):
+    from histoseek.inference.onnx_backend import ort_has_cuda
+
+    if ort_has_cuda():
+        pytest.skip("needs an onnxruntime without CUDA support")
+    monkeypatch.setenv("HISTOSEEK_CACHE", str(tmp_path / "cache"))
+    model = _small_model()
+    create_embedder(model, "onnx", "cpu", notify=lambda _: None, onnx_exporter=export_onnx)
+    (cached,) = (tmp_path / "cache" / "onnx").iterdir()
+    stamp = cached.stat().st_mtime_ns
+    notes: list[str] = []
+    with pytest.raises(HistoseekError, match="needs onnxruntime-gpu"):
+        create_embedder(model, "onnx", "cuda", notify=notes.append, onnx_exporter=export_onnx)
+    assert notes == [] and cached.stat().st_mtime_ns == stamp
+
+
+@needs_cpu_only
 def test_an_unwritable_cache_is_one_line_and_auto_falls_back_to_torch(tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
