@@ -106,9 +106,11 @@ def prepare(
     )
     # Markup off: paths and class names may hold square brackets.
     console = Console(markup=False)
+    # Notes on stderr as every command's, each one line however long (logs are grepped).
+    notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
     def note(line: str) -> None:
-        console.print(Text.assemble(("note:", "yellow"), f" {line}"), highlight=False)
+        notes.print(Text.assemble(("note:", "yellow"), f" {line}"))
 
     with progress_bar("tiling source images", unit="image", transient=True) as progress:
         summary = prepare_dataset(
