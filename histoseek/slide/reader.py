@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -78,14 +79,54 @@ def is_slide_file(path: Path | str) -> bool:
     """Whether OpenSlide should read this file: a vendor extension, or a tiled TIFF.
 
     A .tif/.tiff is a slide when OpenSlide recognises it (it is tiled: generic pyramidal
-    TIFF, Aperio, Philips, Ventana, Trestle); a stripped TIFF is a plain image.
+    TIFF, Aperio, Philips, Ventana, Trestle), or when its first directory is tiled although
+    OpenSlide does not recognise it: a truncated or corrupt slide, which Pillow could still
+    decode as one plain image of its level 0 (or a part of it), so it must fail as a slide.
+    A stripped TIFF is a plain image.
     """
     suffix = Path(path).suffix.lower()
     if suffix in VENDOR_EXTENSIONS:
         return True
     if suffix in TIFF_EXTENSIONS:
-        return _openslide().OpenSlide.detect_format(str(path)) is not None
+        return _openslide().OpenSlide.detect_format(str(path)) is not None or _tiled(path)
     return False
+
+
+_TILE_WIDTH = 322
+# Per TIFF version (42 classic, 43 BigTIFF): where the first directory's offset is in the
+# header and its format, then the format of a directory's tag count and the size of a tag.
+_LAYOUT = {42: (4, "I", "H", 12), 43: (8, "Q", "Q", 20)}
+# No TIFF directory holds nearly this many tags: a larger count is corrupt, and no more are read.
+_MAX_TAGS = 4096
+
+
+def _tiled(path: Path | str) -> bool:
+    """Whether the TIFF's first directory has a TileWidth tag, from its header alone.
+
+    Parsed here rather than with Pillow or tifffile: they check the image size against the
+    pixel limit or log warnings about broken headers, and only this one tag is needed. A file
+    that is no TIFF, or whose header is cut short, counts as not tiled (Pillow then says why).
+    """
+    try:
+        with open(path, "rb") as file:
+            header = file.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(header[:2])
+            if order is None:
+                return False
+            layout = _LAYOUT.get(struct.unpack_from(order + "H", header, 2)[0])
+            if layout is None:
+                return False
+            offset_at, offset_format, count_format, tag_size = layout
+            file.seek(struct.unpack_from(order + offset_format, header, offset_at)[0])
+            count_field = file.read(struct.calcsize(count_format))
+            (count,) = struct.unpack(order + count_format, count_field)
+            tags = file.read(min(count, _MAX_TAGS) * tag_size)
+    except (OSError, ValueError, struct.error):
+        return False
+    return any(
+        struct.unpack_from(order + "H", tags, start)[0] == _TILE_WIDTH
+        for start in range(0, len(tags) - 1, tag_size)
+    )
 
 
 def best_level(downsamples: tuple[float, ...], factor: float) -> int:

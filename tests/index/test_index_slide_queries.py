@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from assembled_slides import assemble_kather_slide
+from assembled_slides import assemble_kather_slide, synthetic_slide
 from index_helpers import error_line, index_args, run_cli
 from PIL import Image
 
@@ -268,6 +268,17 @@ def test_bad_regions_and_unknown_mpp_are_one_line(archive, tmp_path):
     assert "microns per pixel unknown" in line and "--slide-mpp" in line
     query = _query(no_mpp, "--region", "195,195,65,65", "--slide-mpp", "0.495", *base[:2])
     assert query["queries"][0]["slide_mpp"] == 0.495
+
+
+def test_a_truncated_query_slide_is_one_line_not_a_plain_image(archive, tmp_path):
+    slides, index_dir = archive
+    data = synthetic_slide(tmp_path / "whole.tif", size=(2048, 1536)).path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) * 9 // 10])  # OpenSlide refuses it; Pillow decodes level 0
+    line = error_line(run_cli("query", cut, "--index", index_dir, "--backend", "torch"))
+    assert line.endswith(
+        "cut.tif: OpenSlide cannot open it (unsupported format, corrupt or truncated)"
+    )
 
 
 def _decoded(uri: str) -> np.ndarray:

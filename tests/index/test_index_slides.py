@@ -213,12 +213,15 @@ def test_corrupt_truncated_and_unknown_mpp_slides_are_skipped_and_listed(
     # Three levels: tissue is found on level 2; the tiles, read from level 1, are zeros.
     bigger = synthetic_slide(tmp_path / "bigger.tif", "mucosa", (2048, 1536), seed=3).path
     corrupt_levels(bigger, slides / "bad" / "zeroed.tif", levels=(0, 1))
+    # OpenSlide refuses it, but Pillow decodes its level 0: never one plain image.
+    cut = bigger.read_bytes()
+    (slides / "bad" / "cut.tif").write_bytes(cut[: len(cut) * 9 // 10])
     (slides / "bad" / "junk.svs").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
     rgb = synthetic_slide(tmp_path / "x.tif", "stroma", SIZE, seed=5).rgb
     write_pyramidal_tiff(slides / "bad" / "no_mpp.tif", rgb, "no resolution recorded", None)
     index_dir = tmp_path / "idx"
     result = _index(slides, checkpoint, index_dir)
-    assert "skipped 4 unreadable file(s)" in result.stderr
+    assert "skipped 5 unreadable file(s)" in result.stderr
     assert (
         "1 slide(s) record no microns per pixel, so they are skipped; pass --slide-mpp to give it"
         in result.stderr
@@ -227,9 +230,10 @@ def test_corrupt_truncated_and_unknown_mpp_slides_are_skipped_and_listed(
         line.split("\t") for line in (index_dir / "skipped.txt").read_text().splitlines()[1:]
     )
     assert sorted(listed) == [
-        "bad/junk.svs", "bad/no_mpp.tif", "bad/truncated.tif", "bad/zeroed.tif",
+        "bad/cut.tif", "bad/junk.svs", "bad/no_mpp.tif", "bad/truncated.tif", "bad/zeroed.tif",
     ]  # fmt: skip
     assert "OpenSlide cannot open it" in listed["bad/junk.svs"]
+    assert "OpenSlide cannot open it" in listed["bad/cut.tif"]
     assert listed["bad/zeroed.tif"].startswith("cannot read ")
     assert listed["bad/no_mpp.tif"] == (
         "microns per pixel unknown (the file records none); pass --slide-mpp to give it"
@@ -238,7 +242,7 @@ def test_corrupt_truncated_and_unknown_mpp_slides_are_skipped_and_listed(
 
     with_mpp = _index(slides, checkpoint, index_dir, "--slide-mpp", "0.5")
     assert "slides: 1 embedded, 2 reused" in with_mpp.stderr
-    assert "skipped 3 unreadable file(s)" in with_mpp.stderr
+    assert "skipped 4 unreadable file(s)" in with_mpp.stderr
     other = _index(slides, checkpoint, index_dir, "--slide-mpp", "0.25")
     assert "slides: 1 embedded, 2 reused" in other.stderr  # only the slide that used it
 

@@ -233,6 +233,45 @@ def test_corrupt_and_truncated_slides_raise_one_clear_error(tmp_path, synthetic)
             slide.read_region(0, 0, 0, 300, 300)
 
 
+def test_a_truncated_slide_that_pillow_still_decodes_is_refused_as_a_slide(tmp_path, synthetic):
+    data = synthetic.path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) * 9 // 10])
+    # OpenSlide refuses it, but Pillow decodes level 0 from what is left: read as a plain
+    # image, the whole slide would become one picture.
+    with Image.open(cut) as image:
+        assert image.size == (2048, 1536)
+        image.load()
+    assert is_slide_file(cut)
+    with pytest.raises(SlideError) as caught:
+        open_slide(cut)
+    assert str(caught.value).endswith(
+        "cut.tif: OpenSlide cannot open it (unsupported format, corrupt or truncated)"
+    )
+
+
+@pytest.mark.parametrize("layout", [{}, {"bigtiff": True}, {"byteorder": ">"}])
+def test_a_tiff_whose_first_directory_is_tiled_is_a_slide_file(tmp_path, layout):
+    rgb = np.random.default_rng(0).integers(0, 256, (600, 600, 3), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "tiled.tif", **layout) as writer:
+        for level in (rgb, rgb[::2, ::2]):
+            writer.write(level, photometric="rgb", tile=(256, 256), subfiletype=level is not rgb)
+    data = (tmp_path / "tiled.tif").read_bytes()
+    # Cut before the second level's directory: OpenSlide no longer recognises the file.
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 6 // 10])
+    tifffile.imwrite(tmp_path / "stripped.tif", rgb, photometric="rgb", **layout)
+    assert is_slide_file(tmp_path / "tiled.tif")
+    assert is_slide_file(tmp_path / "cut.tif")
+    with pytest.raises(SlideError, match="cut.tif: OpenSlide cannot open it"):
+        open_slide(tmp_path / "cut.tif")
+    assert not is_slide_file(tmp_path / "stripped.tif")
+    for header in (data[:3], data[:12], b"II*\x00\xff\xff\xff\x7f", b"not a tiff at all"):
+        (tmp_path / "broken.tif").write_bytes(header)
+        assert not is_slide_file(tmp_path / "broken.tif")
+        with pytest.raises(SlideError, match="broken.tif: not a readable image"):
+            open_slide(tmp_path / "broken.tif")
+
+
 def test_a_truncated_plain_image_raises_a_slide_error(tmp_path):
     path = tmp_path / "cut.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)).save(path)
