@@ -41,6 +41,9 @@ TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 # Level sizes are rounded, so a level meant as 4x down may measure 4.004x; this much coarser
 # than asked still counts as fine enough.
 LEVEL_TOLERANCE = 0.01
+# Level sizes are level 0's divided by the downsample and rounded, and OpenSlide makes some
+# levels from others (Hamamatsu's), rounding again: a side may be this many pixels off.
+LEVEL_ROUNDING = 2
 # The most pixels one region read may return (256 MiB as RGBA): larger reads go piece by piece.
 MAX_REGION_PIXELS = 2**26
 # Side, in pixels of the level read, of the pieces read_scaled reads one at a time.
@@ -325,6 +328,29 @@ class Slide(abc.ABC):
         self.close()
 
 
+def _scales(side0: int, side: int) -> tuple[float, float]:
+    """The scales that make `side` of `side0` pixels, give or take LEVEL_ROUNDING pixels."""
+    low = side0 / (side + LEVEL_ROUNDING)
+    return low, side0 / (side - LEVEL_ROUNDING) if side > LEVEL_ROUNDING else math.inf
+
+
+def _scaled_down(base: Level, level: Level) -> bool:
+    """Whether `level` is level 0 (`base`) scaled down by its downsample, up to rounding.
+
+    Another image among the levels (a wide label strip taken for level 0, say) fails: read
+    through such a pyramid, a region of one level is not the same place on another.
+    """
+    if level.width > base.width or level.height > base.height:
+        return False
+    low_x, high_x = _scales(base.width, level.width)
+    low_y, high_y = _scales(base.height, level.height)
+    # One scale must make both sides (the aspect ratio holds). OpenSlide's downsample is the
+    # mean of the two sides' ratios, so it need only lie between the two sides' scales.
+    return max(low_x, low_y) <= min(high_x, high_y) and (
+        min(low_x, low_y) <= level.downsample <= max(high_x, high_y)
+    )
+
+
 def _whole(values: tuple[float, ...]) -> bool:
     return all(abs(value - round(value)) < 1e-9 for value in values)
 
@@ -354,7 +380,8 @@ class _OpenSlideSlide(Slide):
         super().__init__(path, levels, found[0], found[1], vendor)
 
     def _levels(self, name: str) -> tuple[Level, ...]:
-        """The pyramid, checked: positive sizes, downsamples from 1 upwards."""
+        """The pyramid, checked: positive sizes, downsamples from 1 upwards, and every level
+        level 0 scaled down by its downsample (`_scaled_down`)."""
         levels = tuple(
             Level(int(width), int(height), float(downsample))
             for (width, height), downsample in zip(
@@ -369,6 +396,13 @@ class _OpenSlideSlide(Slide):
             or downsamples != sorted(downsamples)
         ):
             raise SlideError(f"{name}: its pyramid makes no sense ({levels})")
+        for number, level in enumerate(levels[1:], 1):
+            if not _scaled_down(levels[0], level):
+                raise SlideError(
+                    f"{name}: its pyramid levels do not agree: level {number} is "
+                    f"{level.width}×{level.height} at downsample {level.downsample:.4g}, but "
+                    f"level 0 is {levels[0].width}×{levels[0].height}"
+                )
         return levels
 
     def _recorded_mpp(self, openslide: ModuleType, name: str) -> tuple[float | None, str]:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from histoseek.data.images import pixel_limit
 from histoseek.errors import HistoseekError
-from histoseek.slide.pyramid import pyramid_levels
+from histoseek.slide.pyramid import pyramid_levels, write_pyramidal_tiff
 from histoseek.slide.reader import (
     SlideError,
     UnknownMppError,
@@ -270,6 +270,58 @@ def test_a_tiff_whose_first_directory_is_tiled_is_a_slide_file(tmp_path, layout)
         assert not is_slide_file(tmp_path / "broken.tif")
         with pytest.raises(SlideError, match="broken.tif: not a readable image"):
             open_slide(tmp_path / "broken.tif")
+
+
+def _pyramid_and(path, rgb, extra):
+    """A pyramidal TIFF of `rgb` at 0.5 µm/px, and one more tiled image after its levels."""
+    with tifffile.TiffWriter(path) as writer:
+        for number, level in enumerate([*pyramid_levels(rgb), extra]):
+            scale = rgb.shape[1] / level.shape[1]
+            writer.write(
+                level,
+                photometric="rgb",
+                tile=(256, 256),
+                subfiletype=1 if number else 0,
+                resolution=(1e4 / (0.5 * scale),) * 2,
+                resolutionunit="CENTIMETER",
+            )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # OpenSlide takes the widest image for level 0: a label strip, and the slide's own
+        # level 0 becomes "level 1" at downsample 1.17.
+        ((512, 4096), "level 1 is 2048×1536 at downsample 1.167, but level 0 is 4096×512"),
+        ((1600, 4096), "level 1 is 2048×1536 at downsample 1.521, but level 0 is 4096×1600"),
+        # Small, but not the slide's shape.
+        ((400, 400), "level 3 is 400×400 at downsample 4.48, but level 0 is 2048×1536"),
+    ],
+    ids=["label strip", "larger image", "small square"],
+)
+def test_a_pyramid_whose_levels_disagree_is_refused(tmp_path, synthetic, extra, message):
+    path = tmp_path / "extra.tif"
+    _pyramid_and(path, synthetic.rgb, np.full((*extra, 3), 120, np.uint8))
+    with pytest.raises(SlideError) as caught:
+        open_slide(path)
+    assert str(caught.value).endswith(f"extra.tif: its pyramid levels do not agree: {message}")
+
+
+def test_pyramid_levels_rounded_either_way_agree(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (1029, 4099, 3), np.uint8)
+    # Odd sides round up at each halving (or down, below); a 4:1 slide's ratios differ most.
+    write_pyramidal_tiff(tmp_path / "odd.tif", rgb, "odd sizes", 0.5)
+    with tifffile.TiffWriter(tmp_path / "floor.tif") as writer:
+        for number, level in enumerate((rgb, rgb[:1028:2, :4098:2], rgb[:1028:4, :4096:4])):
+            writer.write(level, photometric="rgb", tile=(256, 256), subfiletype=int(number > 0))
+    with open_slide(tmp_path / "odd.tif") as slide:
+        assert [(level.width, level.height) for level in slide.levels] == [
+            (4099, 1029), (2050, 515), (1025, 258), (513, 129), (257, 65),
+        ]  # fmt: skip
+    with open_slide(tmp_path / "floor.tif") as slide:
+        assert [(level.width, level.height) for level in slide.levels] == [
+            (4099, 1029), (2049, 514), (1024, 257),
+        ]  # fmt: skip
 
 
 def test_a_truncated_plain_image_raises_a_slide_error(tmp_path):
