@@ -123,7 +123,8 @@ def whole_slide_query(
 ) -> SlideQuery:
     """A spread-out sample of at most `max_tiles` of the slide's tissue tiles on the grid.
 
-    Refused in one line: no tissue tile at all, an unknown mpp, an unreadable slide.
+    Refused in one line: no tissue tile at all, no tile on the grid (`grid_tile_size`), an
+    unknown mpp, an unreadable slide.
     """
     with open_slide(path, slide_mpp) as slide:
         mpp = slide.require_mpp()

@@ -89,7 +89,8 @@ class TiledSlide:
 def find_tissue(file: SlideFile, size: int, mtime_ns: int, options: TilingOptions) -> TiledSlide:
     """Open the slide and find its tissue tiles at the options' mpp (never decoding it whole).
 
-    SlideError (one line) when it cannot be opened, its mpp is unknown or a region read fails.
+    SlideError (one line) when it cannot be opened, its mpp is unknown, it has no true tile at
+    the options' mpp (`grid_tile_size`) or a region read fails.
     """
     with open_slide(file.path, slide_mpp=options.slide_mpp) as slide:
         tiles = tissue_tiles(slide, options.patch_size, options.mpp, options.min_tissue)

@@ -18,10 +18,13 @@ from histoseek.prepare.defaults import DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
 from histoseek.prepare.tiling import tile_origins, tissue_fractions
 from histoseek.prepare.tissue import tissue_mask
 from histoseek.slide.defaults import DEFAULT_MAX_TILES, DEFAULT_MPP
-from histoseek.slide.reader import Slide
+from histoseek.slide.reader import Slide, SlideError
 
 # The tissue mask gives each tile this many pixels a side: fractions in steps of 1/256.
 MASK_PIXELS_PER_TILE = 16
+# A tile's side is rounded to whole level-0 pixels, which moves its real mpp off the target;
+# the mpp its tiles record may be this far off, and no further.
+MAX_MPP_ROUNDING = 0.01
 # The tissue mask's longer side stays within this, whatever the slide's size (memory).
 MAX_MASK_SIDE = 4096
 
@@ -59,6 +62,33 @@ def tile_size(slide_mpp: float, mpp: float, patch_size: int) -> int:
     return max(1, round(patch_size * mpp / slide_mpp))
 
 
+def grid_tile_size(slide: Slide, patch_size: int, mpp: float) -> int:
+    """The level-0 side of the slide's tiles (`tile_size`), or SlideError (one line) when
+    rounding it would leave the tiles more than MAX_MPP_ROUNDING off `mpp`, or when the slide
+    is smaller than one tile. Raises UnknownMppError without an mpp."""
+    slide_mpp = slide.require_mpp()
+    size = tile_size(slide_mpp, mpp, patch_size)
+    real = size * slide_mpp / patch_size
+    if abs(real - mpp) > MAX_MPP_ROUNDING * mpp:
+        # Rounding moves the side by half a pixel at most: this side keeps within the bound.
+        least = 0.5 / MAX_MPP_ROUNDING * slide_mpp / patch_size
+        raise SlideError(
+            f"{slide.name}: a {patch_size}-px tile at --mpp {mpp:g} is "
+            f"{patch_size * mpp / slide_mpp:.3g} px of this slide at {slide_mpp:g} µm/px "
+            f"({slide.mpp_source}); rounded to {size} px it would be at {real:.3g} µm/px, "
+            f"{abs(real - mpp) / mpp:.0%} off (an --mpp of {least:.3g} or more keeps within "
+            f"{MAX_MPP_ROUNDING:.0%})"
+        )
+    width, height = slide.dimensions
+    if size > min(width, height):
+        raise SlideError(
+            f"{slide.name}: smaller than one {patch_size}-px tile at --mpp {mpp:g}: it is "
+            f"{width}×{height} px at {slide_mpp:g} µm/px ({slide.mpp_source}), a tile "
+            f"{size} px a side"
+        )
+    return size
+
+
 def _check(patch_size: int, mpp: float, min_tissue: float) -> None:
     if patch_size < 1:
         raise HistoseekError(f"--patch-size must be at least 1, not {patch_size}")
@@ -75,10 +105,11 @@ def tissue_map(
     tissue fraction from prepare's tissue mask on a low-resolution overview.
 
     The overview is read from the pyramid level nearest its scale, piece by piece, so this
-    never decodes the slide at full resolution. Raises UnknownMppError without an mpp.
+    never decodes the slide at full resolution. Raises UnknownMppError without an mpp, and
+    SlideError where the slide has no tile at `mpp` or no true one (`grid_tile_size`).
     """
     _check(patch_size, mpp, 0.0)
-    size = tile_size(slide.require_mpp(), mpp, patch_size)
+    size = grid_tile_size(slide, patch_size, mpp)
     width, height = slide.dimensions
     per_tile = max(1, min(MASK_PIXELS_PER_TILE, size, MAX_MASK_SIDE * size // max(width, height)))
     # A mask pixel is exactly size / per_tile level-0 pixels, so tile k is mask pixels

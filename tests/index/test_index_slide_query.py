@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from assembled_slides import KATHER_MPP, assemble_kather_slide
+from assembled_slides import GLASS, KATHER_MPP, assemble_kather_slide
 
 from histoseek.errors import HistoseekError
 from histoseek.index.slide_query import (
@@ -19,6 +19,7 @@ from histoseek.index.slide_query import (
     region_query,
     whole_slide_query,
 )
+from histoseek.slide.pyramid import write_pyramidal_tiff
 from histoseek.slide.reader import UnknownMppError, open_slide
 from histoseek.slide.tiling import read_tile, spread_sample, tissue_tiles
 
@@ -99,9 +100,17 @@ def test_a_whole_slide_query_is_its_spread_out_tissue_tiles(stroma_slide):
     assert done[-1] == (5, 5)
 
 
-def test_a_slide_without_tissue_is_one_line(stroma_slide):
-    with pytest.raises(HistoseekError, match="nothing to query with"):
+def test_a_slide_without_tissue_is_one_line(tmp_path):
+    glass = np.full((600, 800, 3), GLASS, np.uint8)
+    write_pyramidal_tiff(tmp_path / "glass.tif", glass, "blank glass", KATHER_MPP)
+    with pytest.raises(HistoseekError, match="no 96-px tile at 0.5 µm/px holds --min-tissue 0.5"):
+        whole_slide_query(tmp_path / "glass.tif", GRID, 5)
+
+
+def test_a_slide_smaller_than_one_tile_is_one_line_saying_so(stroma_slide):
+    with pytest.raises(HistoseekError) as caught:
         whole_slide_query(stroma_slide.path, TileGrid(0.5, 4000, 0.5), 5)
+    assert "smaller than one 4000-px tile at --mpp 0.5: it is 1000×850 px" in str(caught.value)
 
 
 def test_images_in_memory_embed_as_their_files_do(stroma_slide, checkpoint, tmp_path):

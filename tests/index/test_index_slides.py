@@ -252,6 +252,33 @@ def test_corrupt_truncated_and_unknown_mpp_slides_are_skipped_and_listed(
     assert error_line(strict).startswith("Error: --strict: bad/")
 
 
+def test_slides_smaller_than_a_tile_or_tiled_off_their_mpp_are_skipped_with_why(
+    slides, checkpoint, tmp_path
+):
+    rgb = render_slide("stroma", 120, 90, np.random.default_rng(7))
+    write_pyramidal_tiff(slides / "stroma" / "small.tif", rgb, "smaller than a tile", 0.5)
+    write_pyramidal_tiff(slides / "stroma" / "no_mpp.tif", rgb, "no resolution recorded", None)
+    index_dir = tmp_path / "idx"
+    result = _index(slides, checkpoint, index_dir, "--slide-mpp", "20")
+    assert "skipped 2 unreadable file(s)" in result.stderr
+    assert "have no tile of" not in result.stderr
+    listed = dict(
+        line.split("\t") for line in (index_dir / "skipped.txt").read_text().splitlines()[1:]
+    )
+    assert listed == {
+        "stroma/no_mpp.tif": (
+            "a 64-px tile at --mpp 1 is 3.2 px of this slide at 20 µm/px (--slide-mpp, as the "
+            "file records none); rounded to 3 px it would be at 0.938 µm/px, 6% off (an --mpp "
+            "of 15.6 or more keeps within 1%)"
+        ),
+        "stroma/small.tif": (
+            "smaller than one 64-px tile at --mpp 1: it is 120×90 px at 0.5 µm/px (the file's "
+            "metadata), a tile 128 px a side"
+        ),
+    }
+    assert read_manifest(index_dir).slides == 2
+
+
 def test_a_damaged_slide_shard_is_embedded_again_alone(slides, checkpoint, tmp_path):
     index_dir = tmp_path / "idx"
     _index(slides, checkpoint, index_dir)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from histoseek.errors import HistoseekError
 from histoseek.slide.pyramid import pyramid_levels
-from histoseek.slide.reader import UnknownMppError, open_slide
+from histoseek.slide.reader import SlideError, UnknownMppError, open_slide
 from histoseek.slide.tiling import (
     Tile,
     read_region_at_mpp,
@@ -140,9 +140,32 @@ def test_tissue_tiles_keep_tissue_and_drop_glass(kather_slide):
     assert len(set(kept) & set(all_tissue)) >= 0.8 * len(all_tissue)  # stroma is tissue
 
 
-def test_a_slide_smaller_than_a_tile_has_no_tiles(kather_slide):
-    with open_slide(kather_slide.path) as slide:
-        assert tissue_tiles(slide, patch_size=224, mpp=5.0, min_tissue=0.0) == []
+def test_a_slide_smaller_than_a_tile_is_one_line_saying_so(kather_slide):
+    with open_slide(kather_slide.path) as slide, pytest.raises(SlideError) as caught:
+        tissue_tiles(slide, patch_size=224, mpp=5.0, min_tissue=0.0)
+    assert str(caught.value).endswith(
+        "smaller than one 224-px tile at --mpp 5: it is 1000×850 px at 0.495 µm/px (the file's "
+        "metadata), a tile 2263 px a side"
+    )
+
+
+def test_tiles_whose_rounded_side_misstates_their_mpp_are_refused(tmp_path):
+    Image.new("RGB", (300, 300), (180, 80, 150)).save(tmp_path / "patch.png")
+    with (
+        open_slide(tmp_path / "patch.png", slide_mpp=20.0) as slide,
+        pytest.raises(SlideError) as caught,
+    ):
+        tissue_tiles(slide, patch_size=224, mpp=0.05)
+    # 224 px at 0.05 µm/px is 0.56 px at 20: one pixel, really 0.089 µm/px.
+    assert str(caught.value).endswith(
+        "patch.png: a 224-px tile at --mpp 0.05 is 0.56 px of this slide at 20 µm/px "
+        "(--slide-mpp, as a PNG image records none); rounded to 1 px it would be at "
+        "0.0893 µm/px, 79% off (an --mpp of 4.46 or more keeps within 1%)"
+    )
+    with open_slide(tmp_path / "patch.png", slide_mpp=0.5) as slide:
+        with pytest.raises(SlideError, match=r"rounded to 22 px it would be at 0.0491 µm/px"):
+            tissue_tiles(slide, patch_size=224, mpp=0.05)  # 22.4 px: 1.8% off
+        assert {tile.size for tile in tissue_tiles(slide, patch_size=224, mpp=0.1)} == {45}
 
 
 def test_tiling_needs_an_mpp(tmp_path):
