@@ -173,16 +173,18 @@ class IndexedSource:
 
     def load(self) -> Image.Image:
         """The item's pixels, or UnreadableImageError when the file has changed since."""
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            info = None  # reading it says what is wrong
-        if info is not None and self._changed(info):
+        if self.changed():
             raise UnreadableImageError("it has changed since it was indexed")
         source = SlideTile(self.path, self.item.tile()) if self.item.is_tile else self.path
         return load_source(source)
 
-    def _changed(self, info: os.stat_result) -> bool:
+    def changed(self) -> bool:
+        """Whether the file differs from what the index recorded (not when it cannot be
+        stat'ed: reading it then says what is wrong)."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
         if self.item.is_tile and self.path.suffix.lower() in MULTI_FILE_SUFFIXES:
             # The index recorded the total size and newest mtime of all the slide's files;
             # of this one file only the mtime can be compared, and it can be no newer.

@@ -15,6 +15,7 @@ from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError
 from histoseek.data.sources import ImageSource, load_source
 from histoseek.fsutil import atomic_file, write_errors
+from histoseek.index.items import IndexedSource
 from histoseek.index.search import Hit, QueryResult, SearchReport, shown_path
 from histoseek.index.slide_query import Box
 from histoseek.report.results import (
@@ -98,6 +99,14 @@ class _SlidePage:
         self.overviews = SlideOverviews(OVERVIEW_SIZE)
         self.full_tiles: dict[tuple, tuple[str, str]] = {}
 
+    def hit_overview(self, hit: Hit, boxes: list[Box], alt: str) -> str:
+        """The overview of a hit's slide with `boxes`, grey if the slide has changed since it
+        was indexed (the boxes would mark places on another picture)."""
+        source = hit.source()
+        if isinstance(source, IndexedSource) and source.changed():
+            self.overviews.forget(hit.path)
+        return self.overview(hit.path, boxes, HIT_COLOUR, alt)
+
     def overview(self, path: Path, boxes: list[Box], colour: tuple[int, int, int], alt: str) -> str:
         """An <img> of the slide at `path` with the boxes drawn on it."""
         uri = data_uri(self.overviews.with_boxes(path, boxes, colour))
@@ -133,8 +142,8 @@ class _SlidePage:
         """A tile hit: the tile, and its slide's overview with a box where it lies."""
         tile = data_uri(load_thumbnail(hit.source(), THUMBNAIL_SIZE))
         alt = f"{hit.item.slide_id} at {hit.item.x}, {hit.item.y}"
-        images = f'<img src="{tile}" alt="{html.escape(alt, quote=True)}">' + self.overview(
-            hit.path, [_tile_box(hit)], HIT_COLOUR, f"where it lies on {hit.shown_path}"
+        images = f'<img src="{tile}" alt="{html.escape(alt, quote=True)}">' + self.hit_overview(
+            hit, [_tile_box(hit)], f"where it lies on {hit.shown_path}"
         )
         return (
             f'<figure class="{css_class}">{self.full_tile_link(hit, images)}'
@@ -167,13 +176,13 @@ class _SlidePage:
         figures = []
         for entry in result.ranking:
             agrees = majority is not None and entry.label == majority[0]
-            slides: dict[Path, list[Box]] = {}
+            slides: dict[Path, tuple[Hit, list[Box]]] = {}
             for hit in entry.hits:
                 if hit.is_tile:
-                    slides.setdefault(hit.path, []).append(_tile_box(hit))
+                    slides.setdefault(hit.path, (hit, []))[1].append(_tile_box(hit))
             images = "".join(
-                self.overview(path, boxes, HIT_COLOUR, f"hits on {shown_path(path)}")
-                for path, boxes in list(slides.items())[:MAX_SLIDES_SHOWN]
+                self.hit_overview(hit, boxes, f"hits on {shown_path(path)}")
+                for path, (hit, boxes) in list(slides.items())[:MAX_SLIDES_SHOWN]
             )
             if not slides:  # a plain image, ranked as a slide of its own
                 uri = data_uri(load_thumbnail(entry.hits[0].source(), THUMBNAIL_SIZE))

@@ -36,9 +36,16 @@ class SlideOverviews:
                 with open_slide(path) as slide:
                     self._cache[path] = (slide.thumbnail(self.size), slide.dimensions)
             except HistoseekError:
-                grey = Image.new("RGB", (self.size, self.size), MISSING_COLOUR)
-                self._cache[path] = (grey, (self.size, self.size))
+                self.forget(path)
         return self._cache[path]
+
+    def forget(self, path: Path) -> None:
+        """Show the slide at `path` as a grey square from now on: it is no longer the slide
+        the boxes were found on."""
+        self._cache[Path(path)] = (
+            Image.new("RGB", (self.size, self.size), MISSING_COLOUR),
+            (self.size, self.size),
+        )
 
     def with_boxes(
         self, path: Path, boxes: Sequence[Box], colour: tuple[int, int, int] = HIT_COLOUR

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
+from assembled_slides import synthetic_slide
 from PIL import Image
 from rich.console import Console
 
@@ -29,6 +33,7 @@ from histoseek.report.results import (
 )
 from histoseek.report.sheet import CAPTION_HEIGHT, GAP, TILE, caption_text, write_sheet
 from histoseek.report.thumbnails import MISSING_COLOUR, data_uri
+from histoseek.slide.sources import close_slides
 
 KATHER = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kather2016"
 K = 4
@@ -273,6 +278,31 @@ def test_a_hit_whose_file_changed_since_indexing_is_a_grey_square(tmp_path):
     page = gallery_html(_report([QueryResult(path, hits)], tmp_path))
     grey = data_uri(Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), MISSING_COLOUR))
     assert page.count(grey) == 1  # the hit's; the query's own file is the same, unchanged
+
+
+def _overview_colours(page: str) -> np.ndarray:
+    """The median colour of each slide overview embedded in a gallery page."""
+    uris = re.findall(r'<img class="overview" src="data:image/jpeg;base64,([^"]+)"', page)
+    images = [Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB") for uri in uris]
+    return np.array([np.median(np.asarray(image).reshape(-1, 3), axis=0) for image in images])
+
+
+def test_the_overview_of_a_slide_changed_since_indexing_is_grey(tmp_path):
+    # Its boxes mark where the hit was on the slide that was indexed, not on this one.
+    slide = synthetic_slide(tmp_path / "s.tif", size=(1024, 768)).path
+    info = os.stat(slide)
+    item = IndexItem(
+        "s.tif", "a", 64, 64, info.st_size, info.st_mtime_ns, slide_id="s", group="s",
+        x=128, y=64, tile_size=128, mpp=1.0,
+    )  # fmt: skip
+    pages = {}
+    for name, recorded in (("same", item), ("changed", replace(item, size=item.size + 1))):
+        results = [QueryResult(slide, [Hit(1, 0.9, "a", slide, recorded)])]
+        pages[name] = _overview_colours(gallery_html(_report(results, tmp_path)))
+    close_slides()
+    assert len(pages["changed"]) == len(pages["same"]) == 1
+    assert (pages["changed"] == MISSING_COLOUR).all()
+    assert not (pages["same"] == MISSING_COLOUR).all()
 
 
 def _chromium() -> str:
