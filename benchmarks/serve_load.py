@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from index_search import DATA, RESULTS, DensitySampler, benchmark_images, builtin_embeddings
+from index_search import DATA, RESULTS, DensitySampler, benchmark_images, model_embeddings
 from rich.console import Console
 from rich.table import Table
 
@@ -72,7 +72,7 @@ def benchmark_index(paths: list[Path], size: int, trees: int, batch_size: int) -
     """A histoseek index of the real tiles' embeddings plus density samples, `size` items."""
     model = builtin_model()
     fingerprint = model_fingerprint(model)
-    real = builtin_embeddings(paths, batch_size)
+    real = model_embeddings(paths, model, "builtin", batch_size, RESULTS)
     if len(real) != len(paths):
         raise HistoseekError(f"only {len(real)} of the {len(paths)} benchmark tiles could be read")
     real = real[:size]

@@ -292,7 +292,7 @@ def measure_slide_retrieval(scratch: Path, per_slide: int) -> list[dict]:
     for exclude in EXCLUDE_CHOICES:
         for tile_k in TILE_KS:
             for rule in AGGREGATION_RULES:
-                tile_scores, slide_scores = score_slide_tiles(tiles, exclude, tile_k, rule)
+                tile_scores, slide_scores, _ = score_slide_tiles(tiles, exclude, tile_k, rule)
                 rows.append(
                     {
                         "exclude": exclude,
