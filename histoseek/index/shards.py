@@ -17,6 +17,7 @@ Every shard is checked before it is reused; one that fails a check is embedded a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -233,8 +234,12 @@ def _read_items(path: Path, count: int) -> list[IndexItem]:
                 raise ShardError(f"{path.name}, line {number}: {error}") from None
     if len(items) != count:
         raise ShardError(f"{path.name} lists {len(items)} items, shard.json says {count}")
-    if len({item.key for item in items}) != len(items):
-        raise ShardError(f"{path.name} lists an item twice")
+    # In the index's own order (paths sorted, a slide's tiles row by row), which the index's
+    # reader requires: a shard out of it would build an index that query refuses.
+    for number, (earlier, later) in enumerate(itertools.pairwise(items), 2):
+        if later.order <= earlier.order:
+            problem = "twice" if later.order == earlier.order else "out of order"
+            raise ShardError(f"{path.name}, line {number}: {later.path!r} is listed {problem}")
     return items
 
 

@@ -112,11 +112,14 @@ def _damage(shard: Path, how: str) -> None:
     elif how == "bad item":
         (shard / SHARD_ITEMS).write_text('{"path": 1}\n' * 3)
     elif how == "other slide":
-        text = (shard / SHARD_ITEMS).read_text().replace("a b.svs", "c.svs", 1)
-        (shard / SHARD_ITEMS).write_text(text)
+        head, _, tail = (shard / SHARD_ITEMS).read_text().rpartition("a b.svs")
+        (shard / SHARD_ITEMS).write_text(f"{head}c.svs{tail}")  # the last item, still in order
     elif how == "repeated":
         first = (shard / SHARD_ITEMS).read_text().splitlines()[0]
         (shard / SHARD_ITEMS).write_text(f"{first}\n" * 3)
+    elif how == "reversed":
+        lines = (shard / SHARD_ITEMS).read_text().splitlines()
+        (shard / SHARD_ITEMS).write_text("\n".join(reversed(lines)) + "\n")
     elif how == "version":
         _rewrite_info(shard, format_version=2)
     elif how == "json":
@@ -146,7 +149,8 @@ def _damage(shard: Path, how: str) -> None:
         ("item count", "lists 2 items, shard.json says 3"),
         ("bad item", 'items.jsonl, line 1: "label" is missing'),
         ("other slide", "lists 'tumour/c.svs', which is no tile of 'tumour/a b.svs'"),
-        ("repeated", "lists an item twice"),
+        ("repeated", "items.jsonl, line 2: 'tumour/a b.svs' is listed twice"),
+        ("reversed", "items.jsonl, line 2: 'tumour/a b.svs' is listed out of order"),
         ("version", "shard format version 2"),
         ("json", "shard.json is not valid JSON"),
         ("missing field", '"dim" is missing'),
