@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,11 @@ def test_a_query_folder_inside_the_gallery_is_refused(checkpoint, tmp_path):
     inside = tmp_path / "q"
     inside.mkdir()
     (inside / "b").symlink_to(gallery / "b", target_is_directory=True)
-    for query, shared in ((gallery, 6), (inside, 3)):
+    hard = tmp_path / "h"
+    for name in ("a", "b"):
+        (hard / name).mkdir(parents=True)
+        os.link(gallery / name / f"{name}-0.png", hard / name / f"{name}-0.png")
+    for query, shared in ((gallery, 6), (inside, 3), (hard, 2)):
         code, _, stderr = _evaluate(checkpoint, "--gallery", gallery, "--query", query)
         assert code != 0
         line = _one_line(stderr)

@@ -145,13 +145,24 @@ def scan_labelled_folder(
     )
 
 
+def _file_identity(path: Path) -> tuple[int, int] | Path:
+    """What tells files apart whatever names or links lead to them: (device, inode), or the
+    resolved path of one that cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return Path(path).resolve()
+    return info.st_dev, info.st_ino
+
+
 def refuse_shared_images(
     held_out: LabelledImages, seen: LabelledImages, flag: str, hint: str
 ) -> None:
     """Refuse held-out images (validation, queries) that are also files of `seen` (training,
-    the gallery), however the two folders are named or linked: each would find itself."""
-    seen_files = {path.resolve() for path in seen.paths}
-    shared = [path for path in held_out.paths if path.resolve() in seen_files]
+    the gallery), however the two folders are named or linked (symbolic or hard links): each
+    would find itself."""
+    seen_files = {_file_identity(path) for path in seen.paths}
+    shared = [path for path in held_out.paths if _file_identity(path) in seen_files]
     if shared:
         raise HistoseekError(
             f"{flag} {display_path(held_out.root)} shares {len(shared)} of its "
