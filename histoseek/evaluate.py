@@ -105,15 +105,22 @@ def _check_scorable(
     relevant: np.ndarray,
     leave_one_out: bool,
     group_regex: str | None,
+    unreadable: Sequence[str] = (),
 ) -> None:
     """Refuse galleries whose metrics would mean nothing: one class (every metric 1.0), or no
-    query with an image of its own class to find (every metric undefined)."""
+    query with an image of its own class to find (every metric undefined). `unreadable`
+    (images left out as unreadable) is named, since it may be why."""
     classes = sorted(set(gallery_labels))
+    lost = (
+        f" ({len(unreadable)} image(s) could not be read, e.g. {unreadable[0]})"
+        if unreadable
+        else ""
+    )
     if len(classes) < 2:
         raise HistoseekError(
             f"the gallery {display_path(gallery_dir)} holds one class ({display_path(classes[0])})"
-            ": every neighbour shares the query's label, so every metric would be 1.0; "
-            "evaluate needs at least 2 class folders"
+            f"{lost}: every neighbour shares the query's label, so every metric would be 1.0; "
+            "evaluate needs at least 2 class folders with readable images"
         )
     if (relevant > 0).any():
         return
@@ -125,7 +132,7 @@ def _check_scorable(
         missing = sorted(set(query_labels) - set(gallery_labels))
         shown = ", ".join(display_path(label) for label in missing[:5])
         why = f"the query classes are not in the gallery ({shown})"
-    raise HistoseekError(f"no query can be scored: {why}")
+    raise HistoseekError(f"no query can be scored: {why}{lost}")
 
 
 def check_evaluation_set(
@@ -227,6 +234,7 @@ def evaluate(
         relevant,
         leave_one_out,
         group_regex,
+        skipped,
     )
 
     k = max(*recall_ks, map_k, vote_k, precision_k)

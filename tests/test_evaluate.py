@@ -241,3 +241,18 @@ def test_images_above_the_pixel_limit_are_skipped_as_unreadable(checkpoint, tmp_
     document = json.loads(stdout)
     assert document["skipped_unreadable"] == [str(gallery / "a" / "large.png")]
     assert document["gallery_size"] == 6
+
+
+def test_a_class_left_without_readable_images_is_named_as_unreadable(checkpoint, tmp_path):
+    gallery = _images(tmp_path / "g", {"a": 4})
+    (gallery / "b").mkdir()
+    for name in ("x.png", "y.png"):
+        (gallery / "b" / name).write_bytes(b"not an image")
+    code, _, stderr = _evaluate(checkpoint, "--gallery", gallery)
+    assert code != 0
+    line = stderr.strip().splitlines()[-1]  # after the embedding's progress bar
+    assert (
+        line.startswith("Error: ")
+        and "holds one class (a) (2 image(s) could not be read, e.g. " in line
+    )
+    assert line.endswith("evaluate needs at least 2 class folders with readable images")
