@@ -85,7 +85,7 @@ def index(
 
     Slides (.svs, .ndpi, .mrxs, tiled .tif, ...) become their tissue tiles; other images stay
     one item each. Re-running it on the same folder embeds only new or changed slides and
-    images, and a killed run picks up where it stopped.
+    images, and a killed run keeps the slides it finished.
     """
     from rich.console import Console
 

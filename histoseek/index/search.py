@@ -33,7 +33,7 @@ from histoseek.index.slide_query import (
     region_query,
     whole_slide_query,
 )
-from histoseek.index.store import OpenIndex
+from histoseek.index.store import OpenIndex, rebuild_command
 from histoseek.index.store import open_index as open_index
 from histoseek.inference import DEFAULT_BATCH_SIZE
 from histoseek.metrics import majority_label
@@ -69,11 +69,11 @@ def load_index_model(index: OpenIndex, model: str | Path | None = None) -> tuple
         and network.config.to_dict() == index.manifest.model_config
     )
     if not same:
-        source = display_path(index.manifest.source_dir)
         if model is None:
+            rebuild = rebuild_command(index.path, index.manifest, "--overwrite")
             raise HistoseekError(
                 f"the model {recorded} has changed since the index {shown} was built; "
-                f"rebuild it with `histoseek index {source} -o {shown} --overwrite`"
+                f"rebuild it with {rebuild}"
             )
         raise HistoseekError(
             f"the index {shown} was built with another model ({recorded}), "

@@ -7,6 +7,7 @@ an incremental `index` run before reusing any of it.
 from __future__ import annotations
 
 import os
+import shlex
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import leftovers, lock_if_free, recover_dir
 from histoseek.index.annoy_index import VectorIndex
-from histoseek.index.defaults import DEFAULT_INDEX_DIR
+from histoseek.index.defaults import DEFAULT_INDEX_DIR, DEFAULT_SEED, DEFAULT_TREES
 from histoseek.index.items import IndexItem, parse_item
 from histoseek.index.manifest import (
     ANNOY_NAME,
@@ -31,6 +32,8 @@ from histoseek.index.manifest import (
     read_manifest,
 )
 from histoseek.inference.base import UNIT_LENGTH_TOLERANCE
+from histoseek.prepare.defaults import DEFAULT_MIN_TISSUE, DEFAULT_PATCH_SIZE
+from histoseek.slide.defaults import DEFAULT_MPP
 
 T = typing.TypeVar("T")
 
@@ -247,12 +250,31 @@ def open_index(index_dir: Path | None, notify: Notify = lambda message: None) ->
     try:
         return load_index(path)
     except DamagedIndexError as error:
-        shown = display_path(path)
-        built = error.manifest
         rebuild = (
-            f"`histoseek index DIR -o {shown} --overwrite`"
-            if built is None
-            else f"`histoseek index {display_path(built.source_dir)} -o {shown} "
-            f"--model {display_path(built.model_reference)}`"
+            f"`histoseek index DIR -o {shlex.quote(display_path(path))} --overwrite`"
+            if error.manifest is None
+            else rebuild_command(path, error.manifest)
         )
         raise HistoseekError(f"{error}; rebuild it with {rebuild}") from None
+
+
+def rebuild_command(index_dir: Path, manifest: Manifest, *extra: str) -> str:
+    """The `histoseek index` command (in backquotes) that builds the index at `index_dir`
+    again as its manifest records it, with `extra` options; --labels and --group-regex are
+    not recorded, so the text asks for them."""
+    options = [
+        ("--model", manifest.model_reference, None),
+        ("--mpp", manifest.mpp, DEFAULT_MPP),
+        ("--patch-size", manifest.patch_size, DEFAULT_PATCH_SIZE),
+        ("--min-tissue", manifest.min_tissue, DEFAULT_MIN_TISSUE),
+        ("--slide-mpp", manifest.slide_mpp, None),
+        ("--trees", manifest.trees, DEFAULT_TREES),
+        ("--seed", manifest.seed, DEFAULT_SEED),
+    ]
+    words = ["histoseek", "index", display_path(manifest.source_dir), "-o", display_path(index_dir)]
+    for flag, value, default in options:
+        if value is not None and value != default:
+            words += [flag, value if isinstance(value, str) else f"{value:g}"]
+    words += ["--tta"] * manifest.tta + list(extra)
+    command = " ".join(shlex.quote(word) for word in words)
+    return f"`{command}` (with the --labels and --group-regex it was built with, if any)"

@@ -113,7 +113,8 @@ def test_query_refuses_a_damaged_index_in_one_line(damage, built, index_dir, che
     else:
         assert line.endswith(
             f"; rebuild it with `histoseek index {built[0]} -o {index_dir} "
-            f"--model {checkpoint.resolve()}`"
+            f"--model {checkpoint.resolve()}` (with the --labels and --group-regex it was "
+            "built with, if any)"
         )
     assert "reads version" not in line
     assert result.exit_code == 1

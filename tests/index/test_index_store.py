@@ -13,7 +13,7 @@ import pytest
 from histoseek.errors import HistoseekError
 from histoseek.index.annoy_index import build_annoy
 from histoseek.index.manifest import DamagedIndexError, Manifest, write_manifest
-from histoseek.index.store import is_whole_index, load_index
+from histoseek.index.store import is_whole_index, load_index, rebuild_command
 
 ROWS, DIM = 8, 16
 
@@ -261,3 +261,27 @@ def test_another_version_or_format_is_not_damage(index_copy):
     _edit_manifest(format="something-else")(index_copy)
     with pytest.raises(HistoseekError, match="is not a histoseek index"):
         load_index(index_copy)
+
+
+def test_the_rebuild_command_repeats_every_recorded_option():
+    # Following a rebuild hint that left --mpp or --tta out built another index, silently.
+    manifest = Manifest(
+        source_dir="/data/my slides",
+        model_reference="builtin",
+        model_fingerprint="0" * 64,
+        model_config={"dim": DIM},
+        backend="torch (cpu)",
+        dim=DIM,
+        trees=10,
+        seed=0,
+        items=ROWS,
+        skipped=0,
+        mpp=1.0,
+        slide_mpp=0.25,
+        tta=True,
+    )
+    assert rebuild_command(Path("idx"), manifest, "--overwrite") == (
+        "`histoseek index '/data/my slides' -o idx --model builtin --mpp 1 --slide-mpp 0.25 "
+        "--trees 10 --tta --overwrite` (with the --labels and --group-regex it was built "
+        "with, if any)"
+    )
