@@ -41,6 +41,9 @@ def one_error_line(result) -> str:
         (["synth", "out", "--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=2147483647"),
         (["prepare", "folder", "in", "-o", "out", "--seed", "-1"], "'--seed': -1 is not in"),
         (["train", "data", "-o", "run", "--seed", "-1"], "'--seed': -1 is not in the range"),
+        (["evaluate", "--gallery", ".", "--group-regex", ""], "an empty regex finds no group"),
+        (["train", "data", "-o", "run", "--group-regex", ""], "an empty regex finds no group"),
+        (["index", "folder", "--group-regex", ""], "an empty regex finds no group"),
         # An image size no model may have allocated for it first (info: 120 GB, a traceback).
         (["info", "--image-size", "100000"], "'--image-size': 100000 is not in the range 32<="),
         (["train", "data", "-o", "run", "--image-size", "4097"], "is not in the range 32<=x<=4096"),

@@ -10,6 +10,7 @@ from histoseek.cli.options import (
     embedding_options,
     exclude_option,
     given_options,
+    group_regex_option,
     labels_option,
     max_pixels_option,
     max_tiles_option,
@@ -80,8 +81,7 @@ SLIDE_OPTIONS = (
 @click.option(
     "--precision-k", type=click.IntRange(min=1), default=DEFAULT_PRECISION_K, show_default=True
 )
-@click.option(
-    "--group-regex",
+@group_regex_option(
     help="Exclude neighbours whose file name shares this regex's "
     "match with the query's (e.g. the same slide or source image); for slides, the group "
     "(patient) is this regex on the slide's path, as in `index`.",

@@ -211,8 +211,14 @@ def group_regex_option(
     help: str = "Group images by this regex on their relative path (its first group, else the "
     "whole match), e.g. a patient id.",
 ) -> Decorator:
-    """`--group-regex REGEX`."""
-    return click.option("--group-regex", default=None, help=help)
+    """`--group-regex REGEX`; an empty one is refused (it finds no group in any path)."""
+
+    def refuse_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value == "":
+            raise click.BadParameter("an empty regex finds no group in any path")
+        return value
+
+    return click.option("--group-regex", default=None, help=help, callback=refuse_empty)
 
 
 def _mpp_type() -> FiniteFloatRange:

@@ -11,6 +11,7 @@ from histoseek.cli.options import (
     bounded_type,
     device_option,
     given_options,
+    group_regex_option,
     image_size_option,
     max_pixels_option,
     output_option,
@@ -147,8 +148,7 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
     show_default=True,
     help="Held-out share of DATA_DIR when there is no --val-dir.",
 )
-@click.option(
-    "--group-regex",
+@group_regex_option(
     help="Regex whose match (or first group) in a file name is its "
     "group, e.g. a slide id; groups never straddle train and validation.",
 )

@@ -39,11 +39,12 @@ def compile_group_regex(pattern: str | None) -> re.Pattern[str] | None:
 
 def regex_group(regex: re.Pattern[str] | None, name: str) -> str | None:
     """The group a --group-regex finds in `name`: its first group, else the whole match; None
-    when it does not match."""
+    when it does not match, or finds only an empty string (which would put every such name
+    in one group, or none)."""
     match = regex.search(name) if regex is not None else None
     if match is None:
         return None
-    return match.group(1) if regex.groups else match.group(0)
+    return (match.group(1) if regex.groups else match.group(0)) or None
 
 
 def group_ids_from_regex(

@@ -2,7 +2,13 @@ from collections import Counter
 
 import pytest
 
-from histoseek.data.split import group_ids_from_regex, parse_fractions, stratified_group_split
+from histoseek.data.split import (
+    compile_group_regex,
+    group_ids_from_regex,
+    parse_fractions,
+    regex_group,
+    stratified_group_split,
+)
 from histoseek.errors import HistoseekError
 
 
@@ -61,6 +67,16 @@ def test_a_users_regex_that_matches_no_name_is_refused():
         "--group-regex 'patient(\\d+)' matches none of the 2 training file names "
         "(e.g. 'P1_tumor_0.png'), so every image would be a group of its own"
     )
+
+
+def test_a_regex_that_finds_only_empty_strings_finds_no_group():
+    # 'x*' matches every name with "", which used to count as found: no refusal, and the
+    # index gave every such image the one group "".
+    names = ["P1_tumor_0.png", "P2_normal_1.png"]
+    assert regex_group(compile_group_regex("x*"), names[0]) is None
+    assert regex_group(compile_group_regex(r"(x?)P1"), names[0]) is None
+    with pytest.raises(HistoseekError, match="matches none of the 2 file names"):
+        group_ids_from_regex(names, "x*", "file names")
 
 
 def test_a_users_regex_that_misses_some_names_says_so():
