@@ -81,9 +81,15 @@ def atomic_file(target: Path) -> Iterator[Path]:
 
 def check_replaceable(target: Path, keep: Iterable[Path] = ()) -> None:
     """Refuse a folder that cannot be replaced as a whole: the working folder, one of its
-    parents, or a folder holding one of `keep` (say, the folder being read)."""
+    parents, a folder holding one of `keep` (say, the folder being read), or a symbolic link
+    (the swap would replace the link, not its folder, and its lock would be another's)."""
     resolved = Path(target).resolve()
     shown = display_path(target)
+    if os.path.islink(target):
+        raise HistoseekError(
+            f"{shown} is a symbolic link; give the folder it points to ({display_path(resolved)}) "
+            "instead, so the link stays as it is"
+        )
     working = Path.cwd().resolve()
     if resolved == working or resolved in working.parents:
         raise HistoseekError(

@@ -41,21 +41,27 @@ def test_atomic_dir_replaces_a_folder_and_leaves_nothing_beside_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
-@pytest.mark.parametrize("kind", ["file", "link"])
-def test_atomic_dir_replacing_a_file_or_link_leaves_nothing_beside_it(tmp_path, kind):
+def test_atomic_dir_replacing_a_file_leaves_nothing_beside_it(tmp_path):
     target = tmp_path / "out"
-    if kind == "file":
-        target.write_text("a file")
-    else:
-        target.symlink_to(_folder(tmp_path / "elsewhere", "kept"), target_is_directory=True)
+    target.write_text("a file")
     with atomic_dir(target) as tmp:
         (tmp / "data.txt").write_text("new")
-    assert not target.is_symlink() and (target / "data.txt").read_text() == "new"
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        ["out"] + (["elsewhere"] if kind == "link" else [])
-    )
-    if kind == "link":
-        assert (tmp_path / "elsewhere" / "data.txt").read_text() == "kept"
+    assert (target / "data.txt").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_symbolic_link_is_not_replaced_but_refused_naming_its_folder(tmp_path):
+    # Swapped, the link became a folder of its own, and its lock was not its folder's.
+    folder = _folder(tmp_path / "elsewhere", "kept")
+    (tmp_path / "out").symlink_to(folder, target_is_directory=True)
+    with (
+        pytest.raises(
+            HistoseekError, match=f"is a symbolic link; give the folder it points to \\({folder}\\)"
+        ),
+        atomic_dir(tmp_path / "out"),
+    ):
+        pass
+    assert (tmp_path / "out").is_symlink() and (folder / "data.txt").read_text() == "kept"
 
 
 @pytest.mark.parametrize("context", [atomic_file, atomic_dir])
