@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -233,6 +234,8 @@ class _Run:
     skipped: list[SkippedFile]
     embedded: int = 0
     reused: int = 0
+    unfit: Counter[str] = field(default_factory=Counter)
+    """Stored shards not reused though their files are unchanged, by how they were made."""
 
     def skip(self, key: str, reason: str) -> None:
         """List a file as skipped, or under --strict stop at it."""
@@ -251,7 +254,14 @@ class _Run:
         if not path.is_dir():
             return None
         try:
-            return read_shard(path) if fits(read_shard_info(path)) else None
+            info = read_shard_info(path)
+            if fits(info):
+                return read_shard(path)
+            if info.recipe() != self.recipe():
+                self.unfit["another way (another model, --tta or precision)"] += 1
+            elif info.tiling is not None and info.tiling != self.options.shard_tiling():
+                self.unfit["at other tiling options (--mpp, --patch-size, --min-tissue)"] += 1
+            return None
         except ShardError as error:
             self.notify(f"the stored shard of {what} cannot be used ({error}); embedding it again")
             return None
@@ -597,6 +607,8 @@ def build_index(
         plan = _plan_images(run, images)
         slide_shards, tiled = _update_slides(run, slides, tissue_progress)
         slides_reused = len(slide_shards)
+        for how, count in run.unfit.items():
+            notify(f"{count} stored shard(s) were made {how}, so they are embedded again")
         tiles = sum(len(slide) for slide in tiled)
         counter = _Counter(progress, len(plan.to_embed) + tiles)
         if counter.total:

@@ -155,6 +155,7 @@ def test_an_unchanged_slide_is_reused_and_a_changed_one_embedded_alone(
     synthetic_slide(changed, "mucosa", SIZE, seed=7)
     result = _index(slides, checkpoint, index_dir)
     assert "slides: 1 embedded, 1 reused" in result.stderr
+    assert "stored shard(s) were made" not in result.stderr  # a changed slide is no surprise
     assert json.loads((stable / "shard.json").read_text())["created"] == created
     items = _items(index_dir)
     mucosa = [i for i, item in enumerate(items) if item["path"] == "mucosa/case0.tif"]
@@ -164,6 +165,10 @@ def test_an_unchanged_slide_is_reused_and_a_changed_one_embedded_alone(
     changed.unlink()
     result = _index(slides, checkpoint, index_dir, "--min-tissue", "0.25")
     assert "slides: 1 embedded, 0 reused" in result.stderr
+    assert (
+        "1 stored shard(s) were made at other tiling options (--mpp, --patch-size, "
+        "--min-tissue), so they are embedded again"
+    ) in result.stderr.splitlines()
     assert read_manifest(index_dir).min_tissue == 0.25
     assert sorted(path.name for path in (index_dir / "shards").iterdir()) == [stable.name]
 

@@ -70,6 +70,10 @@ def test_updating_an_index_keeps_its_tta_setting(tiles, checkpoint, tmp_path):
     replaced = run_cli(*index_args(tiles, checkpoint, "-o", index_dir, "--overwrite"))
     assert replaced.exit_code == 0 and read_manifest(index_dir).tta is False
     assert "8 embedded, 0 reused" in replaced.stderr
+    assert (
+        "1 stored shard(s) were made another way (another model, --tta or precision), so they "
+        "are embedded again"
+    ) in replaced.stderr
     plain = load_image_embedder(checkpoint, backend="torch", workers=0)
     files = sorted(tiles.rglob("*.tif"))
     stored = np.load(index_dir / "embeddings.npy")
