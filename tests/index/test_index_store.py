@@ -47,22 +47,25 @@ def whole(tmp_path_factory) -> Path:
     np.save(path / "embeddings.npy", vectors)
     _write_lines(path / "items.jsonl", [_item(number) for number in range(ROWS)])
     build_annoy(vectors, trees=3, seed=0, path=path / "annoy.ann")
-    write_manifest(
-        path,
-        Manifest(
-            source_dir="/data/patches",
-            model_reference="builtin",
-            model_fingerprint="0" * 64,
-            model_config={"dim": DIM},
-            backend="torch (cpu)",
-            dim=DIM,
-            trees=3,
-            seed=0,
-            items=ROWS,
-            skipped=0,
-        ),
-    )
+    write_manifest(path, _manifest())
     return path
+
+
+def _manifest(**changes) -> Manifest:
+    """The manifest of the small index, with `changes`."""
+    fields = dict(
+        source_dir="/data/patches",
+        model_reference="builtin",
+        model_fingerprint="0" * 64,
+        model_config={"dim": DIM},
+        backend="torch (cpu)",
+        dim=DIM,
+        trees=3,
+        seed=0,
+        items=ROWS,
+        skipped=0,
+    )
+    return Manifest(**{**fields, **changes})
 
 
 @pytest.fixture
@@ -265,21 +268,7 @@ def test_another_version_or_format_is_not_damage(index_copy):
 
 def test_the_rebuild_command_repeats_every_recorded_option():
     # Following a rebuild hint that left --mpp or --tta out built another index, silently.
-    manifest = Manifest(
-        source_dir="/data/my slides",
-        model_reference="builtin",
-        model_fingerprint="0" * 64,
-        model_config={"dim": DIM},
-        backend="torch (cpu)",
-        dim=DIM,
-        trees=10,
-        seed=0,
-        items=ROWS,
-        skipped=0,
-        mpp=1.0,
-        slide_mpp=0.25,
-        tta=True,
-    )
+    manifest = _manifest(source_dir="/data/my slides", trees=10, mpp=1.0, slide_mpp=0.25, tta=True)
     assert rebuild_command(Path("idx"), manifest, "--overwrite") == (
         "`histoseek index '/data/my slides' -o idx --model builtin --mpp 1 --slide-mpp 0.25 "
         "--trees 10 --tta --overwrite` (with the --labels and --group-regex it was built "
