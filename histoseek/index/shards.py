@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -80,6 +80,9 @@ class ShardInfo:
     """Embedded with test-time augmentation (8 flips and rotations averaged)."""
     precision: str = "fp32"
     """What the backend computed in (one of EMBEDDING_PRECISIONS)."""
+    files: dict | None = None
+    """sha256 of items.jsonl and embeddings.npy, by name: what ties the shard's three files
+    together when shards are copied between machines (None in shards from before it)."""
     dtype: str = SHARD_DTYPE
     histoseek_version: str = __version__
     created: str = field(
@@ -125,10 +128,37 @@ def write_shard(
         with open(staging / SHARD_ITEMS, "w", encoding="utf-8") as out:
             for item in items:
                 out.write(item_json(item) + "\n")
+        files = {file: _sha256(staging / file) for file in (SHARD_ITEMS, SHARD_EMBEDDINGS)}
         (staging / SHARD_INFO).write_text(
-            json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8"
+            json.dumps(replace(info, files=files).to_dict(), indent=2) + "\n", encoding="utf-8"
         )
     return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_files(path: Path, info: ShardInfo) -> None:
+    """Refuse a shard whose items.jsonl or embeddings.npy is not the file its shard.json was
+    written with (say, one copied in from another machine's shard of the same slide)."""
+    if info.files is None:
+        return
+    if sorted(info.files) != sorted((SHARD_ITEMS, SHARD_EMBEDDINGS)):
+        raise ShardError(f'shard.json: "files" names {sorted(info.files)}')
+    for file, recorded in info.files.items():
+        try:
+            found = _sha256(path / file)
+        except FileNotFoundError:
+            raise ShardError(f"it has no {file}") from None
+        except OSError as error:
+            raise ShardError(f"{file} cannot be read ({error.strerror or error})") from None
+        if found != recorded:
+            raise ShardError(f"{file} is not the file its shard.json was written with")
 
 
 _INFO_TYPES = typing.get_type_hints(ShardInfo)
@@ -187,6 +217,7 @@ def read_shard_info(path: Path) -> ShardInfo:
     # embedded without it, in FP32.
     data.setdefault("tta", False)
     data.setdefault("precision", "fp32")
+    data.setdefault("files", None)
     missing = [name for name in _INFO_TYPES if name not in data]
     if missing:
         raise ShardError(f'shard.json: "{missing[0]}" is missing')
@@ -272,6 +303,7 @@ def read_shard(path: Path) -> Shard:
     items = _read_items(path / SHARD_ITEMS, info.items)
     _check_items(path.name, info, items)
     embeddings = _read_embeddings(path / SHARD_EMBEDDINGS, info)
+    _check_files(path, info)  # last: a file damaged on its own is named for what is wrong
     return Shard(path, info, items, embeddings)
 
 

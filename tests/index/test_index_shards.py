@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -55,7 +56,8 @@ def shard(tmp_path: Path) -> Path:
 
 def test_a_shard_reads_back_as_written(shard):
     read = read_shard(shard)
-    assert read.info == _info(3, created=read.info.created)
+    assert read.info == _info(3, created=read.info.created, files=read.info.files)
+    assert sorted(read.info.files) == ["embeddings.npy", "items.jsonl"]
     assert read.items == _tiles(3)
     assert np.array_equal(read.embeddings, _vectors(3))
     data = json.loads((shard / SHARD_INFO).read_text())
@@ -166,6 +168,35 @@ def test_a_damaged_shard_is_refused_saying_why(shard, how, problem):
         read_shard(path)
 
 
+def _record_files(shard: Path) -> None:
+    """Record the shard's files as they are now in its shard.json, where both can be read."""
+    try:
+        data = json.loads((shard / SHARD_INFO).read_text())
+        files = {name: hashlib.sha256((shard / name).read_bytes()).hexdigest() for name in FILES}
+    except (OSError, ValueError):
+        return
+    (shard / SHARD_INFO).write_text(json.dumps({**data, "files": files}))
+
+
+FILES = (SHARD_ITEMS, SHARD_EMBEDDINGS)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_a_file_from_another_shard_is_refused(shard, tmp_path, name):
+    # Copied in from another machine's shard of the same slide: every other check passes.
+    other = write_shard(
+        tmp_path / "other", shard.name, _info(3, tta=True), _tiles(3), _vectors(3)[::-1]
+    )
+    if name == SHARD_ITEMS:
+        items = (shard / name).read_text().replace('"label": "tumour"', '"label": "normal"')
+        (other / name).write_text(items)
+    (shard / name).write_bytes((other / name).read_bytes())
+    with pytest.raises(ShardError, match=f"{name} is not the file its shard.json was written"):
+        read_shard(shard)
+    _record_files(shard)
+    assert len(read_shard(shard).items) == 3
+
+
 def test_temporaries_are_not_shards_and_are_removed(shard):
     shards = shard.parent
     (shards / ".x.123-abc.tmp").mkdir()
@@ -180,3 +211,10 @@ def test_a_linked_shard_is_the_same_shard_elsewhere(shard, tmp_path):
     link_shard(shard, copy)
     assert read_shard(copy).items == read_shard(shard).items
     assert (copy / SHARD_EMBEDDINGS).stat().st_ino == (shard / SHARD_EMBEDDINGS).stat().st_ino
+
+
+def test_a_shard_from_before_file_hashes_reads_unchecked(shard):
+    data = json.loads((shard / SHARD_INFO).read_text())
+    del data["files"]
+    (shard / SHARD_INFO).write_text(json.dumps(data))
+    assert read_shard(shard).info.files is None
