@@ -602,6 +602,11 @@ def build_index(
         for note in notes:
             notify(note)
         shards_dir = index_dir / SHARDS_NAME
+        if os.path.lexists(shards_dir) and not shards_dir.is_dir():
+            raise HistoseekError(
+                f"{display_path(shards_dir)} is not a folder, so no embedding can be kept in "
+                "it; remove it (index then embeds everything again)"
+            )
         remove_temporaries(shards_dir)
         run = _Run(source, shards_dir, embedder, options, strict, notify, skipped)
         plan = _plan_images(run, images)

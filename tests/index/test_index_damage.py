@@ -211,6 +211,17 @@ def test_a_damaged_shard_is_embedded_again_with_a_note(damage, built, index_dir,
     assert len(load_index(index_dir).items) == 8
 
 
+def test_shards_that_are_not_a_folder_are_one_line(built, index_dir, checkpoint):
+    shutil.rmtree(index_dir / "shards")
+    (index_dir / "shards").write_text("x")
+    for extra in ((), ("--overwrite",)):
+        line = error_line(run_cli(*index_args(built[0], checkpoint, "-o", index_dir, *extra)))
+        assert line == (
+            f"Error: {index_dir}/shards is not a folder, so no embedding can be kept in it; "
+            "remove it (index then embeds everything again)"
+        )
+
+
 def test_a_damaged_manifest_needs_overwrite_since_it_cannot_say_what_it_indexes(
     built, index_dir, checkpoint
 ):
