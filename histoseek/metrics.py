@@ -53,7 +53,6 @@ def exact_neighbours(
     k = min(k, available)
     if k <= 0:
         raise ValueError("the gallery is too small for this k")
-    gallery_t = np.ascontiguousarray(gallery, dtype=np.float32).T
     chunk = max(1, _MAX_BLOCK_ELEMENTS // max(1, len(gallery)))
     if query_groups is not None:
         codes = {g: i for i, g in enumerate(dict.fromkeys([*gallery_groups, *query_groups]))}
@@ -63,7 +62,7 @@ def exact_neighbours(
     out_sim = np.empty((len(queries), k), dtype=np.float32)
     for start in range(0, len(queries), chunk):
         stop = min(start + chunk, len(queries))
-        sims = np.asarray(queries[start:stop], dtype=np.float32) @ gallery_t
+        sims = _cosines(queries[start:stop], gallery)
         if exclude_self:
             rows = np.arange(stop - start)
             sims[rows, rows + start] = -np.inf
@@ -76,6 +75,23 @@ def exact_neighbours(
         out_idx[start:stop] = np.take_along_axis(top, order, axis=1)
         out_sim[start:stop] = np.take_along_axis(top_sims, order, axis=1)
     return Neighbours(out_idx, out_sim)
+
+
+def _cosines(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """queries · galleryᵀ as float32, summed in float64 a block of the gallery at a time.
+
+    A float32 product sums in an order that depends on where a row falls in BLAS's blocks, so
+    two copies of one image got similarities a few units apart in the last place, and the
+    tie between them went either way; in float64 they round to the same float32.
+    """
+    out = np.empty((len(queries), len(gallery)), np.float32)
+    wide = np.asarray(queries, np.float64)
+    step = max(1, _MAX_BLOCK_ELEMENTS // max(1, gallery.shape[1]))
+    for start in range(0, len(gallery), step):
+        out[:, start : start + step] = (
+            wide @ np.asarray(gallery[start : start + step], np.float64).T
+        )
+    return out
 
 
 def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
