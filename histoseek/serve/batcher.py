@@ -39,6 +39,7 @@ class MicroBatcher:
         self._expected = 0  # announced queries whose image is not waiting yet
         self._changed = threading.Condition()
         self._closed = False
+        self._stopped_by: str | None = None  # why the worker stopped, if it failed
         self._thread = threading.Thread(target=self._run, name="histoseek-batcher", daemon=True)
         self._thread.start()
 
@@ -66,7 +67,7 @@ class MicroBatcher:
         future: Future = Future()
         with self._changed:
             if self._closed:
-                raise HistoseekError("the search service is shutting down")
+                raise HistoseekError(self._stopped_by or "the search service is shutting down")
             self._waiting.append((image, future))
             if announcement is not None and announcement["pending"]:
                 announcement["pending"] = False
@@ -101,10 +102,26 @@ class MicroBatcher:
             return [self._waiting.popleft() for _ in range(count)]
 
     def _run(self) -> None:
+        try:
+            self._embed_batches()
+        except Exception as error:  # no caller may wait for a worker that is gone
+            with self._changed:
+                self._closed = True
+                self._stopped_by = f"the embedding worker stopped: {error}"
+                waiting = [future for _, future in self._waiting]
+                self._waiting.clear()
+            for future in waiting:
+                future.set_exception(HistoseekError(self._stopped_by))
+
+    def _embed_batches(self) -> None:
         while batch := self._collect():
             futures = [future for _, future in batch]
             try:
                 embeddings = self.embed_batch(np.stack([image for image, _ in batch]))
+                if len(embeddings) != len(futures):
+                    raise ValueError(
+                        f"the model gave {len(embeddings)} embeddings for {len(futures)} images"
+                    )
             except Exception as error:  # the callers get the backend's error, the worker lives on
                 for future in futures:
                     future.set_exception(error)

@@ -132,3 +132,32 @@ def test_after_close_it_refuses_new_queries():
 def test_impossible_settings_are_refused(max_batch, window_s):
     with pytest.raises(HistoseekError):
         MicroBatcher(CountingModel(), max_batch, window_s)
+
+
+def test_a_worker_that_stops_fails_every_caller_instead_of_leaving_them_waiting():
+    class CollectingFails(MicroBatcher):
+        def _collect(self):
+            time.sleep(0.05)  # the query below is waiting by then, or comes after: both fail
+            raise RuntimeError("collect broke")
+
+    batcher = CollectingFails(CountingModel(), max_batch=4, window_s=0.0)
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(batcher.embed, image) for image in images(2)]
+        for future in waiting:
+            with pytest.raises(HistoseekError, match="the embedding worker stopped: collect"):
+                future.result(timeout=10)
+    with pytest.raises(HistoseekError, match="the embedding worker stopped: collect broke"):
+        batcher.embed(images(1)[0])
+
+
+def test_a_batch_answered_with_too_few_rows_fails_its_callers():
+    batcher = MicroBatcher(lambda batch: batch.reshape(len(batch), -1)[:1], 4, WIDE_WINDOW_S)
+    with ThreadPoolExecutor(2) as pool, batcher.arriving() as first, batcher.arriving() as second:
+        futures = [
+            pool.submit(embed, image)
+            for embed, image in zip((first, second), images(2), strict=True)
+        ]
+        for future in futures:
+            with pytest.raises(ValueError, match="the model gave 1 embeddings for 2 images"):
+                future.result(timeout=10)
+    batcher.close()
