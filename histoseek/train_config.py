@@ -34,6 +34,9 @@ class Bounds:
 SEED_BOUNDS = Bounds(0, 2**31 - 1)
 #: Every command's `--image-size`: the sizes a model may have.
 IMAGE_SIZE_BOUNDS = Bounds(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+#: Every command's `--batch-size` and `--workers`.
+BATCH_SIZE_BOUNDS = Bounds(1)
+WORKERS_BOUNDS = Bounds(0)
 
 #: The range of each numeric option of `histoseek train` (None, where a field allows it, is
 #: always accepted).
@@ -41,7 +44,7 @@ TRAIN_BOUNDS = {
     "dim": Bounds(1),
     "image_size": IMAGE_SIZE_BOUNDS,
     "epochs": Bounds(1),
-    "batch_size": Bounds(1),
+    "batch_size": BATCH_SIZE_BOUNDS,
     "m_per_class": Bounds(2),
     "lr": Bounds(0, low_open=True),
     "backbone_lr_scale": Bounds(0),
@@ -56,7 +59,7 @@ TRAIN_BOUNDS = {
     "stain_jitter": Bounds(0, 1),
     "ema_epochs": Bounds(0),
     "val_fraction": Bounds(0, 1, high_open=True),
-    "workers": Bounds(0),
+    "workers": WORKERS_BOUNDS,
     "seed": SEED_BOUNDS,
 }
 

@@ -23,13 +23,15 @@ from histoseek.slide.defaults import (
     EXCLUDE_CHOICES,
     MPP_RANGE,
 )
-from histoseek.train_config import IMAGE_SIZE_BOUNDS, SEED_BOUNDS, Bounds
+from histoseek.train_config import (
+    BATCH_SIZE_BOUNDS,
+    IMAGE_SIZE_BOUNDS,
+    SEED_BOUNDS,
+    WORKERS_BOUNDS,
+    Bounds,
+)
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-
-# The ranges of the shared numeric options, where a command does not give its own.
-_BATCH_SIZE_BOUNDS = Bounds(1)
-_WORKERS_BOUNDS = Bounds(0)
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -102,12 +104,11 @@ def device_option(
 def batch_size_option(
     default: int = DEFAULT_BATCH_SIZE,
     help: str = "Images per inference batch.",
-    bounds: Bounds = _BATCH_SIZE_BOUNDS,
 ) -> Decorator:
-    """`--batch-size N`."""
+    """`--batch-size N` (BATCH_SIZE_BOUNDS)."""
     return click.option(
         "--batch-size",
-        type=bounded_type(bounds, int),
+        type=bounded_type(BATCH_SIZE_BOUNDS, int),
         default=default,
         show_default=True,
         help=help,
@@ -119,10 +120,11 @@ def workers_option(
     "[default: none for ONNX Runtime on the CPU, which runs a batch per core, each thread "
     "decoding its own; else one per 4 CPU cores when the model runs on the CPU, one per core "
     "(at most 8) on a GPU; 0 = decode in the main process].",
-    bounds: Bounds = _WORKERS_BOUNDS,
 ) -> Decorator:
-    """`--workers N`."""
-    return click.option("--workers", type=bounded_type(bounds, int), default=None, help=help)
+    """`--workers N` (WORKERS_BOUNDS)."""
+    return click.option(
+        "--workers", type=bounded_type(WORKERS_BOUNDS, int), default=None, help=help
+    )
 
 
 def output_option(

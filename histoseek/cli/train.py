@@ -57,11 +57,7 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
     "EfficientNet-Lite1, 224 for Lite0 and the ResNets, 260 for Lite2].",
 )
 @click.option("--epochs", type=_bounded("epochs", int), default=_TRAIN.epochs, show_default=True)
-@batch_size_option(
-    _TRAIN.batch_size,
-    help="Training images per step (all processes together).",
-    bounds=TRAIN_BOUNDS["batch_size"],
-)
+@batch_size_option(_TRAIN.batch_size, help="Training images per step (all processes together).")
 @click.option(
     "--m-per-class",
     type=_bounded("m_per_class", int),
@@ -163,7 +159,7 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
 @click.option(
     "--amp/--no-amp", default=False, show_default=True, help="Mixed precision (CUDA only)."
 )
-@workers_option(bounds=TRAIN_BOUNDS["workers"])
+@workers_option()
 @max_pixels_option()
 @overwrite_option()
 def train(data_dir, run_dir, resume, overwrite, max_pixels, **options):
