@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -340,6 +341,15 @@ def lock_if_free(target: Path) -> Iterator[bool]:
     finally:
         if fd is not None:
             _release(target, fd)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read a block at a time (OSError if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from histoseek.data.folder import display_path
 from histoseek.data.images import UnreadableImageError, check_image_header
 from histoseek.data.sources import ImageSource, source_name, why_unreadable
 from histoseek.errors import HistoseekError
+from histoseek.fsutil import file_sha256
 from histoseek.index.defaults import DEFAULT_SEARCH_K, MAX_SEARCH_K
 from histoseek.index.items import IndexedSource, IndexItem
 from histoseek.index.manifest import Manifest
@@ -339,12 +340,8 @@ class SelfMatcher:
 
     def _digest(self, path: Path) -> str | None:
         if path not in self.digests:
-            digest = hashlib.sha256()
             try:
-                with open(path, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
-                self.digests[path] = digest.hexdigest()
+                self.digests[path] = file_sha256(path)
             except OSError:
                 self.digests[path] = None
         return self.digests[path]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from histoseek import __version__
-from histoseek.fsutil import atomic_dir
+from histoseek.fsutil import atomic_dir, file_sha256
 from histoseek.index.items import IndexItem, item_json, parse_item
 from histoseek.index.store import read_matrix
 from histoseek.inference import EMBEDDING_PRECISIONS
@@ -128,19 +128,11 @@ def write_shard(
         with open(staging / SHARD_ITEMS, "w", encoding="utf-8") as out:
             for item in items:
                 out.write(item_json(item) + "\n")
-        files = {file: _sha256(staging / file) for file in (SHARD_ITEMS, SHARD_EMBEDDINGS)}
+        files = {file: file_sha256(staging / file) for file in (SHARD_ITEMS, SHARD_EMBEDDINGS)}
         (staging / SHARD_INFO).write_text(
             json.dumps(replace(info, files=files).to_dict(), indent=2) + "\n", encoding="utf-8"
         )
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_files(path: Path, info: ShardInfo) -> None:
@@ -152,7 +144,7 @@ def _check_files(path: Path, info: ShardInfo) -> None:
         raise ShardError(f'shard.json: "files" names {sorted(info.files)}')
     for file, recorded in info.files.items():
         try:
-            found = _sha256(path / file)
+            found = file_sha256(path / file)
         except FileNotFoundError:
             raise ShardError(f"it has no {file}") from None
         except OSError as error:
