@@ -66,13 +66,9 @@ class IndexItem:
         return self.x is not None
 
     @property
-    def key(self) -> tuple[str, int | None, int | None]:
-        """What tells items apart: the path, and for a tile its position on the slide."""
-        return (self.path, self.x, self.y)
-
-    @property
     def order(self) -> tuple[bytes, int, int]:
-        """Where the item sits in an index: by path bytes, then a slide's tiles row by row."""
+        """What tells items apart, and where one sits in an index: by path bytes, then a
+        slide's tiles row by row."""
         return (
             os.fsencode(self.path),
             -1 if self.y is None else self.y,

@@ -39,7 +39,7 @@ def test_plain_items_keep_their_old_form_and_tiles_add_their_fields():
         assert parse_item(item_json(item)) == item
     assert not PATCH.is_tile and TILE.is_tile
     assert TILE.tile() == Tile(128, 64, 128, 64, 1.0, 0.0)
-    assert (PATCH.key, TILE.key) == (("a/x.png", None, None), ("b/s.tif", 128, 64))
+    assert (PATCH.order, TILE.order) == ((b"a/x.png", -1, -1), (b"b/s.tif", 64, 128))
 
 
 @pytest.mark.parametrize(
