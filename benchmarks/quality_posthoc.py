@@ -9,7 +9,10 @@ images. The settings:
 - trunk interpolation towards ImageNet (as WiSE-FT does): every trunk weight
   (1 − t)·ImageNet + t·trained, the head as trained;
 - the built-in model's embedding, weighted β, concatenated to the trained one (two trunks:
-  counted as twice the built-in model's work, an upper bound).
+  counted as twice the built-in model's work, an upper bound);
+- test-time views: the mean embedding over some of the image's 8 flips and rotations (the
+  image and its mirror image; its four rotations; all eight, as `--tta` embeds), each view
+  costing one embedding.
 
 A setting is chosen only if its mean over the runs beats the runs' own mean by more than
 --margin and it embeds within --max-embed-cost times the built-in model's work (the highest
@@ -41,6 +44,8 @@ from rich.table import Table
 
 from histoseek.data.folder import scan_labelled_folder
 from histoseek.embedder import ImageEmbedder, embedder_for_model
+from histoseek.inference.base import Embedder
+from histoseek.inference.embed_files import dihedral_views
 from histoseek.metrics import exact_neighbours, retrieval_metrics, selection_score
 from histoseek.model.backbones import build_trunk
 from histoseek.model.cgd import CGD, builtin_model
@@ -51,6 +56,9 @@ MARGIN = 0.01
 QUERY_EXPANSION = [(k, alpha) for k in (1, 2, 3, 5) for alpha in (0.0, 3.0)]
 INTERPOLATION = (0.9, 0.8, 0.7, 0.6, 0.5)
 CONCATENATION = (0.25, 0.5, 0.75, 1.0)
+# Views by their place in dihedral_views: the rotations by 0-3 quarter turns, then the same of
+# the mirror image.
+VIEW_SETS = {"mirror": (0, 4), "rotations": (0, 1, 2, 3), "all eight": tuple(range(8))}
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,27 @@ def score(queries: Embedded, gallery: Embedded, query_vectors: np.ndarray | None
     return retrieval_metrics(neighbours, query_codes, gallery_codes)
 
 
+@dataclass
+class OneView:
+    """A backend that embeds one dihedral view of each image instead of the image."""
+
+    backend: Embedder
+    view: int
+
+    def __post_init__(self) -> None:
+        self.name, self.dim = self.backend.name, self.backend.dim
+        self.precision, self.batch_threads = self.backend.precision, self.backend.batch_threads
+
+    def embed_batch(self, images: np.ndarray) -> np.ndarray:
+        """The backend's embeddings of view `view` of every image."""
+        return self.backend.embed_batch(dihedral_views(images)[self.view])
+
+
+def mean_of_views(views: Sequence[Embedded]) -> np.ndarray:
+    """The views' embeddings summed and re-normalised, as --tta embeds."""
+    return normalise(np.sum([np.asarray(v.vectors, np.float64) for v in views], axis=0))
+
+
 class EmbeddingStore:
     """Embeddings of a folder by a model, kept on disk by the model's weight fingerprint."""
 
@@ -114,16 +143,20 @@ class EmbeddingStore:
         self.backend = backend
         root.mkdir(parents=True, exist_ok=True)
 
-    def embed(self, network: CGD, reference: str, folder: Path) -> Embedded:
-        """The folder's embeddings by `network`, read back if made before (names checked)."""
+    def embed(self, network: CGD, reference: str, folder: Path, view: int = 0) -> Embedded:
+        """The folder's embeddings by `network` of dihedral view `view` (0: the images as
+        they are), read back if made before (names checked)."""
         images = scan_labelled_folder(folder)
         names = [path.name for path in images.paths]
-        path = self.root / f"{model_fingerprint(network)[:16]}-{folder.name}.npz"
+        tag = "" if view == 0 else f"-view{view}"
+        path = self.root / f"{model_fingerprint(network)[:16]}-{folder.name}{tag}.npz"
         if path.is_file():
             kept = np.load(path)
             if list(kept["names"]) == names:
                 return Embedded(kept["vectors"], list(kept["labels"]), names)
         embedder = self._embedder(network, reference)
+        if view:
+            embedder.backend = OneView(embedder.backend, view)
         result = embedder.embed_files(images.paths)
         if result.failed or len(result.indices) != len(names):
             raise SystemExit(f"could not read every image of {folder}")
@@ -164,6 +197,14 @@ def run_settings(
         mixed_fit, mixed_val = (store.embed(mixed, reference, f) for f in (fit_dir, val_dir))
         results[f"trunk interpolated t={t:g}"] = score(mixed_val, mixed_fit)
     network.trunk.load_state_dict(trained)
+    views = {
+        v: [store.embed(network, reference, folder, v) for folder in (fit_dir, val_dir)]
+        for v in range(8)
+    }
+    for name, chosen in VIEW_SETS.items():
+        view_fit = Embedded(mean_of_views([views[v][0] for v in chosen]), fit.labels, fit.names)
+        view_val = mean_of_views([views[v][1] for v in chosen])
+        results[f"views: {name}"] = score(val, view_fit, view_val)
     return results
 
 
@@ -182,6 +223,10 @@ def settings() -> list[Setting]:
         *(
             Setting(f"built-in concatenated β={beta:g}", "concatenation", 2.0)
             for beta in CONCATENATION
+        ),
+        *(
+            Setting(f"views: {name}", "test-time views", float(len(chosen)))
+            for name, chosen in VIEW_SETS.items()
         ),
     ]
 
@@ -214,6 +259,12 @@ def read_test(
     if name.startswith("query expansion"):
         k, alpha = choice["value"]
         return score(test, gallery, expand_queries(test.vectors, gallery.vectors, k, alpha))
+    if name.startswith("views: "):
+        chosen = VIEW_SETS[name.removeprefix("views: ")]
+        gallery_views = [store.embed(network, reference, gallery_dir, v) for v in chosen]
+        test_views = [store.embed(network, reference, test_dir, v) for v in chosen]
+        joined = Embedded(mean_of_views(gallery_views), gallery.labels, gallery.names)
+        return score(test, joined, mean_of_views(test_views))
     if name.startswith("built-in concatenated"):
         builtin = builtin_model()
         extra_gallery, extra_test = (
@@ -233,6 +284,8 @@ def setting_value(name: str) -> float | tuple[int, float] | None:
     """The lever's value a setting's name carries (k and α for query expansion)."""
     if name == "defaults":
         return None
+    if name.startswith("views: "):
+        return list(VIEW_SETS[name.removeprefix("views: ")])
     parts = dict(part.split("=") for part in name.split() if "=" in part)
     if "k" in parts:
         return int(parts["k"]), float(parts["α"])

@@ -51,6 +51,33 @@ def test_trunk_interpolation_mixes_float_weights_and_keeps_counters(posthoc):
     torch.testing.assert_close(ends[weight], trained[weight])
 
 
+class _Flat:
+    """A toy backend: each image's first row of red values, as a unit vector."""
+
+    name, dim, precision, batch_threads = "flat", 4, "fp32", 1
+
+    def embed_batch(self, images):
+        rows = images[:, 0, 0, :].astype(np.float64) + 1.0
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_one_view_embeds_that_view_and_all_eight_average_as_tta_does(posthoc):
+    from histoseek.inference.embed_files import embed_batch_tta
+
+    images = np.random.default_rng(0).random((3, 3, 4, 4)).astype(np.float32)
+    mirror = posthoc.OneView(_Flat(), 4)
+    assert (mirror.name, mirror.dim) == ("flat", 4)
+    np.testing.assert_allclose(
+        mirror.embed_batch(images), _Flat().embed_batch(images[..., ::-1].copy())
+    )
+    views = [
+        posthoc.Embedded(posthoc.OneView(_Flat(), v).embed_batch(images), [], []) for v in range(8)
+    ]
+    np.testing.assert_allclose(
+        posthoc.mean_of_views(views), embed_batch_tta(_Flat(), images), rtol=1e-6
+    )
+
+
 def test_a_setting_is_chosen_only_beyond_the_margin_and_within_the_cost_cap(posthoc):
     rows = [
         {"setting": "defaults", "mean_score": 0.90, "embed_cost": 1.0},
@@ -70,6 +97,7 @@ def test_every_setting_carries_its_value(posthoc):
     assert values["query expansion k=3 α=3"] == (3, 3.0)
     assert values["trunk interpolated t=0.7"] == 0.7
     assert values["built-in concatenated β=0.5"] == 0.5
+    assert values["views: mirror"] == [0, 4]
 
 
 def _write_classes(root: Path, per_class: int, seed: int) -> None:
@@ -87,6 +115,7 @@ def test_a_whole_run_scores_every_setting_and_reads_test_for_the_choice(
     monkeypatch.setattr(posthoc, "QUERY_EXPANSION", [(1, 0.0)])
     monkeypatch.setattr(posthoc, "INTERPOLATION", (0.5,))
     monkeypatch.setattr(posthoc, "CONCATENATION", (1.0,))
+    monkeypatch.setattr(posthoc, "VIEW_SETS", {"mirror": (0, 4)})
     full = tmp_path / "work" / "full"
     for part, per_class, seed in (("fit", 4, 0), ("val", 2, 1)):
         _write_classes(full / "split" / part, per_class, seed)
@@ -105,7 +134,9 @@ def test_a_whole_run_scores_every_setting_and_reads_test_for_the_choice(
         "query expansion k=1 α=0",
         "trunk interpolated t=0.5",
         "built-in concatenated β=1",
+        "views: mirror",
     ]
+    assert document["rows"][-1]["embed_cost"] == 2.0
     # A margin of -1 lets the best of the three win; its test metrics are read once.
     chosen = next(row for row in document["rows"] if row["setting"] == document["chosen"])
     best = max(document["rows"][1:], key=lambda row: row["mean_score"])
