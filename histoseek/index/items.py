@@ -21,7 +21,7 @@ from histoseek.data.images import UnreadableImageError
 from histoseek.data.sources import ImageSource, load_source, source_name, unreadable_reason
 from histoseek.errors import HistoseekError
 from histoseek.index.manifest import field_problem, json_type
-from histoseek.slide.folder import MULTI_FILE_SUFFIXES
+from histoseek.slide.folder import MULTI_FILE_SUFFIXES, parts_stat, slide_parts
 from histoseek.slide.sources import SlideTile
 from histoseek.slide.tiling import Tile
 
@@ -175,17 +175,19 @@ class IndexedSource:
         return load_source(source)
 
     def changed(self) -> bool:
-        """Whether the file differs from what the index recorded (not when it cannot be
-        stat'ed: reading it then says what is wrong)."""
+        """Whether the file (for a multi-file slide, any of its files) differs from what the
+        index recorded (not when one cannot be stat'ed: reading it then says what is wrong)."""
+        multi_file = self.item.is_tile and self.path.suffix.lower() in MULTI_FILE_SUFFIXES
         try:
-            info = os.stat(self.path)
+            if multi_file:
+                # The index recorded the total size and newest mtime of all the slide's files.
+                found = parts_stat(slide_parts(self.path))
+            else:
+                info = os.stat(self.path)
+                found = info.st_size, info.st_mtime_ns
         except OSError:
             return False
-        if self.item.is_tile and self.path.suffix.lower() in MULTI_FILE_SUFFIXES:
-            # The index recorded the total size and newest mtime of all the slide's files;
-            # of this one file only the mtime can be compared, and it can be no newer.
-            return info.st_mtime_ns > self.item.mtime_ns
-        return (info.st_size, info.st_mtime_ns) != (self.item.size, self.item.mtime_ns)
+        return found != (self.item.size, self.item.mtime_ns)
 
     def __str__(self) -> str:
         where = f" (tile at {self.item.x}, {self.item.y})" if self.item.is_tile else ""

@@ -41,10 +41,15 @@ class SlideFile:
     """Every file the slide is made of (`path` and its companions)."""
 
     def stat(self) -> tuple[int, int]:
-        """(total size in bytes, newest mtime in ns) of the slide's files: a change to any of
-        them changes one or the other. OSError if one cannot be stat'ed."""
-        infos = [os.stat(part) for part in self.parts]
-        return sum(info.st_size for info in infos), max(info.st_mtime_ns for info in infos)
+        """(total size in bytes, newest mtime in ns) of the slide's files (see parts_stat)."""
+        return parts_stat(self.parts)
+
+
+def parts_stat(parts: tuple[Path, ...]) -> tuple[int, int]:
+    """(total size in bytes, newest mtime in ns) of a slide's files: a change to any of them
+    changes one or the other. OSError if one cannot be stat'ed."""
+    infos = [os.stat(part) for part in parts]
+    return sum(info.st_size for info in infos), max(info.st_mtime_ns for info in infos)
 
 
 @dataclass
@@ -76,6 +81,47 @@ def _files_below(folder: Path) -> list[Path]:
     return sorted(Path(dirpath) / name for dirpath, _, names in os.walk(folder) for name in names)
 
 
+def _multi_file_parts(
+    folder: Path, dirnames: list[str], names: list[str]
+) -> dict[str, tuple[Path, ...]]:
+    """The files of each MIRAX and Hamamatsu slide in one folder of the walk (its sub-folder
+    and file names as walk_folders lists them), by the slide's file name, that file first."""
+    parts = {}
+    for name in names:
+        path, suffix = folder / name, Path(name).suffix.lower()
+        if suffix == ".mrxs" and Path(name).stem in dirnames:
+            parts[name] = (path, *_files_below(folder / Path(name).stem))
+        elif suffix in (".vms", ".vmu") and irregular(path) is None:
+            listed = _vms_companions(path) & set(names)
+            parts[name] = (path, *(folder / part for part in sorted(listed)))
+    return parts
+
+
+def _dicom_files(folder: Path, names: list[str]) -> list[Path]:
+    """The .dcm files of one folder of the walk: one DICOM slide, opened by the first regular
+    one of them."""
+    return [folder / name for name in names if Path(name).suffix.lower() == _DICOM]
+
+
+def slide_parts(path: Path) -> tuple[Path, ...]:
+    """Every file of the slide OpenSlide opens at `path`, as find_slides_and_images finds
+    them there: a multi-file slide's companions too (`path` alone if its folder cannot be
+    listed)."""
+    if not path.parent.is_dir():
+        return (path,)
+    listing = next(walk_folders(path.parent), None)
+    if listing is None:
+        return (path,)
+    folder, dirnames, names = listing
+    if path.suffix.lower() == _DICOM:
+        files = _dicom_files(folder, names)
+        # find_slides_and_images skips the irregular ones before the first regular one.
+        while files and irregular(files[0]) is not None:
+            files.pop(0)
+        return tuple(files) or (path,)
+    return _multi_file_parts(folder, dirnames, names).get(path.name, (path,))
+
+
 def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
@@ -92,18 +138,15 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
     images: list[Path] = []
     skipped: list[SkippedEntry] = []
     for folder, dirnames, names in walk_folders(root, skipped.append):
-        parts: dict[str, tuple[Path, ...]] = {}
+        parts = _multi_file_parts(folder, dirnames, names)
         companions: set[str] = set()
-        for name in names:
-            path, suffix = folder / name, Path(name).suffix.lower()
-            if suffix == ".mrxs" and Path(name).stem in dirnames:
-                dirnames.remove(Path(name).stem)  # its data folder, not more slides
-                parts[name] = (path, *_files_below(folder / Path(name).stem))
-            elif suffix in (".vms", ".vmu") and irregular(path) is None:
-                listed = _vms_companions(path) & set(names)
-                companions |= listed
-                parts[name] = (path, *(folder / part for part in sorted(listed)))
-        dicom = [folder / name for name in names if Path(name).suffix.lower() == _DICOM]
+        for name, files in parts.items():
+            if Path(name).suffix.lower() == ".mrxs":
+                if Path(name).stem in dirnames:  # not yet removed for a.MRXS beside a.mrxs
+                    dirnames.remove(Path(name).stem)  # its data folder, not more slides
+            else:
+                companions |= {file.name for file in files[1:]}
+        dicom = _dicom_files(folder, names)
         for name in names:
             path = folder / name
             suffix = Path(name).suffix.lower()

@@ -14,6 +14,7 @@ from PIL import Image
 from histoseek.data.images import UnreadableImageError
 from histoseek.errors import HistoseekError
 from histoseek.index.items import IndexedSource, IndexItem, item_json, parse_item, read_item_image
+from histoseek.slide.folder import find_slides_and_images
 from histoseek.slide.reader import open_slide
 from histoseek.slide.sources import close_slides
 from histoseek.slide.tiling import Tile, read_tile
@@ -119,16 +120,52 @@ def test_a_file_changed_since_it_was_indexed_is_not_shown_as_the_hit(tmp_path):
     close_slides()
 
 
-def test_a_multi_file_slide_is_changed_only_when_its_file_is_newer_than_recorded(tmp_path):
-    # A MIRAX slide's recorded size and mtime are of all its files: only the mtime of the one
-    # OpenSlide opens can be compared, and it may be older than the newest.
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "s.mrxs").write_bytes(b"[GENERAL]\n")
-    info = os.stat(tmp_path / "b" / "s.mrxs")
-    tile = replace(TILE, path="b/s.mrxs", size=info.st_size + 5000, mtime_ns=info.st_mtime_ns)
-    with pytest.raises(UnreadableImageError) as raised:  # read: not a slide, but unchanged
-        IndexedSource(tmp_path / tile.path, tile).load()
-    assert "changed" not in str(raised.value)
-    newer = replace(tile, mtime_ns=info.st_mtime_ns - 1)
-    with pytest.raises(UnreadableImageError, match="has changed since it was indexed"):
-        IndexedSource(tmp_path / newer.path, newer).load()
+def _multi_file_slides(root):
+    """A MIRAX slide (a.mrxs and its folder), a Hamamatsu one (b.vms and the file it lists)
+    and a DICOM one (c/, two .dcm files), as tile items with the total size and newest mtime
+    `index` records for them."""
+    (root / "a").mkdir(parents=True)
+    (root / "a.mrxs").write_bytes(b"[GENERAL]\n")
+    (root / "a" / "Data0000.dat").write_bytes(b"x" * 300)
+    (root / "a" / "Index.dat").write_bytes(b"y" * 20)
+    (root / "b.vms").write_text("[Virtual Microscope Specimen]\nImageFile=b-0.jpg\n")
+    (root / "b-0.jpg").write_bytes(b"z" * 100)
+    (root / "c").mkdir()
+    for name in ("1.dcm", "2.dcm"):
+        (root / "c" / name).write_bytes(b"d" * 50)
+    found = {slide.relative: slide for slide in find_slides_and_images(root).slides}
+    assert sorted(found) == ["a.mrxs", "b.vms", "c/1.dcm"]
+    items = {}
+    for relative, slide in found.items():
+        size, mtime_ns = slide.stat()
+        items[relative] = replace(TILE, path=relative, size=size, mtime_ns=mtime_ns)
+    return items
+
+
+def test_a_multi_file_slide_is_changed_when_any_of_its_files_is(tmp_path):
+    # Its recorded size and mtime are the sum and the newest over all its files; a companion
+    # rewritten (another scan of the slide) shows other pixels than the index embedded.
+    items = _multi_file_slides(tmp_path)
+    for item in items.values():
+        assert not IndexedSource(tmp_path / item.path, item).changed()
+    companions = {"a.mrxs": "a/Data0000.dat", "b.vms": "b-0.jpg", "c/1.dcm": "c/2.dcm"}
+    for relative, companion in companions.items():
+        item, path = items[relative], tmp_path / companion
+        info = os.stat(path)
+        # The same size, newer: changed.
+        os.utime(path, ns=(info.st_atime_ns, item.mtime_ns + 10**9))
+        assert IndexedSource(tmp_path / relative, item).changed()
+        # Another size, no newer than recorded: changed.
+        path.write_bytes(path.read_bytes() + b"!")
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+        assert IndexedSource(tmp_path / relative, item).changed()
+        with pytest.raises(UnreadableImageError, match="has changed since it was indexed"):
+            IndexedSource(tmp_path / relative, item).load()
+
+
+def test_a_multi_file_slide_that_cannot_be_stated_is_left_to_its_reader(tmp_path):
+    item = _multi_file_slides(tmp_path)["a.mrxs"]
+    (tmp_path / "a.mrxs").unlink()
+    assert not IndexedSource(tmp_path / item.path, item).changed()
+    gone = replace(item, path="gone/a.mrxs")
+    assert not IndexedSource(tmp_path / gone.path, gone).changed()
