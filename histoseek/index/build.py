@@ -7,8 +7,8 @@ per slide and one for the plain images, which only `index` reads. A run writes e
 INDEX/shards as soon as it is finished, beside the served files, which it leaves alone; so a
 killed run keeps its finished shards and the last good index stays whole and served. At the
 end it writes the served files over every shard it uses, with those shards linked in, into a
-temporary folder that replaces INDEX as a whole (fsutil.atomic_dir): shards of deleted slides
-are dropped then.
+temporary folder that replaces INDEX as a whole (fsutil.atomic_dir): shards of slides it no
+longer holds (deleted, or unreadable now) are dropped then.
 """
 
 from __future__ import annotations
@@ -300,8 +300,6 @@ class _ImagesPlan:
     """Row of each stored image in `stored`, by path."""
     reusable: set[str]
     to_embed: list[_Image]
-    dropped: int
-    """Stored images whose files are gone."""
 
 
 def _plan_images(run: _Run, images: list[_Image]) -> _ImagesPlan:
@@ -322,13 +320,11 @@ def _plan_images(run: _Run, images: list[_Image]) -> _ImagesPlan:
         return same_file and item.width * item.height <= limit
 
     reusable = {image.key for image in images if image.key in rows and reusable_as_stored(image)}
-    current = {image.key for image in images}
     return _ImagesPlan(
         stored=stored,
         rows=rows,
         reusable=reusable,
         to_embed=[image for image in images if image.key not in reusable],
-        dropped=sum(1 for key in rows if key not in current),
     )
 
 
@@ -447,10 +443,14 @@ def _without_name(message: str, path: Path) -> str:
     return message.removeprefix(f"{display_path(path)}: ")
 
 
-def _dropped_slides(shards_dir: Path, slides: list[_Slide]) -> int:
-    """Items of the stored slide shards whose slides are gone from the folder."""
-    present = {shard_name(slide.file.relative) for slide in slides}
-    dropped = 0
+def _dropped(
+    plan: _ImagesPlan, images_shard: Shard | None, shards_dir: Path, kept: set[str]
+) -> int:
+    """Stored items the new index leaves out: plain images and slides (`kept`: the relative
+    paths of the slides it holds) gone from the folder, or that could not be read this time."""
+    held = {item.path for item in images_shard.items} if images_shard is not None else set()
+    dropped = sum(1 for path in plan.rows if path not in held)
+    present = {shard_name(relative) for relative in kept}
     for folder in shard_folders(shards_dir):
         if folder.name != IMAGES_SHARD and folder.name not in present:
             try:
@@ -634,7 +634,7 @@ def build_index(
                 f"{empty} slide(s) have no tile of {options.patch_size} px at {options.mpp} "
                 f"µm/px with at least {options.min_tissue:.0%} tissue"
             )
-        dropped = plan.dropped + _dropped_slides(shards_dir, slides)
+        dropped = _dropped(plan, images_shard, shards_dir, set(slide_shards))
         parts = _parts(slide_shards, identities, images_shard, regex)
         count = sum(len(part.items) for part in parts)
         if count == 0:

@@ -118,6 +118,19 @@ def test_rerun_embeds_only_new_and_changed_files_and_drops_deleted(tiles, checkp
     assert read_manifest(index_dir).items == 8
 
 
+def test_an_indexed_image_that_cannot_be_read_now_counts_as_dropped(tiles, checkpoint, tmp_path):
+    index_dir = tmp_path / "idx"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", index_dir)).exit_code == 0
+    broken = sorted(tiles.rglob("*.tif"))[3]
+    broken.write_bytes(b"not an image any more")
+
+    result = run_cli(*index_args(tiles, checkpoint, "-o", index_dir))
+    assert result.exit_code == 0, result.output
+    assert "0 embedded, 7 reused, 1 dropped" in result.stderr
+    assert "skipped 1 unreadable file(s)" in result.stderr
+    assert read_manifest(index_dir).items == 7
+
+
 def test_unreadable_truncated_and_fake_images_are_skipped_and_listed(tiles, checkpoint, tmp_path):
     png = tiles / "01_TUMOR" / "truncated.png"
     from PIL import Image

@@ -173,6 +173,18 @@ def test_an_unchanged_slide_is_reused_and_a_changed_one_embedded_alone(
     assert sorted(path.name for path in (index_dir / "shards").iterdir()) == [stable.name]
 
 
+def test_an_indexed_slide_that_cannot_be_read_now_counts_as_dropped(slides, checkpoint, tmp_path):
+    index_dir = tmp_path / "idx"
+    _index(slides, checkpoint, index_dir)
+    damaged = slides / "stroma" / "case1.tif"
+    tiles = sum(1 for item in _items(index_dir) if item["path"] == "stroma/case1.tif")
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
+
+    result = _index(slides, checkpoint, index_dir)
+    assert f"0 embedded, {len(_items(index_dir))} reused, {tiles} dropped" in result.stderr
+    assert tiles and all(item["path"] != "stroma/case1.tif" for item in _items(index_dir))
+
+
 KILL_AFTER_THE_FIRST_SLIDE = """
 import os, signal
 import histoseek.index.build as build
