@@ -199,7 +199,7 @@ def run_settings(
     network.trunk.load_state_dict(trained)
     views = {
         v: [store.embed(network, reference, folder, v) for folder in (fit_dir, val_dir)]
-        for v in range(8)
+        for v in sorted(set().union(*VIEW_SETS.values()))
     }
     for name, chosen in VIEW_SETS.items():
         view_fit = Embedded(mean_of_views([views[v][0] for v in chosen]), fit.labels, fit.names)
