@@ -72,7 +72,7 @@ class Embedded:
 
 @dataclass(frozen=True)
 class Setting:
-    """A lever at one value: how it turns (validation, fit) embeddings into a score."""
+    """A lever at one value: its name in the table, its lever, and its cost to embed with."""
 
     name: str
     lever: str
