@@ -81,20 +81,18 @@ def _files_below(folder: Path) -> list[Path]:
     return sorted(Path(dirpath) / name for dirpath, _, names in os.walk(folder) for name in names)
 
 
-def _multi_file_parts(
-    folder: Path, dirnames: list[str], names: list[str]
-) -> dict[str, tuple[Path, ...]]:
-    """The files of each MIRAX and Hamamatsu slide in one folder of the walk (its sub-folder
-    and file names as walk_folders lists them), by the slide's file name, that file first."""
-    parts = {}
-    for name in names:
-        path, suffix = folder / name, Path(name).suffix.lower()
-        if suffix == ".mrxs" and Path(name).stem in dirnames:
-            parts[name] = (path, *_files_below(folder / Path(name).stem))
-        elif suffix in (".vms", ".vmu") and irregular(path) is None:
-            listed = _vms_companions(path) & set(names)
-            parts[name] = (path, *(folder / part for part in sorted(listed)))
-    return parts
+def _slide_files(
+    folder: Path, dirnames: list[str], names: list[str], name: str
+) -> tuple[Path, ...]:
+    """The files of the slide `name` in one folder of the walk (its sub-folder and file names
+    as walk_folders lists them), that file first: a MIRAX or Hamamatsu slide's companions too."""
+    path, suffix = folder / name, Path(name).suffix.lower()
+    if suffix == ".mrxs" and Path(name).stem in dirnames:
+        return (path, *_files_below(folder / Path(name).stem))
+    if suffix in (".vms", ".vmu") and irregular(path) is None:
+        listed = _vms_companions(path) & set(names)
+        return (path, *(folder / part for part in sorted(listed)))
+    return (path,)
 
 
 def _dicom_files(folder: Path, names: list[str]) -> list[Path]:
@@ -119,7 +117,7 @@ def slide_parts(path: Path) -> tuple[Path, ...]:
         while files and irregular(files[0]) is not None:
             files.pop(0)
         return tuple(files) or (path,)
-    return _multi_file_parts(folder, dirnames, names).get(path.name, (path,))
+    return _slide_files(folder, dirnames, names, path.name)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -138,13 +136,13 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
     images: list[Path] = []
     skipped: list[SkippedEntry] = []
     for folder, dirnames, names in walk_folders(root, skipped.append):
-        parts = _multi_file_parts(folder, dirnames, names)
+        parts = {name: _slide_files(folder, dirnames, names, name) for name in names}
         companions: set[str] = set()
         for name, files in parts.items():
-            if Path(name).suffix.lower() == ".mrxs":
-                if Path(name).stem in dirnames:  # not yet removed for a.MRXS beside a.mrxs
-                    dirnames.remove(Path(name).stem)  # its data folder, not more slides
-            else:
+            suffix = Path(name).suffix.lower()
+            if suffix == ".mrxs" and Path(name).stem in dirnames:
+                dirnames.remove(Path(name).stem)  # its data folder, not more slides
+            elif suffix in (".vms", ".vmu"):
                 companions |= {file.name for file in files[1:]}
         dicom = _dicom_files(folder, names)
         for name in names:
@@ -167,9 +165,7 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
                 )
             elif is_slide_file(path):
                 relative = _relative(path, root)
-                slides.append(
-                    SlideFile(path, relative, relative, path.stem, parts.get(name, (path,)))
-                )
+                slides.append(SlideFile(path, relative, relative, path.stem, parts[name]))
             else:
                 images.append(path)
 

@@ -113,3 +113,28 @@ def test_entries_that_are_not_regular_files_are_skipped_with_a_reason(tmp_path):
 def test_a_missing_folder_is_one_clear_error(tmp_path):
     with pytest.raises(HistoseekError, match="not a folder"):
         find_slides_and_images(tmp_path / "absent")
+
+
+def test_a_slides_parts_are_found_alone_as_the_walk_finds_them(tmp_path, monkeypatch):
+    from histoseek.slide import folder as slide_folder
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a.mrxs").write_bytes(b"[GENERAL]\n")
+    (tmp_path / "a" / "Data0000.dat").write_bytes(b"x")
+    (tmp_path / "b.vms").write_text("[Virtual Microscope Specimen]\nImageFile=b-0.jpg\n")
+    (tmp_path / "b-0.jpg").write_bytes(b"z")
+    (tmp_path / "c").mkdir()
+    for name in ("1.dcm", "2.dcm"):
+        (tmp_path / "c" / name).write_bytes(b"d")
+    walked = {s.relative: s.parts for s in slide_folder.find_slides_and_images(tmp_path).slides}
+    assert {len(parts) for parts in walked.values()} == {2}
+    for relative, parts in walked.items():
+        assert slide_folder.slide_parts(tmp_path / relative) == parts
+
+    # Checking one slide reads none of the other slides in its folder (a hit is checked in
+    # a folder that may hold thousands).
+    def unexpected(path):
+        raise AssertionError(f"read {path}")
+
+    monkeypatch.setattr(slide_folder, "_vms_companions", unexpected)
+    assert slide_folder.slide_parts(tmp_path / "a.mrxs") == walked["a.mrxs"]
