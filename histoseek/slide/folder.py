@@ -95,10 +95,15 @@ def _slide_files(
     return (path,)
 
 
-def _dicom_files(folder: Path, names: list[str]) -> list[Path]:
-    """The .dcm files of one folder of the walk: one DICOM slide, opened by the first regular
-    one of them."""
-    return [folder / name for name in names if Path(name).suffix.lower() == _DICOM]
+def _dicom_series(folder: Path, names: list[str]) -> tuple[list[SkippedEntry], tuple[Path, ...]]:
+    """The .dcm files of one folder of the walk, one DICOM slide: (those before the first
+    regular one, each skipped with its reason; the series from that one on, which OpenSlide
+    opens by its first file)."""
+    files = [folder / name for name in names if Path(name).suffix.lower() == _DICOM]
+    passed_over = []
+    while files and (problem := irregular(files[0])) is not None:
+        passed_over.append(SkippedEntry(files.pop(0), problem))
+    return passed_over, tuple(files)
 
 
 def slide_parts(path: Path) -> tuple[Path, ...]:
@@ -112,11 +117,7 @@ def slide_parts(path: Path) -> tuple[Path, ...]:
         return (path,)
     folder, dirnames, names = listing
     if path.suffix.lower() == _DICOM:
-        files = _dicom_files(folder, names)
-        # find_slides_and_images skips the irregular ones before the first regular one.
-        while files and irregular(files[0]) is not None:
-            files.pop(0)
-        return tuple(files) or (path,)
+        return _dicom_series(folder, names)[1] or (path,)
     return _slide_files(folder, dirnames, names, path.name)
 
 
@@ -144,25 +145,26 @@ def find_slides_and_images(root: Path | str) -> FoundSources:
                 dirnames.remove(Path(name).stem)  # its data folder, not more slides
             elif suffix in (".vms", ".vmu"):
                 companions |= {file.name for file in files[1:]}
-        dicom = _dicom_files(folder, names)
+        passed_over, dicom = _dicom_series(folder, names)
+        skipped += passed_over
         for name in names:
             path = folder / name
             suffix = Path(name).suffix.lower()
             candidate = suffix in VENDOR_EXTENSIONS or is_image_name(name)
-            if name in companions or not candidate or (suffix == _DICOM and path != dicom[0]):
+            if name in companions or not candidate:
+                continue
+            if suffix == _DICOM:
+                if dicom and path == dicom[0]:
+                    # One slide per folder of .dcm files; OpenSlide finds the rest of the series.
+                    series = folder if folder != root else path.with_suffix("")
+                    relative = _relative(path, root)
+                    slides.append(
+                        SlideFile(path, relative, _relative(series, root), series.name, dicom)
+                    )
                 continue
             problem = irregular(path)
             if problem is not None:
                 skipped.append(SkippedEntry(path, problem))
-                if suffix == _DICOM:
-                    dicom.pop(0)  # the next .dcm file stands for the series
-            elif suffix == _DICOM:
-                # One slide per folder of .dcm files; OpenSlide finds the rest of the series.
-                series = folder if folder != root else path.with_suffix("")
-                relative = _relative(path, root)
-                slides.append(
-                    SlideFile(path, relative, _relative(series, root), series.name, tuple(dicom))
-                )
             elif is_slide_file(path):
                 relative = _relative(path, root)
                 slides.append(SlideFile(path, relative, relative, path.stem, parts[name]))

@@ -138,3 +138,26 @@ def test_a_slides_parts_are_found_alone_as_the_walk_finds_them(tmp_path, monkeyp
 
     monkeypatch.setattr(slide_folder, "_vms_companions", unexpected)
     assert slide_folder.slide_parts(tmp_path / "a.mrxs") == walked["a.mrxs"]
+
+
+def test_a_dicom_series_opens_by_its_first_regular_file_and_skips_those_before(tmp_path):
+    from histoseek.slide.folder import slide_parts
+
+    series, pipes = tmp_path / "series", tmp_path / "pipes"
+    series.mkdir()
+    pipes.mkdir()
+    os.mkfifo(series / "0000.dcm")
+    for number in (1, 2):
+        (series / f"{number:04d}.dcm").write_bytes(b"D")
+    os.mkfifo(pipes / "0000.dcm")
+
+    found = find_slides_and_images(tmp_path)
+    (slide,) = found.slides
+    assert slide.path == series / "0001.dcm" and slide.name == "series"
+    assert slide.parts == (series / "0001.dcm", series / "0002.dcm")
+    assert slide_parts(slide.path) == slide.parts
+    assert sorted(entry.path for entry in found.skipped) == [
+        pipes / "0000.dcm",
+        series / "0000.dcm",
+    ]
+    assert not found.images
