@@ -92,6 +92,12 @@ def expand_queries(queries: np.ndarray, gallery: np.ndarray, k: int, alpha: floa
     return normalise(expanded.astype(np.float32))
 
 
+def trunk_weights(network: CGD) -> tuple[dict, dict]:
+    """(the ImageNet weights of the network's trunk, a copy of its own)."""
+    imagenet = build_trunk(network.config.backbone, "imagenet").state_dict()
+    return imagenet, {key: value.clone() for key, value in network.trunk.state_dict().items()}
+
+
 def interpolated_trunk(network: CGD, imagenet: dict, trained: dict, t: float) -> CGD:
     """`network` with every floating-point trunk weight (1 − t)·ImageNet + t·trained."""
     network.trunk.load_state_dict(
@@ -190,8 +196,7 @@ def run_settings(
         )
         joined_val = normalise(np.hstack([val.vectors, beta * builtin_val.vectors]))
         results[f"built-in concatenated β={beta:g}"] = score(val, joined_fit, joined_val)
-    imagenet = build_trunk(network.config.backbone, "imagenet").state_dict()
-    trained = {key: value.clone() for key, value in network.trunk.state_dict().items()}
+    imagenet, trained = trunk_weights(network)
     for t in INTERPOLATION:
         mixed = interpolated_trunk(network, imagenet, trained, t)
         mixed_fit, mixed_val = (store.embed(mixed, reference, f) for f in (fit_dir, val_dir))
@@ -252,9 +257,7 @@ def read_test(
     network, _, reference = load_model(run / "model.pt")
     name = choice["setting"]
     if name.startswith("trunk interpolated"):
-        imagenet = build_trunk(network.config.backbone, "imagenet").state_dict()
-        trained = {key: value.clone() for key, value in network.trunk.state_dict().items()}
-        network = interpolated_trunk(network, imagenet, trained, choice["value"])
+        network = interpolated_trunk(network, *trunk_weights(network), choice["value"])
     gallery, test = (store.embed(network, reference, f) for f in (gallery_dir, test_dir))
     if name.startswith("query expansion"):
         k, alpha = choice["value"]
