@@ -57,6 +57,8 @@ TRAIN_BOUNDS = {
     "crop_scale": Bounds(0, 1, low_open=True),
     # Each stain's amount is scaled by 1 ± up to this, so above 1 a stain could turn negative.
     "stain_jitter": Bounds(0, 1),
+    # Past a few pixels' standard deviation a 224 px patch keeps little tissue texture.
+    "blur": Bounds(0, 8),
     "ema_epochs": Bounds(0),
     "val_fraction": Bounds(0, 1, high_open=True),
     "workers": WORKERS_BOUNDS,
@@ -103,6 +105,9 @@ class TrainConfig:
     margin: float = 0.1
     crop_scale: float = 0.8
     stain_jitter: float = 0.5
+    # Blur each training image by a Gaussian whose standard deviation, in pixels of the
+    # model's input, is drawn from 0 to this (0: no blur): focus differs between scans.
+    blur: float = 0.0
     # Validate, and keep as model.pt, a moving average of the weights over about this many
     # epochs instead of the weights themselves (0: no average).
     ema_epochs: float = 0.0

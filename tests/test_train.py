@@ -295,6 +295,32 @@ def test_stain_jitter_above_one_is_refused(kather_small, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_blur_is_trained_with_and_kept_in_the_run(kather_small, tmp_path, monkeypatch):
+    from histoseek.data import transforms
+
+    blurs = []
+    original = transforms.TrainTransform.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        blurs.append(self.blur)
+
+    monkeypatch.setattr(transforms.TrainTransform, "__init__", recording_init)
+    run_dir = tmp_path / "run"
+    result = run("train", kather_small, "-o", run_dir, "--epochs", "1", "--blur", "1.5", *FAST)
+    assert result.exit_code == 0, result.output
+    assert blurs == [1.5]
+    assert json.loads((run_dir / "train_config.json").read_text())["blur"] == 1.5
+    _, _, extra = load_checkpoint(run_dir / "model.pt")
+    assert extra["train_config"]["blur"] == 1.5
+
+
+def test_blur_beyond_its_range_is_refused(kather_small, tmp_path):
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--blur", "9")
+    assert_one_line_error(result, "--blur")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_weight_average_is_trained_kept_and_resumed(kather_small, tmp_path):
     run_dir = tmp_path / "run"
     result = run(

@@ -129,6 +129,14 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
     help="Strength of haematoxylin/eosin jitter, 0 (off) to 1.",
 )
 @click.option(
+    "--blur",
+    type=_bounded("blur"),
+    default=_TRAIN.blur,
+    show_default=True,
+    help="Largest standard deviation, in pixels of the model's input, of a Gaussian blur "
+    "drawn for each training image (0: off), as focus differs between scans.",
+)
+@click.option(
     "--ema-epochs",
     type=_bounded("ema_epochs"),
     default=_TRAIN.ema_epochs,

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from histoseek.errors import HistoseekError
 
@@ -74,7 +74,8 @@ def stain_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
 
 
 class TrainTransform:
-    """Random resized crop, flips, 90° rotations, stain and brightness jitter; then normalise.
+    """Random resized crop, blur, flips, 90° rotations, stain and brightness jitter; then
+    normalise.
 
     Tissue has no canonical orientation, so all eight dihedral transforms are equally valid.
     """
@@ -87,12 +88,14 @@ class TrainTransform:
         crop_scale: tuple[float, float] = (0.5, 1.0),
         stain_strength: float = 0.05,
         brightness: float = 0.1,
+        blur: float = 0.0,
         seed: int | None = None,
     ):
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
         self.crop_scale = crop_scale
         self.stain_strength = stain_strength
         self.brightness = brightness
+        self.blur = blur
         self.rng = np.random.default_rng(seed)
 
     def _random_crop(self, image: Image.Image) -> Image.Image:
@@ -107,7 +110,12 @@ class TrainTransform:
         return image.resize((self.size, self.size), Image.BILINEAR, box=box)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        array = np.asarray(self._random_crop(image))
+        image = self._random_crop(image)
+        # Drawn only when asked for, so that without blur the random stream, and a seeded
+        # run, stay as they were.
+        if self.blur > 0:
+            image = image.filter(ImageFilter.GaussianBlur(self.rng.uniform(0, self.blur)))
+        array = np.asarray(image)
         if self.rng.random() < 0.5:
             array = array[:, ::-1]
         array = np.rot90(array, k=int(self.rng.integers(0, 4)))

@@ -231,6 +231,7 @@ def setup_run(
         model_config.std,
         crop_scale=(config.crop_scale, 1.0),
         stain_strength=config.stain_jitter,
+        blur=config.blur,
         seed=config.seed + ddp.rank,
     )
     # Unreadable images are replaced, not dropped: every rank's batches keep their size, so

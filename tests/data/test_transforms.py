@@ -38,6 +38,39 @@ def test_train_transform_output_shape_and_seeded_randomness(image):
     assert not np.array_equal(first(image), a)  # the stream moves on
 
 
+def _texture(array: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring pixels along both axes: unchanged by
+    flips and 90° rotations, lowered by blur."""
+    pixels = array.astype(np.float64)
+    return float(np.abs(np.diff(pixels, axis=-1)).mean() + np.abs(np.diff(pixels, axis=-2)).mean())
+
+
+def test_train_transform_without_blur_draws_the_same_stream_as_before(image):
+    plain = TrainTransform(48, MEAN, STD, seed=5)
+    unblurred = TrainTransform(48, MEAN, STD, blur=0.0, seed=5)
+    for _ in range(3):
+        assert np.array_equal(plain(image), unblurred(image))
+
+
+def test_train_transform_blur_softens_texture_by_a_drawn_amount(image):
+    # No stain or brightness jitter, so the only difference left is the blur (the crop is
+    # drawn first, so both see the same crop; flips and rotations leave _texture unchanged).
+    kwargs = {"stain_strength": 0.0, "brightness": 0.0}
+    ratios = []
+    for seed in range(8):
+        sharp = TrainTransform(48, MEAN, STD, seed=seed, **kwargs)(image)
+        blurred = TrainTransform(48, MEAN, STD, blur=2.0, seed=seed, **kwargs)(image)
+        assert abs(blurred.mean() - sharp.mean()) < 0.05  # blur moves detail, not colour
+        ratios.append(_texture(blurred) / _texture(sharp))
+    assert max(ratios) <= 1.0
+    assert min(ratios) < 0.5  # a strong blur was drawn at least once
+    assert len({round(ratio, 3) for ratio in ratios}) == len(ratios)  # each its own sigma
+    assert np.array_equal(
+        TrainTransform(48, MEAN, STD, blur=2.0, seed=3, **kwargs)(image),
+        TrainTransform(48, MEAN, STD, blur=2.0, seed=3, **kwargs)(image),
+    )
+
+
 def test_stain_jitter_keeps_white_and_changes_stained_pixels():
     rng = np.random.default_rng(3)
     tissue = np.full((8, 8, 3), (180, 90, 160), dtype=np.uint8)
