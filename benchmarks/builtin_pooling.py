@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import machine_record
 from rich.console import Console
 from rich.table import Table
 
@@ -194,11 +194,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     console.print(f"total {seconds / 60:.1f} min")
     document = {
         "benchmark": "builtin_pooling",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_record(),
         "image_size": args.image_size,
         "seconds": seconds,
         "results": rows,

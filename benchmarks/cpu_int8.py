@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -30,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
+from machine import machine_record
 
 from histoseek.data.folder import list_images
 from histoseek.data.images import load_rgb
@@ -42,9 +41,8 @@ from histoseek.index.annoy_index import build_annoy
 from histoseek.index.build import build_index
 from histoseek.index.defaults import DEFAULT_SEED, DEFAULT_TREES
 from histoseek.index.manifest import EMBEDDINGS_NAME
-from histoseek.inference.cpu import cpu_flags, cpu_name, int8_instructions
+from histoseek.inference.cpu import cpu_flags, int8_instructions
 from histoseek.inference.exported import META_PARITY
-from histoseek.inference.onnx_backend import cpu_cores
 from histoseek.model.checkpoint import BUILTIN_MODEL, load_model
 from histoseek_export.int8_export import spread_over_classes
 
@@ -270,16 +268,12 @@ def run(args: argparse.Namespace) -> dict:
         stages["annoy_build_ms"] = 1000 * (time.perf_counter() - started) / len(embeddings)
     flags = cpu_flags()
     return {
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_cores": cpu_cores(),
-            "int8_instructions": int8_instructions(flags),
-            "cpu_flags": flags,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
-            "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        },
+        "machine": machine_record(
+            int8_instructions=int8_instructions(flags),
+            cpu_flags=flags,
+            onnxruntime=__import__("onnxruntime").__version__,
+            load_average_at_end=os.getloadavg() if hasattr(os, "getloadavg") else None,
+        ),
         "model": reference,
         "config": config.to_dict(),
         "quick": args.quick,

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from annoy import AnnoyIndex
+from machine import machine_record
 from rich.console import Console
 from rich.table import Table
 
@@ -270,12 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
     paths = benchmark_images(args.images, args.cache)
     document = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_record(),
         "vectors": {
             "real": f"{len(paths)} tiles of {DATA.name if DATA.is_dir() else 'synthetic'}",
             "bandwidth": args.bandwidth,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_record
 
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_file
 from histoseek.inference.base import Embedder
-from histoseek.inference.onnx_backend import OnnxEmbedder, cpu_cores, ort_has_cuda
+from histoseek.inference.onnx_backend import OnnxEmbedder, ort_has_cuda
 from histoseek.inference.torch_backend import TorchEmbedder
 from histoseek.model.cgd import CGD, ModelConfig, build_model
 from histoseek.model.checkpoint import load_model
@@ -40,32 +40,12 @@ WARMUP_CALLS = 3
 WARMUP_SECONDS = 5.0
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
+def installed_version(package: str) -> str | None:
+    """The version of an optional package, or None where it is not installed."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict:
-    """What the figures were measured on."""
-    info = {
-        "cpu": cpu_model(),
-        "cpu_cores": cpu_cores(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-    for package in ("onnxruntime", "tensorrt"):
-        try:
-            info[package] = __import__(package).__version__
-        except ImportError:
-            info[package] = None
-    return info
+        return __import__(package).__version__
+    except ImportError:
+        return None
 
 
 def images_per_second(embedder: Embedder, batch: np.ndarray, min_seconds: float) -> dict:
@@ -254,7 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
         resized = build_model(config)
         resized.load_state_dict(model.state_dict())
         model = resized.eval()
-    info = machine_info()
+    info = machine_record(
+        onnxruntime=installed_version("onnxruntime"), tensorrt=installed_version("tensorrt")
+    )
     rows = run(model, args.batch_sizes, 0.0 if args.quick else MIN_SECONDS)
     document = {
         "machine": info,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from machine import machine_record
 from quality_recipes import link_images, pick_recipes, recipe_embedder, train_recipe
 from rich.console import Console
 from rich.table import Table
@@ -162,11 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "quick": args.quick,
         "recipes": [asdict(recipe) for recipe in recipes],
         "folds": folds,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_record(),
         "summary": summary,
         "beats_builtin": verdicts,
         "per_fold": per_fold,

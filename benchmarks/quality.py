@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from machine import machine_record
 from rich.console import Console
 from rich.table import Table
 
@@ -103,12 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     document = {
         "benchmark": "quality",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__,
-        },
+        "machine": machine_record(),
         "train_config": asdict(config),
         "best_epoch": history["best"],
         "history": history["history"],

@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+from machine import machine_record
 from quality_recipes import DATA, MAX_EMBED_COST, RESULTS, pick_recipes
 from rich.console import Console
 from rich.table import Table
@@ -382,11 +381,7 @@ def main(argv: Sequence[str] | None = None, console_width: int = 160) -> dict:
     console.print(f"{verdict}; {seconds / 60:.1f} min")
     document = {
         "benchmark": "quality_posthoc",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_record(),
         "runs": names,
         "margin": args.margin,
         "max_embed_cost": args.max_embed_cost,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import time
@@ -37,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
-import torch
+from machine import machine_record
 from rich.console import Console
 from rich.table import Table
 
@@ -533,11 +532,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     document = {
         "benchmark": "quality_recipes",
         "quick": args.quick,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_record(),
         "split": {
             "val_fraction": VAL_FRACTION,
             "val_groups": args.val_groups,

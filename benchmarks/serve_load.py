@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shutil
 import signal
@@ -40,6 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from index_search import DATA, RESULTS, DensitySampler, benchmark_images, model_embeddings
+from machine import machine_record
 from rich.console import Console
 from rich.table import Table
 
@@ -314,11 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         server.stop()
     document = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_record(),
         "index": {
             "path": str(index_dir),
             "items": info["items"],

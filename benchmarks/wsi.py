@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from machine import machine_record
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -342,7 +342,7 @@ def main() -> None:
         }
     results = {
         "quick": args.quick,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": machine_record(),
         "sizes": sizes,
         "measurements": measurements,
     }

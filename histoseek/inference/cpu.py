@@ -30,7 +30,8 @@ def cpu_name() -> str:
     for line in _cpuinfo_lines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    # On Linux platform.processor() is empty, and machine() names only the architecture.
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_flags() -> list[str]:

@@ -34,6 +34,7 @@ def test_exhaustive_search_finds_the_exact_top_ten_and_the_cache_goes_where_told
         ]
     )  # fmt: skip
     assert json.loads(out.read_text()) == document
+    assert document["machine"]["cpu_cores"] >= 1 and document["machine"]["cpu"]
     assert [(row["dim"], row["size"]) for row in document["annoy"]] == [(48, 100), (48, 300)]
     for row in document["annoy"]:
         default, exhaustive = row["searches"]

@@ -17,7 +17,9 @@ def test_benchmark_measures_cpu_backends_and_writes_json(benchmark_script, tmp_p
     document = benchmark_script("inference_speed").main([*argv, "--quick", "--out", str(out)])
     assert json.loads(out.read_text()) == document
     assert document["config"]["image_size"] == 48
-    assert document["machine"]["cpu_cores"] >= 1
+    machine = document["machine"]
+    assert machine["cpu"] and machine["cpu_cores"] >= 1 and machine["torch_threads"] >= 1
+    assert {"python", "torch", "gpu", "onnxruntime", "tensorrt"} <= machine.keys()
     timed = [row for row in document["results"] if "batch" in row]
     measured = {(row["backend"], row["device"], row["batch"]) for row in timed}
     for backend in ("torch eager fp32", "onnxruntime"):

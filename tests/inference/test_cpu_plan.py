@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
-from histoseek.inference.cpu import CpuPlan, cpu_plan
+from histoseek.inference import cpu
+from histoseek.inference.cpu import CpuPlan, cpu_name, cpu_plan
+
+CPUINFO = """\
+processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R45 64-Core Processor
+flags\t\t: fpu avx2 avx512_vnni
+
+processor\t: 1
+model name\t: AMD EPYC 9R45 64-Core Processor
+"""
+
+
+def test_the_cpu_name_is_read_from_cpuinfo(monkeypatch):
+    monkeypatch.setattr(cpu, "_cpuinfo_lines", CPUINFO.splitlines)
+    assert cpu_name() == "AMD EPYC 9R45 64-Core Processor"
+
+
+def test_without_a_model_name_the_cpu_name_falls_back_to_the_platform(monkeypatch):
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    # No /proc/cpuinfo, or one without a model name (as on many ARM machines).
+    for lines in ([], ["processor\t: 0", "Features\t: fp asimd"]):
+        monkeypatch.setattr(cpu, "_cpuinfo_lines", lambda lines=lines: lines)
+        assert cpu_name() == "aarch64"
+    monkeypatch.setattr(platform, "machine", lambda: "")
+    assert cpu_name() == "unknown"
 
 
 @pytest.mark.parametrize(
