@@ -1,8 +1,10 @@
 """Embedding shards: the embeddings of one slide, or of the loose images, kept between runs.
 
 An index run writes one shard per slide as soon as that slide is embedded, and one for the
-plain images below the folder. A later run (after a kill, or on a changed folder) reuses every
-shard whose slide, model and tiling options still match, and builds the trees over all of them.
+plain images below the folder; while it embeds many plain images it keeps each finished chunk
+of them as a part shard, which the next run reuses if this one is killed. A later run (after a
+kill, or on a changed folder) reuses every shard whose slide, model and tiling options still
+match, and builds the trees over all of them.
 Each shard is a folder INDEX/shards/<name>/ holding
 
 - `shard.json`: what it holds and how it was made (see `ShardInfo`);
@@ -11,6 +13,7 @@ Each shard is a folder INDEX/shards/<name>/ holding
 
 A slide's shard is named after its path below the indexed folder alone (`shard_name`), so
 shards embedded on several machines from copies of the same folder can be put side by side.
+The plain images' shard is `images`; its parts are `images.<number>.part` (`images_part_name`).
 Every shard is checked before it is reused; one that fails a check is embedded again.
 """
 
@@ -43,6 +46,8 @@ SHARD_ITEMS = "items.jsonl"
 SHARD_EMBEDDINGS = "embeddings.npy"
 #: The shard of the plain images below the folder (slide shards end in a hash, so never this).
 IMAGES_SHARD = "images"
+# A part's name ends in ".part", where a slide shard's ends in 16 hex digits.
+_IMAGES_PART = re.compile(rf"{IMAGES_SHARD}\.([0-9]+)\.part")
 SHARD_DTYPE = "float32"
 
 
@@ -113,6 +118,24 @@ def shard_name(slide_path: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(slide_path).stem).strip("._")[:60]
     digest = hashlib.sha256(os.fsencode(slide_path)).hexdigest()[:16]
     return f"{stem or 'slide'}-{digest}"
+
+
+def images_part_name(number: int) -> str:
+    """The shard folder name of part `number` of the plain images (never a slide shard's)."""
+    return f"{IMAGES_SHARD}.{number:06d}.part"
+
+
+def images_part_number(name: str) -> int | None:
+    """The number of the plain images' part named `name`; None if `name` names no part."""
+    match = _IMAGES_PART.fullmatch(name)
+    if match is None or images_part_name(int(match[1])) != name:
+        return None
+    return int(match[1])
+
+
+def holds_plain_images(name: str) -> bool:
+    """Whether the shard folder `name` is the plain images' shard or a part of it."""
+    return name == IMAGES_SHARD or images_part_number(name) is not None
 
 
 def write_shard(
@@ -269,8 +292,11 @@ def _read_items(path: Path, count: int) -> list[IndexItem]:
 def _check_items(name: str, info: ShardInfo, items: list[IndexItem]) -> None:
     """Items that agree with the shard: tiles of its slide at its tiling, or plain images."""
     if info.slide is None:
-        if name != IMAGES_SHARD:
-            raise ShardError(f"a shard of plain images must be named {IMAGES_SHARD!r}")
+        if not holds_plain_images(name):
+            raise ShardError(
+                f"a shard of plain images must be named {IMAGES_SHARD!r}, or "
+                f"{images_part_name(1)!r} and so on for a part of it"
+            )
         if any(item.is_tile for item in items):
             raise ShardError("the shard of plain images lists a slide tile")
         return
@@ -308,6 +334,16 @@ def shard_folders(shards_dir: Path) -> list[Path]:
         for entry in Path(shards_dir).iterdir()
         if not entry.name.startswith(".") and entry.is_dir()
     )
+
+
+def images_parts(shards_dir: Path) -> list[Path]:
+    """The part shards of plain images in `shards_dir`, oldest (lowest number) first."""
+    parts = [
+        (number, folder)
+        for folder in shard_folders(shards_dir)
+        if (number := images_part_number(folder.name)) is not None
+    ]
+    return [folder for _, folder in sorted(parts)]
 
 
 def remove_temporaries(shards_dir: Path) -> None:

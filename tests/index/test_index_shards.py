@@ -19,6 +19,10 @@ from histoseek.index.shards import (
     ShardError,
     ShardInfo,
     SlideRecord,
+    holds_plain_images,
+    images_part_name,
+    images_part_number,
+    images_parts,
     link_shard,
     read_shard,
     remove_temporaries,
@@ -82,6 +86,46 @@ def test_an_empty_slide_and_the_images_shard_are_shards_too(tmp_path):
     renamed = tmp_path / "other"
     written.rename(renamed)
     with pytest.raises(ShardError, match="must be named 'images'"):
+        read_shard(renamed)
+
+
+def test_the_parts_of_the_plain_images_are_named_apart_from_every_other_shard():
+    assert images_part_name(1) == "images.000001.part"
+    assert images_part_name(1234567) == "images.1234567.part"
+    for number in (1, 42, 1234567):
+        assert images_part_number(images_part_name(number)) == number
+        assert holds_plain_images(images_part_name(number))
+    assert holds_plain_images(IMAGES_SHARD) and images_part_number(IMAGES_SHARD) is None
+    # A slide's shard ends in 16 hex digits, so not even a slide named like a part is one.
+    for slide in ("images.000001.part", "x/images.svs", SLIDE.path):
+        assert images_part_number(shard_name(slide)) is None
+        assert not holds_plain_images(shard_name(slide))
+    for other in (
+        "images.1.part",
+        "images.000001.part.x",
+        "images.-00001.part",
+        "Images.000001.part",
+    ):
+        assert images_part_number(other) is None
+
+
+def test_a_part_is_a_shard_of_plain_images_and_listed_by_number(shard, tmp_path):
+    shards = shard.parent
+    images = [IndexItem("a.png", "", 5, 5, 1, 2), IndexItem("b/c.png", "b", 5, 5, 1, 2)]
+    info = _info(2, tiling=None, slide=None)
+    for number in (1000000, 2, 999999):
+        write_shard(shards, images_part_name(number), info, images, _vectors(2))
+    write_shard(shards, IMAGES_SHARD, info, images, _vectors(2))
+    (shards / ".images.000003.part.123-abc.tmp").mkdir()
+    assert [path.name for path in images_parts(shards)] == [
+        "images.000002.part", "images.999999.part", "images.1000000.part",
+    ]  # fmt: skip
+    assert read_shard(shards / images_part_name(2)).items == images
+    assert images_parts(tmp_path / "absent") == []
+    # Only plain images may be a part, and a slide's shard never one.
+    renamed = shards / images_part_name(5)
+    shard.rename(renamed)
+    with pytest.raises(ShardError, match="it is named 'images.000005.part'"):
         read_shard(renamed)
 
 
