@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -70,6 +71,26 @@ def error_line(result: Result) -> str:
     assert sum(line.startswith("Error") for line in lines) == 1, result.stderr
     assert "Traceback" not in result.output
     return lines[-1]
+
+
+class StoppedRun(Exception):
+    """Raised by an embedder that `count_embedded` stops, where a kill would end the run."""
+
+
+def count_embedded(embedder, stop_after: int | None = None) -> list[int]:
+    """Make `embedder` list how many images each of its embed_files calls gets (the list
+    returned, in place of any earlier count's), and raise StoppedRun instead of the call after
+    the first `stop_after`."""
+    embed_files, calls = functools.partial(type(embedder).embed_files, embedder), []
+
+    def counted(sources, progress=None):
+        if len(calls) == stop_after:
+            raise StoppedRun
+        calls.append(len(sources))
+        return embed_files(sources, progress)
+
+    embedder.embed_files = counted
+    return calls
 
 
 #: Patch for start_run: the run announces HOLDING and waits for a line on its stdin before

@@ -6,16 +6,28 @@ import errno
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from index_helpers import error_line, index_args, kather_tiles, run_cli
+from index_helpers import (
+    StoppedRun,
+    count_embedded,
+    error_line,
+    index_args,
+    kather_tiles,
+    run_cli,
+    start_run,
+    stop,
+)
 
 from histoseek import __version__
+from histoseek.embedder import load_image_embedder
 from histoseek.errors import HistoseekError
 from histoseek.index import build
 from histoseek.index.manifest import FORMAT_VERSION, read_manifest
+from histoseek.index.shards import read_shard
 from histoseek.index.store import load_index
 from histoseek.model.checkpoint import load_checkpoint, model_fingerprint
 
@@ -374,3 +386,164 @@ def test_a_group_regex_that_matches_no_path_is_refused_and_one_that_misses_some_
     assert "--group-regex 'TUMOR' matches 2 of the 8 paths below the folder" in result.stderr
     groups = [item.group for item in load_index(index_dir).items]
     assert groups.count("TUMOR") == 2 and groups.count(None) == 6
+
+
+def _shard_names(index_dir: Path) -> list[str]:
+    return sorted(path.name for path in (index_dir / "shards").iterdir())
+
+
+def _written_shards(monkeypatch) -> list[str]:
+    """The names of the shards index writes from now on, in order."""
+    names, write_shard = [], build.write_shard
+
+    def recorded(shards_dir, name, *args, **kwargs):
+        names.append(name)
+        return write_shard(shards_dir, name, *args, **kwargs)
+
+    monkeypatch.setattr(build, "write_shard", recorded)
+    return names
+
+
+def _same_index(index_dir: Path, reference: Path) -> None:
+    for name in ("items.jsonl", "skipped.txt"):
+        assert (index_dir / name).read_text() == (reference / name).read_text(), name
+    np.testing.assert_allclose(
+        np.load(index_dir / "embeddings.npy"), np.load(reference / "embeddings.npy"), atol=1e-5
+    )
+
+
+def test_images_are_kept_a_chunk_at_a_time_and_index_as_in_one_go(
+    tiles, checkpoint, tmp_path, monkeypatch
+):
+    (tiles / "02_STROMA" / "empty.tif").write_bytes(b"")  # the 5th image, in the 2nd chunk
+    embedder = load_image_embedder(checkpoint, backend="torch", workers=0)
+    build.build_index(tiles, tmp_path / "whole", embedder)
+    monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
+    calls, written, progress = count_embedded(embedder), _written_shards(monkeypatch), []
+    index_dir = tmp_path / "idx"
+    report = build.build_index(
+        tiles, index_dir, embedder, progress=lambda done, total: progress.append((done, total))
+    )
+    assert calls == [3, 3, 3]
+    # Each chunk is kept as soon as it is embedded, but the last, which the images shard is.
+    assert written == ["images.000001.part", "images.000002.part", "images"]
+    assert (report.embedded, report.reused, report.dropped, report.items) == (8, 0, 0, 8)
+    assert [entry.path for entry in report.skipped] == ["02_STROMA/empty.tif"]
+    assert progress == sorted(progress) and progress[-1] == (9, 9)
+    assert {total for _, total in progress} == {9}
+    assert _shard_names(index_dir) == ["images"]
+    _same_index(index_dir, tmp_path / "whole")
+
+
+KILL_AFTER_THE_FIRST_PART = """
+import os, signal
+import histoseek.index.build as build
+build.IMAGES_CHUNK = 3
+_write_shard = build.write_shard
+def write_shard(*args, **kwargs):
+    written = _write_shard(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return written
+build.write_shard = write_shard
+"""
+
+
+def test_a_run_killed_while_embedding_images_keeps_its_parts_and_the_next_embeds_the_rest(
+    tiles, checkpoint, tmp_path, monkeypatch
+):
+    whole = tmp_path / "whole"
+    assert run_cli(*index_args(tiles, checkpoint, "-o", whole)).exit_code == 0
+    index_dir = tmp_path / "idx"
+    process = start_run(index_args(tiles, checkpoint, "-o", index_dir), KILL_AFTER_THE_FIRST_PART)
+    try:
+        assert process.wait(timeout=300) == -signal.SIGKILL, process.stderr.read()
+    finally:
+        stop(process)
+    assert not (index_dir / "manifest.json").exists()
+    assert _shard_names(index_dir) == ["images.000001.part"]
+    paths = sorted(path.relative_to(tiles).as_posix() for path in tiles.rglob("*.tif"))
+    part = read_shard(index_dir / "shards" / "images.000001.part")
+    assert [item.path for item in part.items] == paths[:3]
+
+    monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
+    embedder = load_image_embedder(checkpoint, backend="torch", workers=0)
+    calls, written = count_embedded(embedder), _written_shards(monkeypatch)
+    report = build.build_index(tiles, index_dir, embedder)
+    assert calls == [3, 2]  # only the images the killed run had not kept
+    assert written == ["images.000002.part", "images"]
+    # The part's images are reused, and the part is no slide left out.
+    assert (report.embedded, report.reused, report.dropped, report.items) == (5, 3, 0, 8)
+    assert _shard_names(index_dir) == ["images"]
+    _same_index(index_dir, whole)
+
+
+def test_an_image_kept_in_a_part_and_deleted_since_counts_as_dropped(
+    tiles, checkpoint, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
+    embedder = load_image_embedder(checkpoint, backend="torch", workers=0)
+    count_embedded(embedder, stop_after=1)
+    index_dir = tmp_path / "idx"
+    with pytest.raises(StoppedRun):
+        build.build_index(tiles, index_dir, embedder)
+    assert _shard_names(index_dir) == ["images.000001.part"]
+    deleted = sorted(tiles.rglob("*.tif"))[0]
+    deleted.unlink()
+
+    calls = count_embedded(embedder)
+    report = build.build_index(tiles, index_dir, embedder)
+    assert calls == [3, 2]
+    assert (report.embedded, report.reused, report.dropped, report.items) == (5, 2, 1, 7)
+    assert deleted.name not in (index_dir / "items.jsonl").read_text()
+    assert _shard_names(index_dir) == ["images"]
+
+
+def test_a_part_holds_images_changed_since_the_images_shard_and_is_the_one_reused(
+    tiles, checkpoint, tmp_path, monkeypatch
+):
+    embedder = load_image_embedder(checkpoint, backend="torch", workers=0)
+    index_dir = tmp_path / "idx"
+    build.build_index(tiles, index_dir, embedder)
+    changed = sorted(tiles.rglob("*.tif"))[:4]
+    for path in changed:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
+    count_embedded(embedder, stop_after=1)
+    with pytest.raises(StoppedRun):
+        build.build_index(tiles, index_dir, embedder)
+    assert _shard_names(index_dir) == ["images", "images.000001.part"]
+
+    calls = count_embedded(embedder)
+    report = build.build_index(tiles, index_dir, embedder)
+    assert calls == [1]  # the images shard holds the 3 others as they were before
+    assert (report.embedded, report.reused, report.dropped) == (1, 7, 0)
+    items = {item["path"]: item["mtime_ns"] for item in _items(index_dir)}
+    assert all(items[path.relative_to(tiles).as_posix()] == path.stat().st_mtime_ns
+               for path in changed)  # fmt: skip
+    assert _shard_names(index_dir) == ["images"]
+
+
+def test_parts_embedded_with_another_model_are_embedded_again(
+    tiles, checkpoint, other_checkpoint, tmp_path, monkeypatch
+):
+    embedder = load_image_embedder(checkpoint, backend="torch", workers=0)
+    build.build_index(tiles, tmp_path / "whole", embedder)
+    monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
+    other = load_image_embedder(other_checkpoint, backend="torch", workers=0)
+    count_embedded(other, stop_after=2)
+    index_dir = tmp_path / "idx"
+    with pytest.raises(StoppedRun):
+        build.build_index(tiles, index_dir, other)
+    assert _shard_names(index_dir) == ["images.000001.part", "images.000002.part"]
+
+    notes: list[str] = []
+    calls = count_embedded(embedder)
+    report = build.build_index(tiles, index_dir, embedder, notify=notes.append)
+    assert calls == [3, 3, 2]
+    assert (report.embedded, report.reused, report.dropped) == (8, 0, 0)
+    assert (
+        "2 stored shard(s) were made another way (another model, --tta or precision), so they "
+        "are embedded again"
+    ) in notes
+    assert _shard_names(index_dir) == ["images"]
+    _same_index(index_dir, tmp_path / "whole")

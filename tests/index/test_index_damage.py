@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_helpers import copy_tiles, error_line, index_args, run_cli
+from index_helpers import (
+    StoppedRun,
+    copy_tiles,
+    count_embedded,
+    error_line,
+    index_args,
+    run_cli,
+)
 
 from histoseek.index.manifest import DamagedIndexError
 from histoseek.index.store import load_index
@@ -209,6 +216,40 @@ def test_a_damaged_shard_is_embedded_again_with_a_note(damage, built, index_dir,
     assert notes[0].endswith("); embedding it again")
     assert "8 embedded, 0 reused" in result.stderr
     assert len(load_index(index_dir).items) == 8
+
+
+@pytest.mark.parametrize("damage", ["truncated", "items", "info"])
+def test_a_damaged_part_is_embedded_again_with_a_note(
+    damage, built, checkpoint, tmp_path, monkeypatch
+):
+    from histoseek.embedder import load_image_embedder
+    from histoseek.index import build
+
+    tiles, whole = built
+    monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
+    embedder = load_image_embedder(checkpoint, backend="torch", workers=0)
+    count_embedded(embedder, stop_after=2)
+    index_dir = tmp_path / "idx"
+    with pytest.raises(StoppedRun):  # as a kill would, once two parts of 3 images are kept
+        build.build_index(tiles, index_dir, embedder)
+    corrupt, fragment = SHARD_DAMAGE[damage]
+    corrupt(index_dir / "shards" / "images.000001.part")
+
+    notes: list[str] = []
+    calls = count_embedded(embedder)
+    report = build.build_index(tiles, index_dir, embedder, notify=notes.append)
+    (note,) = [note for note in notes if "cannot be used" in note]
+    assert note.startswith(
+        "the stored shard of the plain images (images.000001.part) cannot be used ("
+    )
+    assert fragment in note and note.endswith("); embedding it again")
+    assert calls == [3, 2]  # the damaged part's images and the 2 that no part held
+    assert (report.embedded, report.reused, report.dropped) == (5, 3, 0)
+    assert sorted(path.name for path in (index_dir / "shards").iterdir()) == ["images"]
+    assert (index_dir / "items.jsonl").read_text() == (whole / "items.jsonl").read_text()
+    np.testing.assert_allclose(
+        np.load(index_dir / "embeddings.npy"), np.load(whole / "embeddings.npy"), atol=1e-5
+    )
 
 
 def test_shards_that_are_not_a_folder_are_one_line(built, index_dir, checkpoint):
