@@ -351,6 +351,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("lite2-260-tta", "Lite2 at 260 px, embedded with --tta", LITE2, tta=True),
 )
 RECIPES_BY_NAME = {recipe.name: recipe for recipe in RECIPES}
+#: What split a work folder's runs were trained on (kept beside them).
+SPLIT_RECORD = "split.json"
 
 
 def pick_recipes(text: str | None) -> list[Recipe]:
@@ -410,6 +412,28 @@ def validation_split(
         link_images(images, val, work / "val"),
         link_images(images, pool, work / "gallery"),
     )
+
+
+def prepare_work_dir(work: Path, data: Path, val_groups: str) -> None:
+    """Make `work` ready for a search: the runs of earlier searches stay (quality_posthoc.py
+    scores them, and a later search may add to them) if they were trained on the same split;
+    a folder of runs on another split is refused rather than mixed with or wiped."""
+    split = {"data": str(data.resolve()), "val_groups": val_groups}
+    record = work / SPLIT_RECORD
+    if (work / "runs").exists():
+        try:
+            found = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found = None
+        if found != split:
+            raise SystemExit(
+                f"{work} holds runs trained on another split ({found or 'not recorded'}, not "
+                f"{split}): give another --work-dir, or remove that one"
+            )
+    # The split is rebuilt from its seed, the same as the runs were trained on.
+    shutil.rmtree(work / "split", ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(split) + "\n", encoding="utf-8")
 
 
 def train_recipe(
@@ -517,8 +541,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"crc-polyps5 not found at {args.data}: the benchmark needs it")
     console = Console(width=150)
     work = args.work_dir / ("quick" if args.quick else "full")
-    if work.exists():
-        shutil.rmtree(work)
+    prepare_work_dir(work, args.data, args.val_groups)
     # Exports made on the fly for evaluation stay with the runs, out of the user's cache.
     os.environ.setdefault("HISTOSEEK_CACHE", str(work / "onnx-cache"))
     fit_dir, val_dir, gallery_dir = validation_split(

@@ -177,3 +177,41 @@ def test_the_training_defaults_are_the_recipe_the_search_chose(recipes):
     )
     sized = replace(defaults, image_size=chosen.image_size, freeze_stages=chosen.freeze_stages)
     assert sized == chosen
+
+
+def test_a_later_search_keeps_the_runs_of_the_same_split_and_refuses_another(
+    recipes, tmp_path, monkeypatch
+):
+    data = tmp_path / "crc"
+    _write_set(data / "train", 10)
+    monkeypatch.setattr(
+        recipes, "train_recipe", lambda recipe, fit_dir, val_dir, run_dir, *_: _fake_run(run_dir)
+    )
+    monkeypatch.setattr(recipes, "recipe_embedder", lambda path, recipe, workers: recipe.name)
+    monkeypatch.setattr(
+        recipes,
+        "evaluate",
+        lambda embedder, evaluation_set: SimpleNamespace(metrics={"recall@1": 0.5, "mmv@5": 0.5}),
+    )
+    work = tmp_path / "work"
+
+    def search(recipe: str, *extra: str) -> None:
+        recipes.main(
+            ["--recipes", recipe, "--skip-test", "--data", str(data), "--work-dir", str(work),
+             "--out", str(tmp_path / "search.json"), *extra]
+        )  # fmt: skip
+
+    search("lite0")
+    search("lite0-g")
+    runs = work / "full" / "runs"
+    assert sorted(path.name for path in runs.iterdir()) == ["lite0", "lite0-g"]
+    assert (work / "full" / "split" / "val").is_dir()
+    with pytest.raises(SystemExit, match="holds runs trained on another split"):
+        search("lite0-sg", "--val-groups", "colour")
+    assert sorted(path.name for path in runs.iterdir()) == ["lite0", "lite0-g"]
+
+
+def _fake_run(run_dir: Path) -> tuple[Path, float]:
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.pt").write_bytes(b"a run")
+    return run_dir / "model.pt", 1.0
