@@ -44,6 +44,9 @@ MAX_DEFAULT_WORKERS = 8
 # Tissue is measured on the image resampled by --scale up to this size; a larger one is shrunk
 # to it first (about 0.3 GB of working memory per worker).
 MAX_OVERVIEW_PIXELS = 4096 * 4096
+# The most patch positions one source image may have (each is held in memory while it is cut):
+# far above a whole slide at 40x cut at half-patch strides, far below what exhausts memory.
+MAX_PATCHES_PER_IMAGE = 4_000_000
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.txt"
 RECORD = "prepare.json"
@@ -159,6 +162,7 @@ def _cut(slide: Slide, task: _Task) -> _Outcome:
     scale, size = options.scale, options.patch_size
     width, height = slide.dimensions
     scaled = (max(1, round(width * scale)), max(1, round(height * scale)))
+    _check_grid(task, scaled)
     shrink = max(1.0, math.sqrt(scaled[0] * scaled[1] / MAX_OVERVIEW_PIXELS))
     overview_size = (max(1, round(scaled[0] / shrink)), max(1, round(scaled[1] / shrink)))
     overview = np.asarray(slide.read_scaled(0, 0, width, height, *overview_size))
@@ -202,6 +206,20 @@ def _cut(slide: Slide, task: _Task) -> _Outcome:
         patches_cut=len(origins),
         too_little_stain=too_little_stain,
     )
+
+
+def _check_grid(task: _Task, scaled: tuple[int, int]) -> None:
+    """Refuse an image whose grid of patches, after --scale and --stride, is too large to hold."""
+    options = task.options
+    size, step = options.patch_size, options.step
+    count = max(0, (scaled[0] - size) // step + 1) * max(0, (scaled[1] - size) // step + 1)
+    if count > MAX_PATCHES_PER_IMAGE:
+        raise HistoseekError(
+            f"{task.image.relative} resampled by --scale {options.scale:g} is "
+            f"{scaled[0]}×{scaled[1]} px: --patch-size {size} and --stride {step} would cut it "
+            f"into {count:,} patches, more than {MAX_PATCHES_PER_IMAGE:,}; "
+            "lower --scale or raise --stride"
+        )
 
 
 def _validate(options: PrepareOptions, discovery: Discovery) -> tuple[str, ...]:

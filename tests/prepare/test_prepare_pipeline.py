@@ -201,6 +201,18 @@ def test_nothing_is_written_when_no_patch_fits(folder_tree, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["folder"]
 
 
+def test_a_scale_or_stride_that_would_cut_too_many_patches_is_refused(folder_tree, tmp_path):
+    # --scale 1e9 makes each 128 px image 128e9 px a side: its grid of patches alone would
+    # exhaust memory (the run was killed) instead of ending in one line.
+    line = fails("folder", folder_tree, "-o", tmp_path / "out", "--scale", 1e9, "--workers", 0)
+    assert "--scale 1e+09" in line and "patches" in line, line
+    assert not (tmp_path / "out").exists()
+    line = fails("folder", folder_tree, "-o", tmp_path / "out", "--patch-size", 1,
+                 "--stride", 1, "--scale", 20, "--workers", 0)  # fmt: skip
+    assert "--stride 1" in line, line
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]
+
+
 def test_the_reference_is_a_regular_file_read_under_the_pixel_limit(folder_tree, tmp_path):
     fifo = tmp_path / "reference.png"
     os.mkfifo(fifo)
