@@ -154,6 +154,9 @@ def run_export(
         named.append(("--trt's metadata", engine_metadata_path(engine_out)))
     named = [(option, path) for option, path in named if path is not None]
     _refuse_clashing_outputs(checkpoint, named)
+    for option, path in named:
+        if path.is_dir():  # --overwrite would not replace it: refuse before any work
+            raise HistoseekError(f"{option} {path} is a folder; name a file to write")
     targets = [path for _, path in named]
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:

@@ -25,6 +25,21 @@ def test_default_export_lands_beside_checkpoint_after_parity(checkpoint: Path, k
     onnx.checker.check_model(onnx.load(str(checkpoint.with_suffix(".onnx"))), full_check=True)
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_as_output_is_refused_before_any_work(checkpoint: Path, tmp_path, overwrite):
+    # It used to be refused as "already exists; use --overwrite", and with --overwrite to fail
+    # only after the whole export and parity check, with "cannot write ...: Is a directory".
+    folder = tmp_path / "models.onnx"
+    (folder / "keep.txt").parent.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    result = _export("--model", str(checkpoint), "--onnx", str(folder), *overwrite)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: --onnx {folder} is a folder; name a file to write"
+    ]
+    assert (folder / "keep.txt").read_text() == "mine"
+
+
 def test_existing_output_is_refused_without_overwrite(checkpoint: Path, tmp_path: Path):
     out = tmp_path / "exists.onnx"
     out.write_bytes(b"keep me")
