@@ -93,6 +93,16 @@ def count_embedded(embedder, stop_after: int | None = None) -> list[int]:
     return calls
 
 
+def build_stopped(source: Path, index_dir: Path, embedder, calls: int) -> None:
+    """Run `index` of `source` into `index_dir` and stop it, as a kill would, at the
+    embedder's call after the first `calls` (so after as many chunks of plain images)."""
+    from histoseek.index.build import build_index
+
+    count_embedded(embedder, stop_after=calls)
+    with pytest.raises(StoppedRun):
+        build_index(source, index_dir, embedder)
+
+
 #: Patch for start_run: the run announces HOLDING and waits for a line on its stdin before
 #: it embeds anything, so it holds the index's lock for exactly as long as a test needs.
 HOLD_BEFORE_EMBEDDING = """

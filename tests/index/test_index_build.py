@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from index_helpers import (
-    StoppedRun,
+    build_stopped,
     count_embedded,
     error_line,
     index_args,
@@ -482,10 +482,8 @@ def test_an_image_kept_in_a_part_and_deleted_since_counts_as_dropped(
 ):
     monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
     embedder = load_image_embedder(checkpoint, backend="torch", workers=0)
-    count_embedded(embedder, stop_after=1)
     index_dir = tmp_path / "idx"
-    with pytest.raises(StoppedRun):
-        build.build_index(tiles, index_dir, embedder)
+    build_stopped(tiles, index_dir, embedder, calls=1)
     assert _shard_names(index_dir) == ["images.000001.part"]
     deleted = sorted(tiles.rglob("*.tif"))[0]
     deleted.unlink()
@@ -508,9 +506,7 @@ def test_a_part_holds_images_changed_since_the_images_shard_and_is_the_one_reuse
     for path in changed:
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
-    count_embedded(embedder, stop_after=1)
-    with pytest.raises(StoppedRun):
-        build.build_index(tiles, index_dir, embedder)
+    build_stopped(tiles, index_dir, embedder, calls=1)
     assert _shard_names(index_dir) == ["images", "images.000001.part"]
 
     calls = count_embedded(embedder)
@@ -530,10 +526,8 @@ def test_parts_embedded_with_another_model_are_embedded_again(
     build.build_index(tiles, tmp_path / "whole", embedder)
     monkeypatch.setattr(build, "IMAGES_CHUNK", 3)
     other = load_image_embedder(other_checkpoint, backend="torch", workers=0)
-    count_embedded(other, stop_after=2)
     index_dir = tmp_path / "idx"
-    with pytest.raises(StoppedRun):
-        build.build_index(tiles, index_dir, other)
+    build_stopped(tiles, index_dir, other, calls=2)
     assert _shard_names(index_dir) == ["images.000001.part", "images.000002.part"]
 
     notes: list[str] = []
