@@ -59,6 +59,8 @@ TRAIN_BOUNDS = {
     "stain_jitter": Bounds(0, 1),
     # Past a few pixels' standard deviation a 224 px patch keeps little tissue texture.
     "blur": Bounds(0, 8),
+    # Saturation is scaled by 1 ± up to this, so above 1 it could turn negative.
+    "hsv_jitter": Bounds(0, 1),
     "ema_epochs": Bounds(0),
     "val_fraction": Bounds(0, 1, high_open=True),
     "workers": WORKERS_BOUNDS,
@@ -108,6 +110,9 @@ class TrainConfig:
     # Blur each training image by a Gaussian whose standard deviation, in pixels of the
     # model's input, is drawn from 0 to this (0: no blur): focus differs between scans.
     blur: float = 0.0
+    # Shift each training image's hue by up to ±this/10 of a turn and scale its saturation
+    # by 1 ± up to this (0: off): dyes differ in shade between laboratories.
+    hsv_jitter: float = 0.0
     # Validate, and keep as model.pt, a moving average of the weights over about this many
     # epochs instead of the weights themselves (0: no average).
     ema_epochs: float = 0.0

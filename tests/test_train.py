@@ -295,29 +295,36 @@ def test_stain_jitter_above_one_is_refused(kather_small, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_blur_is_trained_with_and_kept_in_the_run(kather_small, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "option, field, attribute, value",
+    [("--blur", "blur", "blur", 1.5), ("--hsv-jitter", "hsv_jitter", "hsv_strength", 0.3)],
+)
+def test_an_augmentation_option_is_trained_with_and_kept_in_the_run(
+    kather_small, tmp_path, monkeypatch, option, field, attribute, value
+):
     from histoseek.data import transforms
 
-    blurs = []
+    seen = []
     original = transforms.TrainTransform.__init__
 
     def recording_init(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        blurs.append(self.blur)
+        seen.append(getattr(self, attribute))
 
     monkeypatch.setattr(transforms.TrainTransform, "__init__", recording_init)
     run_dir = tmp_path / "run"
-    result = run("train", kather_small, "-o", run_dir, "--epochs", "1", "--blur", "1.5", *FAST)
+    result = run("train", kather_small, "-o", run_dir, "--epochs", "1", option, str(value), *FAST)
     assert result.exit_code == 0, result.output
-    assert blurs == [1.5]
-    assert json.loads((run_dir / "train_config.json").read_text())["blur"] == 1.5
+    assert seen == [value]
+    assert json.loads((run_dir / "train_config.json").read_text())[field] == value
     _, _, extra = load_checkpoint(run_dir / "model.pt")
-    assert extra["train_config"]["blur"] == 1.5
+    assert extra["train_config"][field] == value
 
 
-def test_blur_beyond_its_range_is_refused(kather_small, tmp_path):
-    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, "--blur", "9")
-    assert_one_line_error(result, "--blur")
+@pytest.mark.parametrize("option, value", [("--blur", "9"), ("--hsv-jitter", "1.5")])
+def test_an_augmentation_beyond_its_range_is_refused(kather_small, tmp_path, option, value):
+    result = run("train", kather_small, "-o", tmp_path / "run", *FAST, option, value)
+    assert_one_line_error(result, option)
     assert not (tmp_path / "run").exists()
 
 

@@ -583,6 +583,7 @@ def _finished_run(data, run_dir, **changes):
         ({"crop_scale": 5}, "crop_scale is 5, not in (0, 1]"),
         ({"stain_jitter": 3}, "stain_jitter is 3, not in [0, 1]"),
         ({"blur": 9}, "blur is 9, not in [0, 8]"),
+        ({"hsv_jitter": 2}, "hsv_jitter is 2, not in [0, 1]"),
         ({"workers": -1}, "workers is -1, not >= 0"),
         ({"seed": 2**31}, "seed is 2147483648, not in [0, 2147483647]"),
         ({"image_size": 16}, "image_size is 16, not in [32, 4096]"),

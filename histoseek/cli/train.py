@@ -137,6 +137,14 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
     "drawn for each training image (0: off), as focus differs between scans.",
 )
 @click.option(
+    "--hsv-jitter",
+    type=_bounded("hsv_jitter"),
+    default=_TRAIN.hsv_jitter,
+    show_default=True,
+    help="Strength of hue/saturation jitter, 0 (off) to 1: hue shifted by up to ±a tenth "
+    "of a turn times this, saturation scaled by 1 ± this.",
+)
+@click.option(
     "--ema-epochs",
     type=_bounded("ema_epochs"),
     default=_TRAIN.ema_epochs,

@@ -73,9 +73,24 @@ def stain_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
     return np.clip(rgb, 0, 255).reshape(image.shape).astype(np.uint8)
 
 
+def hsv_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Shift hue by up to ±strength/10 of a turn and scale saturation by 1 ± strength (HWC
+    uint8 in, out).
+
+    Dyes differ in shade between laboratories, beyond the amounts of the two stains that
+    stain jitter varies. Grey and white pixels have no saturation, so they stay as they are.
+    """
+    hsv = np.array(Image.fromarray(image).convert("HSV"))
+    # PIL's hue runs 0..255 for a whole turn; uint8 arithmetic wraps it round.
+    hsv[..., 0] += np.uint8(round(rng.uniform(-strength, strength) * 0.1 * 256) % 256)
+    saturation = hsv[..., 1] * (1.0 + rng.uniform(-strength, strength))
+    hsv[..., 1] = np.clip(np.rint(saturation), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+
 class TrainTransform:
-    """Random resized crop, blur, flips, 90° rotations, stain and brightness jitter; then
-    normalise.
+    """Random resized crop, blur, flips, 90° rotations, stain, hue/saturation and brightness
+    jitter; then normalise.
 
     Tissue has no canonical orientation, so all eight dihedral transforms are equally valid.
     """
@@ -89,6 +104,7 @@ class TrainTransform:
         stain_strength: float = 0.05,
         brightness: float = 0.1,
         blur: float = 0.0,
+        hsv_strength: float = 0.0,
         seed: int | None = None,
     ):
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
@@ -96,6 +112,7 @@ class TrainTransform:
         self.stain_strength = stain_strength
         self.brightness = brightness
         self.blur = blur
+        self.hsv_strength = hsv_strength
         self.rng = np.random.default_rng(seed)
 
     def _random_crop(self, image: Image.Image) -> Image.Image:
@@ -111,8 +128,8 @@ class TrainTransform:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         image = self._random_crop(image)
-        # Drawn only when asked for, so that without blur the random stream, and a seeded
-        # run, stay as they were.
+        # Blur and hue/saturation jitter are drawn only when asked for, so that without them
+        # the random stream, and a seeded run, stay as they were.
         if self.blur > 0:
             image = image.filter(ImageFilter.GaussianBlur(self.rng.uniform(0, self.blur)))
         array = np.asarray(image)
@@ -121,6 +138,8 @@ class TrainTransform:
         array = np.rot90(array, k=int(self.rng.integers(0, 4)))
         if self.stain_strength > 0:
             array = stain_jitter(array, self.stain_strength, self.rng)
+        if self.hsv_strength > 0:
+            array = hsv_jitter(array, self.hsv_strength, self.rng)
         chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / 255.0
         if self.brightness > 0:
             chw = np.clip(chw * (1.0 + self.rng.uniform(-self.brightness, self.brightness)), 0, 1)

@@ -232,6 +232,7 @@ def setup_run(
         crop_scale=(config.crop_scale, 1.0),
         stain_strength=config.stain_jitter,
         blur=config.blur,
+        hsv_strength=config.hsv_jitter,
         seed=config.seed + ddp.rank,
     )
     # Unreadable images are replaced, not dropped: every rank's batches keep their size, so
