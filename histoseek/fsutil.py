@@ -80,6 +80,28 @@ def atomic_file(target: Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def holds_own_output(target: Path, marker: str, command: str) -> bool:
+    """Whether `target` holds an earlier output of `command`, known by its `marker` file.
+
+    A file, or a folder holding anything without `marker`, is refused: `--overwrite` replaces
+    a command's own output as a whole, never what a mistyped `-o` points at.
+    """
+    target = Path(target)
+    if not os.path.lexists(target):
+        return False
+    shown = display_path(target)
+    if not target.is_dir():
+        raise HistoseekError(f"{shown} exists and is not a folder; choose another -o")
+    if not any(target.iterdir()):
+        return False
+    if not (target / marker).is_file():
+        raise HistoseekError(
+            f"{shown} holds files that {command} did not write (it has no {marker}), so it "
+            "will not replace it, --overwrite or not; choose another -o"
+        )
+    return True
+
+
 def check_replaceable(target: Path, keep: Iterable[Path] = ()) -> None:
     """Refuse a folder that cannot be replaced as a whole: the working folder, one of its
     parents, a folder holding one of `keep` (say, the folder being read), or a symbolic link

@@ -14,6 +14,7 @@ from histoseek.fsutil import (
     atomic_file,
     check_replaceable,
     dir_lock,
+    holds_own_output,
     leftovers,
     lock_if_free,
     recover_dir,
@@ -164,3 +165,25 @@ def test_the_working_folder_and_what_holds_the_source_cannot_be_replaced(tmp_pat
     with pytest.raises(HistoseekError, match="is or holds"):
         check_replaceable(tmp_path, keep=[tmp_path / "src"])
     check_replaceable(tmp_path / "out", keep=[tmp_path / "src"])
+
+
+def test_own_output_is_known_by_its_marker_and_anything_else_is_refused(tmp_path):
+    assert not holds_own_output(tmp_path / "missing", "MARK", "histoseek x")
+    (tmp_path / "empty").mkdir()
+    assert not holds_own_output(tmp_path / "empty", "MARK", "histoseek x")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "MARK").write_text("")
+    assert holds_own_output(tmp_path / "own", "MARK", "histoseek x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "letter.txt").write_text("")
+    with pytest.raises(
+        HistoseekError, match="files that histoseek x did not write .it has no MARK"
+    ):
+        holds_own_output(tmp_path / "other", "MARK", "histoseek x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(HistoseekError, match="exists and is not a folder; choose another -o"):
+        holds_own_output(tmp_path / "file", "MARK", "histoseek x")
+    # A folder named like the marker is not the marker.
+    (tmp_path / "odd" / "MARK").mkdir(parents=True)
+    with pytest.raises(HistoseekError, match="did not write"):
+        holds_own_output(tmp_path / "odd", "MARK", "histoseek x")

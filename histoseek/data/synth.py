@@ -18,11 +18,14 @@ from PIL import Image, ImageFilter
 from histoseek import __version__
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_dir
+from histoseek.fsutil import atomic_dir, holds_own_output
 
 TISSUE_CLASSES: tuple[str, ...] = ("adipose", "background", "lymphocytes", "mucosa", "stroma")
 """The synthetic classes, in the sorted order a labelled-folder scan gives their folders."""
 
+#: The file every synthetic set holds: how it was made, and the mark by which synth knows its
+#: own output.
+PROVENANCE_NAME = "SYNTHETIC.md"
 MIN_SIZE = 16
 """Smallest width or height, in pixels, that still shows a recognisable texture."""
 MAX_SIZE = 8192
@@ -408,6 +411,15 @@ def _provenance(per_class: int, width: int, height: int, seed: int, names: list[
     return provenance("Synthetic H&E-like patches", body, facts, command)
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output that holds anything but an earlier synthetic set, and one that holds
+    such a set unless `overwrite`."""
+    if holds_own_output(out, PROVENANCE_NAME, "histoseek synth") and not overwrite:
+        raise HistoseekError(
+            f"{display_path(out)} already holds a synthetic set; use --overwrite to replace it"
+        )
+
+
 def write_synthetic_set(
     out: Path,
     per_class: int,
@@ -431,10 +443,7 @@ def write_synthetic_set(
     _check_size(width, height)
     if seed < 0:
         raise HistoseekError(f"the seed must be 0 or more, got {seed}")
-    if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise HistoseekError(
-            f"{display_path(out)} already exists and is not empty; use --overwrite to replace it"
-        )
+    check_output(out, overwrite)
     written: list[Path] = []
     with atomic_dir(out) as staging:
         for name in names:
@@ -447,7 +456,7 @@ def write_synthetic_set(
                 # Fast compression: these files are cheap to regenerate, large ones slow to pack.
                 image.save(staging / name / file_name, compress_level=1)
                 written.append(out / name / file_name)
-        (staging / "SYNTHETIC.md").write_text(
+        (staging / PROVENANCE_NAME).write_text(
             _provenance(per_class, width, height, seed, names), encoding="utf-8"
         )
     return written

@@ -25,7 +25,7 @@ from histoseek.data.folder import display_path
 from histoseek.data.images import pixel_limit
 from histoseek.data.split import parse_fractions, stratified_group_split
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_dir, dir_lock, recover_dir
+from histoseek.fsutil import atomic_dir, dir_lock, holds_own_output, recover_dir
 from histoseek.prepare.defaults import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_TISSUE,
@@ -288,23 +288,19 @@ def _source_ids(images: list[SourceImage]) -> list[str]:
 
 
 def _check_paths(src: Path, out: Path, record: dict, overwrite: bool) -> None:
-    """Refuse an output that overlaps SRC or already holds something, unless --overwrite."""
+    """Refuse an output that overlaps SRC or holds anything but a preparation, and one that
+    holds a preparation unless --overwrite."""
     src_real, out_real = src.resolve(), out.resolve()
     if out_real == src_real or src_real in out_real.parents:
         raise HistoseekError(f"the output {display_path(out)} must not lie inside SRC")
     if out_real in src_real.parents:
         raise HistoseekError(f"SRC lies inside the output {display_path(out)}; choose another -o")
-    if out.exists() and not out.is_dir():
-        raise HistoseekError(f"the output {display_path(out)} exists and is not a folder")
-    if overwrite or not out.exists() or not any(out.iterdir()):
+    if not holds_own_output(out, RECORD, "histoseek prepare") or overwrite:
         return
     try:
         previous = json.loads((out / RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise HistoseekError(
-            f"{display_path(out)} is not empty and holds no histoseek preparation; "
-            "choose another -o or pass --overwrite"
-        ) from None
+        previous = None
     if not isinstance(previous, dict) or not isinstance(previous.get("options"), dict):
         raise HistoseekError(
             f"{display_path(out / RECORD)} is damaged (it is not a preparation record); "

@@ -14,8 +14,14 @@ import numpy as np
 
 from histoseek import __version__
 from histoseek.callbacks import Progress
-from histoseek.data.folder import display_path
-from histoseek.data.synth import TISSUE_CLASSES, checked_classes, provenance, render_tissue
+from histoseek.data.synth import (
+    PROVENANCE_NAME,
+    TISSUE_CLASSES,
+    check_output,
+    checked_classes,
+    provenance,
+    render_tissue,
+)
 from histoseek.errors import HistoseekError
 from histoseek.fsutil import atomic_dir
 from histoseek.slide.defaults import DEFAULT_SLIDE_SIZE, DEFAULT_SLIDES_PER_CLASS, SLIDE_CLASSES
@@ -140,10 +146,7 @@ def write_synthetic_slides(
         )
     if seed < 0:
         raise HistoseekError(f"the seed must be 0 or more, got {seed}")
-    if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise HistoseekError(
-            f"{display_path(out)} already exists and is not empty; use --overwrite to replace it"
-        )
+    check_output(out, overwrite)
     written: list[Path] = []
     total = len(names) * per_class
     with atomic_dir(out) as staging:
@@ -161,7 +164,7 @@ def write_synthetic_slides(
                 written.append(out / name / file_name)
                 if progress:
                     progress(len(written), total)
-        (staging / "SYNTHETIC.md").write_text(
+        (staging / PROVENANCE_NAME).write_text(
             _provenance(per_class, width, height, seed, names), encoding="utf-8"
         )
     return written

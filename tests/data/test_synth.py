@@ -197,23 +197,51 @@ def test_cli_synth_defaults_to_every_class_twenty_each_at_224(tmp_path: Path) ->
     assert "--seed 0" in (out / "SYNTHETIC.md").read_text(encoding="utf-8")
 
 
-def test_cli_synth_refuses_existing_output_unless_overwrite(tmp_path: Path) -> None:
+def test_cli_synth_replaces_an_earlier_set_only_with_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "set"
+    args = ["synth", str(out), "--per-class", "1", "--size", "16"]
+    assert CliRunner().invoke(cli, [*args, "--classes", "adipose"]).exit_code == 0
+    before = _relative_files(out)
+
+    refused = CliRunner().invoke(cli, [*args, "--classes", "stroma"])
+    assert refused.exit_code != 0
+    assert refused.output.strip().splitlines() == [
+        f"Error: {out} already holds a synthetic set; use --overwrite to replace it"
+    ]
+    assert _relative_files(out) == before
+
+    replaced = CliRunner().invoke(cli, [*args, "--classes", "stroma", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert _relative_files(out) == ["SYNTHETIC.md", "stroma/synthetic_stroma_0000.png"]
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_cli_synth_never_replaces_a_folder_of_other_files(tmp_path: Path, overwrite) -> None:
+    out = tmp_path / "documents"
     out.mkdir()
     keep = out / "precious.txt"
     keep.write_text("mine")
-    args = ["synth", str(out), "--per-class", "1", "--size", "16", "--classes", "stroma"]
+    args = ["synth", str(out), "--per-class", "1", "--size", "16", *overwrite]
 
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code != 0
     assert refused.output.strip().splitlines() == [
-        f"Error: {out} already exists and is not empty; use --overwrite to replace it"
+        f"Error: {out} holds files that histoseek synth did not write (it has no "
+        "SYNTHETIC.md), so it will not replace it, --overwrite or not; choose another -o"
     ]
-    assert keep.read_text() == "mine"
+    assert _relative_files(out) == ["precious.txt"] and keep.read_text() == "mine"
 
-    replaced = CliRunner().invoke(cli, [*args, "--overwrite"])
-    assert replaced.exit_code == 0, replaced.output
-    assert _relative_files(out) == ["SYNTHETIC.md", "stroma/synthetic_stroma_0000.png"]
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_cli_synth_never_replaces_a_file(tmp_path: Path, overwrite) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    refused = CliRunner().invoke(cli, ["synth", str(out), "--per-class", "1", *overwrite])
+    assert refused.exit_code != 0
+    assert refused.output.strip().splitlines() == [
+        f"Error: {out} exists and is not a folder; choose another -o"
+    ]
+    assert out.read_text() == "mine"
 
 
 def test_cli_synth_accepts_an_existing_empty_folder(tmp_path: Path) -> None:

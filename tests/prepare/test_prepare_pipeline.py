@@ -185,7 +185,15 @@ def test_existing_output_is_refused_unless_overwrite(folder_tree, tmp_path):
     other = tmp_path / "other"
     (other / "keep.txt").parent.mkdir()
     (other / "keep.txt").write_text("mine")
-    assert "holds no histoseek preparation" in fails("folder", folder_tree, "-o", other)
+    for overwrite in ((), ("--overwrite",)):
+        line = fails("folder", folder_tree, "-o", other, *overwrite)
+        assert "holds files that histoseek prepare did not write (it has no prepare.json)" in line
+        assert "--overwrite or not; choose another -o" in line
+        assert [path.name for path in other.iterdir()] == ["keep.txt"]
+        notes = tmp_path / "notes.txt"
+        notes.write_text("mine")
+        assert "exists and is not a folder" in fails("folder", folder_tree, "-o", notes, *overwrite)
+        assert notes.read_text() == "mine"
     for damaged in ("[1, 2]", '{"options": [[1]], "layout": "folder"}'):
         (out / "prepare.json").write_text(damaged)
         line = fails("folder", folder_tree, "-o", out, "--patch-size", 64)

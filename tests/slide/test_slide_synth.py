@@ -100,16 +100,27 @@ def test_bad_options_are_refused(tmp_path, arguments, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_existing_output_needs_overwrite(tmp_path):
+def test_an_earlier_synthetic_output_is_replaced_only_with_overwrite(tmp_path):
+    out = tmp_path / "out"
+    options = {"per_class": 1, "size": (1024, 1024)}
+    first = write_synthetic_slides(out, classes=["stroma"], **options)
+    with pytest.raises(HistoseekError, match="already holds a synthetic set; use --overwrite"):
+        write_synthetic_slides(out, classes=["mucosa"], **options)
+    assert first[0].is_file()
+    written = write_synthetic_slides(out, classes=["mucosa"], overwrite=True, **options)
+    assert written[0].is_file() and not first[0].exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_of_other_files_is_never_replaced(tmp_path, overwrite):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(HistoseekError, match="--overwrite"):
-        write_synthetic_slides(out, per_class=1, classes=["stroma"], size=(1024, 1024))
-    written = write_synthetic_slides(
-        out, per_class=1, classes=["stroma"], size=(1024, 1024), overwrite=True
-    )
-    assert written[0].is_file() and not (out / "keep.txt").exists()
+    with pytest.raises(HistoseekError, match="did not write .it has no SYNTHETIC.md."):
+        write_synthetic_slides(
+            out, per_class=1, classes=["stroma"], size=(1024, 1024), overwrite=overwrite
+        )
+    assert [path.name for path in out.iterdir()] == ["keep.txt"]
 
 
 def test_cli_synth_slides_writes_the_library_s_slides_and_says_so(tmp_path):
