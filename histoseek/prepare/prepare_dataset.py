@@ -516,6 +516,11 @@ def _prepare(
                 for entry in discovery.skipped
             ]
         )
+        if outcomes and all(outcome.skipped_because is not None for outcome in outcomes):
+            first, reason = skipped[0]
+            raise HistoseekError(
+                f"none of the {len(outcomes)} image(s) could be read (the first, {first}: {reason})"
+            )
         if not rows:
             raise HistoseekError(
                 f"no patch of {options.patch_size} px holds at least {options.min_tissue:.0%} "

@@ -209,6 +209,17 @@ def test_nothing_is_written_when_no_patch_fits(folder_tree, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["folder"]
 
 
+def test_nothing_is_written_when_no_image_can_be_read(tmp_path):
+    src = tmp_path / "src"
+    for name in ("a", "b"):
+        (src / name).mkdir(parents=True)
+        (src / name / "empty.png").write_bytes(b"")
+    line = fails("folder", src, "-o", tmp_path / "out", "--workers", 0)
+    assert line.startswith("Error: none of the 2 image(s) could be read (the first, a/empty.png: ")
+    assert "--min-tissue" not in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_scale_or_stride_that_would_cut_too_many_patches_is_refused(folder_tree, tmp_path):
     # --scale 1e9 makes each 128 px image 128e9 px a side: its grid of patches alone would
     # exhaust memory (the run was killed) instead of ending in one line.
