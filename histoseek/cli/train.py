@@ -26,9 +26,20 @@ from histoseek.train_config import TRAIN_BOUNDS, TrainConfig
 _TRAIN = TrainConfig(data_dir="", run_dir="")  # the defaults, stated once in TrainConfig
 
 
-def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamType:
-    """The type of the option for TrainConfig field `name`, from its TRAIN_BOUNDS range."""
-    return bounded_type(TRAIN_BOUNDS[name], kind)
+def _field_option(
+    name: str,
+    kind: type[int] | type[float] = float,
+    help: str | None = None,
+):
+    """The option `--name` for a numeric TrainConfig field: its TRAIN_BOUNDS range, its
+    default."""
+    return click.option(
+        "--" + name.replace("_", "-"),
+        type=bounded_type(TRAIN_BOUNDS[name], kind),
+        default=getattr(_TRAIN, name),
+        show_default=True,
+        help=help,
+    )
 
 
 @click.command()
@@ -50,116 +61,49 @@ def _bounded(name: str, kind: type[int] | type[float] = float) -> click.ParamTyp
     show_default=True,
     help="Global descriptors in order: S=SPoC, M=MAC, G=GeM (first feeds the classifier).",
 )
-@click.option("--dim", type=_bounded("dim", int), default=_TRAIN.dim, show_default=True)
+@_field_option("dim", int)
 @image_size_option(
     _TRAIN.image_size,
     help="Model input size in pixels (square) [default: the backbone's native size: 240 for "
     "EfficientNet-Lite1, 224 for Lite0 and the ResNets, 260 for Lite2].",
 )
-@click.option("--epochs", type=_bounded("epochs", int), default=_TRAIN.epochs, show_default=True)
+@_field_option("epochs", int)
 @batch_size_option(_TRAIN.batch_size, help="Training images per step (all processes together).")
-@click.option(
-    "--m-per-class",
-    type=_bounded("m_per_class", int),
-    default=_TRAIN.m_per_class,
-    show_default=True,
-    help="Images per class in each batch.",
+@_field_option("m_per_class", int, help="Images per class in each batch.")
+@_field_option("lr", help="Learning rate of the CGD layers.")
+@_field_option(
+    "backbone_lr_scale", help="Learning rate of the unfrozen backbone stages as a fraction of --lr."
 )
-@click.option(
-    "--lr",
-    type=_bounded("lr"),
-    default=_TRAIN.lr,
-    show_default=True,
-    help="Learning rate of the CGD layers.",
-)
-@click.option(
-    "--backbone-lr-scale",
-    type=_bounded("backbone_lr_scale"),
-    default=_TRAIN.backbone_lr_scale,
-    show_default=True,
-    help="Learning rate of the unfrozen backbone stages as a fraction of --lr.",
-)
-@click.option(
-    "--weight-decay", type=_bounded("weight_decay"), default=_TRAIN.weight_decay, show_default=True
-)
-@click.option(
-    "--warmup-epochs",
-    type=_bounded("warmup_epochs"),
-    default=_TRAIN.warmup_epochs,
-    show_default=True,
-)
-@click.option(
-    "--freeze-stages",
-    type=_bounded("freeze_stages", int),
-    default=_TRAIN.freeze_stages,
+@_field_option("weight_decay")
+@_field_option("warmup_epochs")
+@_field_option(
+    "freeze_stages",
+    int,
     help="Freeze this many backbone stages from the input side [default: 4 of "
     "an EfficientNet-Lite's 9, 2 of a ResNet's 5 (stem and layer1)].",
 )
-@click.option(
-    "--label-smoothing",
-    type=_bounded("label_smoothing"),
-    default=_TRAIN.label_smoothing,
-    show_default=True,
-)
-@click.option(
-    "--temperature",
-    type=_bounded("temperature"),
-    default=_TRAIN.temperature,
-    show_default=True,
-)
-@click.option(
-    "--margin",
-    type=_bounded("margin"),
-    default=_TRAIN.margin,
-    show_default=True,
-    help="Triplet margin.",
-)
-@click.option(
-    "--crop-scale",
-    type=_bounded("crop_scale"),
-    default=_TRAIN.crop_scale,
-    show_default=True,
-    help="Smallest area share of a random resized crop.",
-)
-@click.option(
-    "--stain-jitter",
-    type=_bounded("stain_jitter"),
-    default=_TRAIN.stain_jitter,
-    show_default=True,
-    help="Strength of haematoxylin/eosin jitter, 0 (off) to 1.",
-)
-@click.option(
-    "--blur",
-    type=_bounded("blur"),
-    default=_TRAIN.blur,
-    show_default=True,
+@_field_option("label_smoothing")
+@_field_option("temperature")
+@_field_option("margin", help="Triplet margin.")
+@_field_option("crop_scale", help="Smallest area share of a random resized crop.")
+@_field_option("stain_jitter", help="Strength of haematoxylin/eosin jitter, 0 (off) to 1.")
+@_field_option(
+    "blur",
     help="Largest standard deviation, in pixels of the model's input, of a Gaussian blur "
     "drawn for each training image (0: off), as focus differs between scans.",
 )
-@click.option(
-    "--hsv-jitter",
-    type=_bounded("hsv_jitter"),
-    default=_TRAIN.hsv_jitter,
-    show_default=True,
+@_field_option(
+    "hsv_jitter",
     help="Strength of hue/saturation jitter, 0 (off) to 1: hue shifted by up to ±a tenth "
     "of a turn times this, saturation scaled by 1 ± this.",
 )
-@click.option(
-    "--ema-epochs",
-    type=_bounded("ema_epochs"),
-    default=_TRAIN.ema_epochs,
-    show_default=True,
+@_field_option(
+    "ema_epochs",
     help="Validate and keep a moving average of the weights over about this many epochs "
     "(0: the weights themselves).",
 )
 @click.option("--val-dir", type=click.Path(path_type=Path), help="Validation folder.")
-@click.option(
-    "--val-fraction",
-    type=_bounded("val_fraction"),
-    default=_TRAIN.val_fraction,
-    show_default=True,
-    help="Held-out share of DATA_DIR when there is no --val-dir.",
-)
+@_field_option("val_fraction", help="Held-out share of DATA_DIR when there is no --val-dir.")
 @group_regex_option(
     help="Regex whose match (or first group) in a file name is its "
     "group, e.g. a slide id; groups never straddle train and validation.",
