@@ -67,6 +67,10 @@ def synth(
     from histoseek.data.folder import display_path
 
     names = None if classes is None else [name.strip() for name in classes.split(",")]
+
+    def note(line: str) -> None:
+        click.echo(f"note: {line}", err=True)
+
     if slides:
         from histoseek.report.progress import progress_bar
         from histoseek.slide.synth import SLIDE_MPP, write_synthetic_slides
@@ -77,7 +81,7 @@ def synth(
             height = DEFAULT_SLIDE_SIZE[1] if size is None else size
         with progress_bar("drawing slides", unit="slide", transient=True) as progress:
             written = write_synthetic_slides(
-                out, per_class, seed, names, (width, height), overwrite, progress
+                out, per_class, seed, names, (width, height), overwrite, progress, notify=note
             )
         what, scale = "slides", f", {SLIDE_MPP} µm/px"
     else:
@@ -87,7 +91,14 @@ def synth(
         width = DEFAULT_SIZE if size is None else size
         height = width if height is None else height
         written = write_synthetic_set(
-            out, per_class, width, seed=seed, classes=names, height=height, overwrite=overwrite
+            out,
+            per_class,
+            width,
+            seed=seed,
+            classes=names,
+            height=height,
+            overwrite=overwrite,
+            notify=note,
         )
         what, scale = "images", ""
     click.echo(

@@ -9,16 +9,18 @@ bright-field light passing through a stained section would.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from histoseek import __version__
+from histoseek.callbacks import Notify
 from histoseek.data.folder import display_path
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_dir, holds_own_output
+from histoseek.fsutil import atomic_dir, dir_lock, holds_own_output, recover_dir
 
 TISSUE_CLASSES: tuple[str, ...] = ("adipose", "background", "lymphocytes", "mucosa", "stroma")
 """The synthetic classes, in the sorted order a labelled-folder scan gives their folders."""
@@ -411,13 +413,22 @@ def _provenance(per_class: int, width: int, height: int, seed: int, names: list[
     return provenance("Synthetic H&E-like patches", body, facts, command)
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an output that holds anything but an earlier synthetic set, and one that holds
-    such a set unless `overwrite`."""
-    if holds_own_output(out, PROVENANCE_NAME, "histoseek synth") and not overwrite:
-        raise HistoseekError(
-            f"{display_path(out)} already holds a synthetic set; use --overwrite to replace it"
-        )
+@contextmanager
+def replacing_output(out: Path, overwrite: bool, notify: Notify) -> Iterator[Path]:
+    """Yield the folder to write a synthetic set into; it replaces `out` when the block ends.
+
+    One run at a time writes `out` (another is refused); what a killed run left beside it is
+    first put back or removed, which `notify` reports. Anything at `out` but an earlier
+    synthetic set is refused, and such a set unless `overwrite`.
+    """
+    with dir_lock(out, purpose="histoseek synth run", wait_flag=None):
+        recover_dir(out, accept=lambda folder: (folder / PROVENANCE_NAME).is_file(), notify=notify)
+        if holds_own_output(out, PROVENANCE_NAME, "histoseek synth") and not overwrite:
+            raise HistoseekError(
+                f"{display_path(out)} already holds a synthetic set; use --overwrite to replace it"
+            )
+        with atomic_dir(out) as staging:
+            yield staging
 
 
 def write_synthetic_set(
@@ -428,12 +439,15 @@ def write_synthetic_set(
     classes: Sequence[str] | None = None,
     height: int | None = None,
     overwrite: bool = False,
+    notify: Notify = lambda message: None,
 ) -> list[Path]:
     """Write `per_class` synthetic PNGs of each class to out/<class>/ atomically; return them.
 
     Images are `size` pixels wide and `height` (default `size`) high. Image i of a class
     depends only on (seed, class, i), so the same options always give byte-identical files,
-    and asking for more images or fewer classes leaves the others unchanged.
+    and asking for more images or fewer classes leaves the others unchanged. One run at a
+    time writes `out`, and what a killed one left beside it is first put back or removed,
+    which `notify` reports.
     """
     out = Path(out)
     names = checked_classes(classes)
@@ -443,9 +457,8 @@ def write_synthetic_set(
     _check_size(width, height)
     if seed < 0:
         raise HistoseekError(f"the seed must be 0 or more, got {seed}")
-    check_output(out, overwrite)
     written: list[Path] = []
-    with atomic_dir(out) as staging:
+    with replacing_output(out, overwrite, notify) as staging:
         for name in names:
             (staging / name).mkdir()
             class_number = TISSUE_CLASSES.index(name)

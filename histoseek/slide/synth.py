@@ -13,17 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from histoseek import __version__
-from histoseek.callbacks import Progress
+from histoseek.callbacks import Notify, Progress
 from histoseek.data.synth import (
     PROVENANCE_NAME,
     TISSUE_CLASSES,
-    check_output,
     checked_classes,
     provenance,
     render_tissue,
+    replacing_output,
 )
 from histoseek.errors import HistoseekError
-from histoseek.fsutil import atomic_dir
 from histoseek.slide.defaults import DEFAULT_SLIDE_SIZE, DEFAULT_SLIDES_PER_CLASS, SLIDE_CLASSES
 from histoseek.slide.pyramid import write_pyramidal_tiff
 
@@ -121,12 +120,14 @@ def write_synthetic_slides(
     size: tuple[int, int] = DEFAULT_SLIDE_SIZE,
     overwrite: bool = False,
     progress: Progress | None = None,
+    notify: Notify = lambda message: None,
 ) -> list[Path]:
     """Write `per_class` synthetic pyramidal slides of each class to out/<class>/; return them.
 
     `size` is level 0's (width, height). Slide i of a class depends only on (seed, class, i),
     so the same options give byte-identical files. The folder appears only when complete;
-    `progress(done, total)` is called after each slide.
+    `progress(done, total)` is called after each slide. One run at a time writes `out`, and
+    what a killed one left beside it is first put back or removed, which `notify` reports.
     """
     out = Path(out)
     names = checked_classes(
@@ -146,10 +147,9 @@ def write_synthetic_slides(
         )
     if seed < 0:
         raise HistoseekError(f"the seed must be 0 or more, got {seed}")
-    check_output(out, overwrite)
     written: list[Path] = []
     total = len(names) * per_class
-    with atomic_dir(out) as staging:
+    with replacing_output(out, overwrite, notify) as staging:
         for name in names:
             class_number = TISSUE_CLASSES.index(name)
             for number in range(per_class):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,35 @@ def test_cli_synth_never_replaces_a_file(tmp_path: Path, overwrite) -> None:
         f"Error: {out} exists and is not a folder; choose another -o"
     ]
     assert out.read_text() == "mine"
+
+
+def test_cli_synth_puts_back_what_a_killed_run_left_and_refuses_a_second_run(
+    tmp_path: Path,
+) -> None:
+    from histoseek.fsutil import dir_lock
+
+    out = tmp_path / "set"
+    args = ["synth", str(out), "--per-class", "1", "--size", "16", "--classes", "stroma"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = _relative_files(out)
+    # Killed between moving the old set aside and moving the new one in (pid 2**22 + 1 is
+    # beyond Linux's range, so no live run), and another killed run's half-written folder.
+    os.replace(out, tmp_path / f".set.{2**22 + 1}-abc.old")
+    (tmp_path / f".set.{2**22 + 2}-def.tmp").mkdir()
+
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "note: restored" in result.output and "the previous copy" in result.output
+    assert "note: removed 1 temporary folder(s)" in result.output
+    assert "already holds a synthetic set" in result.output
+    assert _relative_files(out) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]
+
+    with dir_lock(out):
+        refused = CliRunner().invoke(cli, [*args, "--overwrite"])
+    assert refused.exit_code == 1
+    assert "is being written by another histoseek synth run" in refused.output
+    assert _relative_files(out) == before
 
 
 def test_cli_synth_accepts_an_existing_empty_folder(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ def test_cli_synth_slides_writes_the_library_s_slides_and_says_so(tmp_path):
 def test_cli_synth_slides_defaults(tmp_path, monkeypatch, options, size, per_class, classes):
     calls = []
 
-    def record(out, per_class, seed, classes, size, overwrite, progress):
+    def record(out, per_class, seed, classes, size, overwrite, progress, notify):
         calls.append((per_class, classes, size))
         return [out / "x.tif"] * per_class
 
