@@ -91,13 +91,13 @@ def holds_own_output(target: Path, marker: str, command: str) -> bool:
         return False
     shown = display_path(target)
     if not target.is_dir():
-        raise HistoseekError(f"{shown} exists and is not a folder; choose another -o")
+        raise HistoseekError(f"{shown} exists and is not a folder; choose another output folder")
     if not any(target.iterdir()):
         return False
     if not (target / marker).is_file():
         raise HistoseekError(
             f"{shown} holds files that {command} did not write (it has no {marker}), so it "
-            "will not replace it, --overwrite or not; choose another -o"
+            "will not replace it, --overwrite or not; choose another output folder"
         )
     return True
 

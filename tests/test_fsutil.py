@@ -181,7 +181,9 @@ def test_own_output_is_known_by_its_marker_and_anything_else_is_refused(tmp_path
     ):
         holds_own_output(tmp_path / "other", "MARK", "histoseek x")
     (tmp_path / "file").write_text("")
-    with pytest.raises(HistoseekError, match="exists and is not a folder; choose another -o"):
+    with pytest.raises(
+        HistoseekError, match="exists and is not a folder; choose another output folder"
+    ):
         holds_own_output(tmp_path / "file", "MARK", "histoseek x")
     # A folder named like the marker is not the marker.
     (tmp_path / "odd" / "MARK").mkdir(parents=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from histoseek.cli.options import (
+    Decorator,
     batch_size_option,
     bounded_type,
     device_option,
@@ -30,7 +31,7 @@ def _field_option(
     name: str,
     kind: type[int] | type[float] = float,
     help: str | None = None,
-):
+) -> Decorator:
     """The option `--name` for a numeric TrainConfig field: its TRAIN_BOUNDS range, its
     default."""
     return click.option(

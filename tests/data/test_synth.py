@@ -228,7 +228,8 @@ def test_cli_synth_never_replaces_a_folder_of_other_files(tmp_path: Path, overwr
     assert refused.exit_code != 0
     assert refused.output.strip().splitlines() == [
         f"Error: {out} holds files that histoseek synth did not write (it has no "
-        "SYNTHETIC.md), so it will not replace it, --overwrite or not; choose another -o"
+        "SYNTHETIC.md), so it will not replace it, --overwrite or not; choose another output "
+        "folder"
     ]
     assert _relative_files(out) == ["precious.txt"] and keep.read_text() == "mine"
 
@@ -240,7 +241,7 @@ def test_cli_synth_never_replaces_a_file(tmp_path: Path, overwrite) -> None:
     refused = CliRunner().invoke(cli, ["synth", str(out), "--per-class", "1", *overwrite])
     assert refused.exit_code != 0
     assert refused.output.strip().splitlines() == [
-        f"Error: {out} exists and is not a folder; choose another -o"
+        f"Error: {out} exists and is not a folder; choose another output folder"
     ]
     assert out.read_text() == "mine"
 

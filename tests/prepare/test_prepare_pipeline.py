@@ -188,7 +188,7 @@ def test_existing_output_is_refused_unless_overwrite(folder_tree, tmp_path):
     for overwrite in ((), ("--overwrite",)):
         line = fails("folder", folder_tree, "-o", other, *overwrite)
         assert "holds files that histoseek prepare did not write (it has no prepare.json)" in line
-        assert "--overwrite or not; choose another -o" in line
+        assert "--overwrite or not; choose another output folder" in line
         assert [path.name for path in other.iterdir()] == ["keep.txt"]
         notes = tmp_path / "notes.txt"
         notes.write_text("mine")
