@@ -80,28 +80,6 @@ def atomic_file(target: Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
-def holds_own_output(target: Path, marker: str, command: str) -> bool:
-    """Whether `target` holds an earlier output of `command`, known by its `marker` file.
-
-    A file, or a folder holding anything without `marker`, is refused: `--overwrite` replaces
-    a command's own output as a whole, never what a mistyped `-o` points at.
-    """
-    target = Path(target)
-    if not os.path.lexists(target):
-        return False
-    shown = display_path(target)
-    if not target.is_dir():
-        raise HistoseekError(f"{shown} exists and is not a folder; choose another output folder")
-    if not any(target.iterdir()):
-        return False
-    if not (target / marker).is_file():
-        raise HistoseekError(
-            f"{shown} holds files that {command} did not write (it has no {marker}), so it "
-            "will not replace it, --overwrite or not; choose another output folder"
-        )
-    return True
-
-
 def check_replaceable(target: Path, keep: Iterable[Path] = ()) -> None:
     """Refuse a folder that cannot be replaced as a whole: the working folder, one of its
     parents, a folder holding one of `keep` (say, the folder being read), or a symbolic link
@@ -126,6 +104,31 @@ def check_replaceable(target: Path, keep: Iterable[Path] = ()) -> None:
                 f"{shown} is or holds {display_path(kept)}, so it cannot be replaced as a whole; "
                 "choose an output folder of its own"
             )
+
+
+def holds_own_output(target: Path, marker: str, command: str) -> bool:
+    """Whether `target` holds an earlier output of `command`, known by its `marker` file.
+
+    A file, or a folder holding anything without `marker`, is refused: `--overwrite` replaces
+    a command's own output as a whole, never what a mistyped `-o` points at. So is what
+    check_replaceable refuses, first, so that no message advises an `--overwrite` that would
+    then be refused.
+    """
+    target = Path(target)
+    check_replaceable(target)
+    if not os.path.lexists(target):
+        return False
+    shown = display_path(target)
+    if not target.is_dir():
+        raise HistoseekError(f"{shown} exists and is not a folder; choose another output folder")
+    if not any(target.iterdir()):
+        return False
+    if not (target / marker).is_file():
+        raise HistoseekError(
+            f"{shown} holds files that {command} did not write (it has no {marker}), so it "
+            "will not replace it, --overwrite or not; choose another output folder"
+        )
+    return True
 
 
 @dataclass(frozen=True)

@@ -189,3 +189,7 @@ def test_own_output_is_known_by_its_marker_and_anything_else_is_refused(tmp_path
     (tmp_path / "odd" / "MARK").mkdir(parents=True)
     with pytest.raises(HistoseekError, match="did not write"):
         holds_own_output(tmp_path / "odd", "MARK", "histoseek x")
+    # What could not be replaced as a whole is refused before anything else is said of it.
+    (tmp_path / "link").symlink_to(tmp_path / "own")
+    with pytest.raises(HistoseekError, match="is a symbolic link"):
+        holds_own_output(tmp_path / "link", "MARK", "histoseek x")
